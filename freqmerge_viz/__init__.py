@@ -1,0 +1,1 @@
+"""freqmerge-viz: model merging in the frequency domain."""
