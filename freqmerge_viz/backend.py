@@ -1,0 +1,36 @@
+"""Device and dtype rules shared by every numerical function."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ParameterError
+
+
+def default_device() -> torch.device:
+    """CUDA when a GPU is present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` means :func:`default_device`; anything else is passed to ``torch.device``."""
+    if device is None:
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"not a device: {device!r} ({exc})") from None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_compute_tensor(x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """`x` as a real floating tensor in its compute dtype, on `device` (default: its own)."""
+    if not isinstance(x, torch.Tensor):
+        raise ParameterError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or not x.is_floating_point():
+        raise ParameterError(f"expected a real floating tensor, got dtype {x.dtype}")
+    return x.to(device=device if device is not None else x.device, dtype=compute_dtype(x.dtype))

@@ -1,0 +1,138 @@
+"""Figures: matplotlib for static export, plotly for interactive HTML.
+
+Every figure function takes plain arrays or tidy tables and returns a figure; the
+``save_*`` helpers write files atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+STATIC_FORMATS = ("png", "svg", "pdf")
+
+
+def _atomic_path(target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
+                                         dir=target.parent)
+    os.close(handle)
+    return Path(temporary)
+
+
+def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write a matplotlib figure as ``stem.<fmt>`` for each format; returns the paths."""
+    written = []
+    for fmt in formats:
+        if fmt not in STATIC_FORMATS:
+            from .errors import ParameterError
+            raise ParameterError(f"format must be one of {STATIC_FORMATS}, got {fmt!r}")
+        target = Path(f"{stem}.{fmt}")
+        temporary = _atomic_path(target)
+        try:
+            metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+            fig.savefig(temporary, format=fmt, dpi=120, bbox_inches="tight", metadata=metadata)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        written.append(target)
+    return written
+
+
+def save_html(fig, path: str | os.PathLike, div_id: str = "freqmerge-figure") -> Path:
+    """Write a plotly figure as a self-contained HTML page with a fixed div id (reproducible)."""
+    target = Path(path)
+    temporary = _atomic_path(target)
+    try:
+        fig.write_html(temporary, include_plotlyjs=True, full_html=True, div_id=div_id)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def spectra_grid(log_amplitudes: Sequence[np.ndarray], titles: Sequence[str], suptitle: str = "",
+                 masks: Sequence[np.ndarray] | None = None):
+    """Matplotlib grid of centred log-amplitude spectra (one panel per task), mask outline optional."""
+    import matplotlib.pyplot as plt
+
+    n = len(log_amplitudes)
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    low = min(float(np.min(a)) for a in log_amplitudes)
+    high = max(float(np.max(a)) for a in log_amplitudes)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        image = ax.imshow(log_amplitudes[i], cmap="magma", vmin=low, vmax=high, aspect="auto")
+        if masks is not None:
+            ax.contour(masks[i], levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(titles[i], fontsize=9)
+        ax.set_xlabel("column frequency γ (bins, DC centred)", fontsize=7)
+        ax.set_ylabel("row frequency η", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="ln |F(v)|")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def radial_profiles_figure(profiles: pd.DataFrame, cutoff: float | None = None, title: str = ""):
+    """Matplotlib lines of mean amplitude against normalised radius, one per task.
+
+    `profiles` columns: ``task``, ``radius`` (normalised), ``amplitude``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for task, group in profiles.groupby("task", sort=False):
+        ax.plot(group["radius"], group["amplitude"], label=task, lw=1.4)
+    if cutoff is not None:
+        ax.axvline(cutoff, color="grey", ls="--", lw=1, label=f"cutoff {cutoff:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("normalised radius ρ (0 = DC, 1 = spectrum corner)")
+    ax.set_ylabel("mean |F(v)| in shell")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def radial_profiles_plotly(profiles: pd.DataFrame, cutoff: float | None = None, title: str = ""):
+    """The plotly version of :func:`radial_profiles_figure`."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for task, group in profiles.groupby("task", sort=False):
+        fig.add_trace(go.Scatter(x=group["radius"], y=group["amplitude"], mode="lines", name=str(task)))
+    if cutoff is not None:
+        fig.add_vline(x=cutoff, line_dash="dash", line_color="grey")
+    fig.update_layout(title=title, xaxis_title="normalised radius ρ", yaxis_title="mean |F(v)|",
+                      yaxis_type="log", template="plotly_white")
+    return fig
+
+
+def interference_figure(table: pd.DataFrame, title: str = ""):
+    """Matplotlib bars of amplitude variance per setting, all bins beside kept bins.
+
+    `table` columns: ``setting``, ``all_bins``, ``kept_bins``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["all_bins"], width=0.4, label="all bins")
+    ax.bar(x + 0.2, table["kept_bins"], width=0.4, label="bins the filter keeps")
+    ax.set_xticks(x, table["setting"], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mean across-task amplitude variance")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
