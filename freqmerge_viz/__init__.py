@@ -1,1 +1,34 @@
-"""freqmerge-viz: model merging in the frequency domain."""
+"""freqmerge-viz: study model merging in the frequency domain.
+
+The core is a set of pure functions over ``[..., H, W]`` tensors (:mod:`.spectral`,
+:mod:`.metrics`) with a few thin stateful objects on top: lazily loaded checkpoints
+(:func:`load_state`) and task vectors (:class:`TaskVector`).
+"""
+
+from .backend import default_device
+from .errors import (CheckpointError, EmptyInputError, FreqMergeError, MissingKeysError,
+                     NonFiniteError, ParameterError, ShapeMismatchError)
+from .io import LazyState, load_state, parse_size, save_state
+from .keys import select_keys
+from .metrics import (AmplitudeVarianceResult, SignConflictResult, amplitude_variance,
+                      cosine_similarity_matrix, low_frequency_energy, low_frequency_energy_by_task,
+                      sign_conflicts)
+from .spectral import (FilterSpec, Profile, amplitude_spectrum, angular_profile, apply_filter,
+                       as_matrix, band_energy_fraction, clear_mask_cache, filter_parameter,
+                       filter_stack, fourier_transform, frequency_filter, frequency_mask,
+                       log_amplitude_spectrum, power_spectrum, radial_frequency, radial_profile)
+from .taskvector import TaskVector
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmplitudeVarianceResult", "CheckpointError", "EmptyInputError", "FilterSpec", "FreqMergeError",
+    "LazyState", "MissingKeysError", "NonFiniteError", "ParameterError", "Profile",
+    "ShapeMismatchError", "SignConflictResult", "TaskVector", "amplitude_spectrum",
+    "amplitude_variance", "angular_profile", "apply_filter", "as_matrix", "band_energy_fraction",
+    "clear_mask_cache", "cosine_similarity_matrix", "default_device", "filter_parameter",
+    "filter_stack", "fourier_transform", "frequency_filter", "frequency_mask", "load_state",
+    "log_amplitude_spectrum", "low_frequency_energy", "low_frequency_energy_by_task",
+    "parse_size", "power_spectrum", "radial_frequency", "radial_profile", "save_state",
+    "select_keys", "sign_conflicts",
+]

@@ -64,21 +64,28 @@ def spectra_grid(log_amplitudes: Sequence[np.ndarray], titles: Sequence[str], su
     n = len(log_amplitudes)
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.0, 3.0 * rows), squeeze=False,
+                             constrained_layout=True)
     low = min(float(np.min(a)) for a in log_amplitudes)
     high = max(float(np.max(a)) for a in log_amplitudes)
+    height, width = np.shape(log_amplitudes[0])[-2:]
+    extent = (-(width // 2) - 0.5, (width - 1) // 2 + 0.5, (height - 1) // 2 + 0.5, -(height // 2) - 0.5)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
             continue
-        image = ax.imshow(log_amplitudes[i], cmap="magma", vmin=low, vmax=high, aspect="auto")
+        image = ax.imshow(log_amplitudes[i], cmap="magma", vmin=low, vmax=high, aspect="auto",
+                          extent=extent, interpolation="nearest")
         if masks is not None:
-            ax.contour(masks[i], levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.contour(np.arange(-(width // 2), (width + 1) // 2), np.arange(-(height // 2), (height + 1) // 2),
+                       masks[i], levels=[0.5], colors="cyan", linewidths=0.8)
         ax.set_title(titles[i], fontsize=9)
-        ax.set_xlabel("column frequency γ (bins, DC centred)", fontsize=7)
-        ax.set_ylabel("row frequency η", fontsize=7)
+        if i // cols == rows - 1:
+            ax.set_xlabel("column frequency γ (bins)", fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("row frequency η (bins)", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="ln |F(v)|")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="ln |F(v)|")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
