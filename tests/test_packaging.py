@@ -1,0 +1,46 @@
+"""The project's set-up files agree with each other."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def test_environment_yml_lists_every_pyproject_dependency_with_the_same_bounds():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    conda_names = {"torch": "pytorch"}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = {_name(d): d for d in env["dependencies"] if isinstance(d, str)}
+    for requirement in wanted:
+        name = conda_names.get(_name(requirement), _name(requirement))
+        assert name in listed, f"{requirement} is in pyproject.toml but not environment.yml"
+        bound = requirement[len(_name(requirement)):]
+        assert listed[name].endswith(bound), f"{listed[name]!r} differs from pyproject's {requirement!r}"
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_section
+
+
+def test_torch_is_a_range_so_an_existing_cuda_build_is_kept():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_requirement = next(d for d in project["dependencies"] if _name(d) == "torch")
+    assert ">=" in torch_requirement and "==" not in torch_requirement
+
+
+def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", quick_start, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert len(commands) == 2, commands
+    test_command = next(c for c in commands if "test" in c)
+    assert test_command.replace("./", "") in (ROOT / ".ci" / "run").read_text()
