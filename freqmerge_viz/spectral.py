@@ -123,6 +123,8 @@ class FilterSpec:
     order: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.cutoff, list):
+            object.__setattr__(self, "cutoff", tuple(self.cutoff))
         _check_choice("kind", self.kind, KINDS)
         _check_choice("band", self.band, BANDS)
         _check_choice("units", self.units, UNITS)
@@ -200,9 +202,8 @@ def _high_gain(distance: torch.Tensor, cutoff: float, spec: FilterSpec) -> torch
     if spec.kind == "ideal":
         return (distance >= cutoff).to(distance.dtype)
     if spec.kind == "butterworth":
-        powered = distance ** (2 * spec.order)
-        return powered / (powered + cutoff ** (2 * spec.order))
-    return 1.0 - torch.exp(-(distance**2) / (2.0 * cutoff**2))
+        return 1.0 / (1.0 + (cutoff / distance) ** (2 * spec.order))
+    return 1.0 - torch.exp(-0.5 * (distance / cutoff) ** 2)
 
 
 def _unshifted_gain(spec: FilterSpec, h: int, w: int) -> torch.Tensor:
@@ -350,10 +351,11 @@ def radial_profile(x: torch.Tensor, n_bins: int = 32, units: str = "normalized",
     Returns ``Profile(centers[n_bins], values[..., n_bins])``.
     """
     values = _spectrum_values(x, spectrum)
-    radius = radial_frequency(x.shape, units, device=values.device).to(values.dtype)
+    radius = radial_frequency(x.shape, units, device=values.device)
     top = 1.0 if units == "normalized" else (float(radius.max()) or 1.0)
-    edges = torch.linspace(0.0, top * (1 + 1e-9), n_bins + 1, dtype=values.dtype, device=values.device)
-    return Profile(0.5 * (edges[1:] + edges[:-1]), _binned_mean(values, radius, edges))
+    edges = torch.linspace(0.0, top * (1 + 1e-9), n_bins + 1, dtype=torch.float64, device=values.device)
+    centers = (0.5 * (edges[1:] + edges[:-1])).to(values.dtype)
+    return Profile(centers, _binned_mean(values, radius, edges))
 
 
 def angular_profile(x: torch.Tensor, n_bins: int = 36, spectrum: str = "amplitude") -> Profile:
@@ -372,25 +374,29 @@ def angular_profile(x: torch.Tensor, n_bins: int = 36, spectrum: str = "amplitud
     edges = torch.linspace(0.0, math.pi, n_bins + 1, dtype=torch.float64)
     centers = 0.5 * (edges[1:] + edges[:-1])
     device, dtype = values.device, values.dtype
-    means = _binned_mean(values, angle.to(device, dtype), edges.to(device, dtype))
+    means = _binned_mean(values, angle.to(device), edges.to(device))
     return Profile(centers.to(device, dtype), means)
 
 
 def band_energy_fraction(x: torch.Tensor, edges: Sequence[float], units: str = "normalized") -> torch.Tensor:
-    """Share of the spectral energy ``Σ|F|²`` of ``x[..., H, W]`` in each radius band ``[e_i, e_i+1)``.
+    """Share of the spectral energy ``Σ|F|²`` of ``x[..., H, W]`` in each radius band.
 
-    `edges` are increasing radii in `units`; returns ``[..., len(edges) - 1]``. Bands that cover
-    every radius sum to 1 (for a non-zero input; an all-zero input gives zeros).
+    `edges` are increasing radii in `units`; band i is ``[e_i, e_i+1)``, the last band also
+    includes its upper edge, so edges ``[0, …, 1]`` (normalised) cover every bin and the
+    shares sum to 1 (for a non-zero input; an all-zero input gives zeros).
+    Returns ``[..., len(edges) - 1]``.
     """
     values = _spectrum_values(x, "power")
-    edge_tensor = torch.as_tensor(list(edges), dtype=values.dtype, device=values.device)
-    if edge_tensor.ndim != 1 or edge_tensor.numel() < 2 or bool((edge_tensor.diff() <= 0).any()):
-        raise ParameterError(f"edges must be at least two increasing radii, got {list(edges)}")
-    radius = radial_frequency(values.shape, units, device=values.device).to(values.dtype)
+    edge_list = [float(e) for e in edges]
+    if len(edge_list) < 2 or any(b <= a for a, b in zip(edge_list, edge_list[1:])):
+        raise ParameterError(f"edges must be at least two increasing radii, got {edge_list}")
+    radius = radial_frequency(values.shape, units, device=values.device)
     fractions = []
     total = values.sum(dim=(-2, -1))
-    for lower, upper in zip(edge_tensor[:-1], edge_tensor[1:]):
-        inside = ((radius >= lower) & (radius < upper)).to(values.dtype)
+    last = len(edge_list) - 2
+    for i, (lower, upper) in enumerate(zip(edge_list[:-1], edge_list[1:])):
+        below_upper = (radius <= upper) if i == last else (radius < upper)
+        inside = ((radius >= lower) & below_upper).to(values.dtype)
         fractions.append((values * inside).sum(dim=(-2, -1)))
     stacked = torch.stack(fractions, dim=-1)
     return torch.where(total[..., None] > 0, stacked / total.clamp_min(torch.finfo(values.dtype).tiny)[..., None],
