@@ -17,6 +17,7 @@ from .spectral import (FilterSpec, Profile, amplitude_spectrum, angular_profile,
                        as_matrix, band_energy_fraction, clear_mask_cache, filter_parameter,
                        filter_stack, fourier_transform, frequency_filter, frequency_mask,
                        log_amplitude_spectrum, power_spectrum, radial_frequency, radial_profile)
+from .methods import MergeMethod, Param, get_method, list_methods, merge, method_transform
 from .taskvector import TaskVector
 
 __version__ = "0.1.0"
@@ -30,5 +31,6 @@ __all__ = [
     "filter_stack", "fourier_transform", "frequency_filter", "frequency_mask", "load_state",
     "log_amplitude_spectrum", "low_frequency_energy", "low_frequency_energy_by_task",
     "parse_size", "power_spectrum", "radial_frequency", "radial_profile", "save_state",
-    "select_keys", "sign_conflicts",
+    "select_keys", "sign_conflicts", "MergeMethod", "Param", "get_method", "list_methods", "merge",
+    "method_transform",
 ]

@@ -60,7 +60,68 @@ def build_parser() -> argparse.ArgumentParser:
     interference.add_argument("--kind", default="ideal", choices=["ideal", "butterworth", "gaussian"])
     interference.add_argument("--units", default="normalized", choices=["normalized", "bins"])
     interference.add_argument("--convention", default="paper", choices=["paper", "official"])
+    merge = sub.add_parser("merge", help="merge fine-tuned models with a registered method",
+                           description="Merge with any registered method and write a safetensors "
+                                       "checkpoint plus merge.json (method, parameters, input sha256). "
+                                       "Settings may come from a YAML --config; flags override it. "
+                                       "Methods and parameters: freqmerge-viz methods.")
+    merge.add_argument("--method", help="registered method name")
+    merge.add_argument("--pretrained", help="pretrained checkpoint")
+    merge.add_argument("--finetuned", nargs="+", metavar="CKPT", help="fine-tuned checkpoints")
+    merge.add_argument("--out", required=True, help="output directory")
+    merge.add_argument("--config", help="YAML file: method, preset, parameters, pretrained, finetuned, "
+                                        "include, exclude, max_shard_size, dtype")
+    merge.add_argument("--preset", help="method preset (e.g. paper, official)")
+    merge.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
+                       help="method parameter, VALUE parsed as YAML (e.g. cutoff=0.2 weights=[1,2])")
+    merge.add_argument("--include", nargs="+", metavar="GLOB")
+    merge.add_argument("--exclude", nargs="+", metavar="GLOB")
+    merge.add_argument("--max-shard-size", help="e.g. 2GB; larger outputs are sharded")
+    merge.add_argument("--dtype", help="output dtype of merged tensors (default: the pretrained dtype)")
+    merge.add_argument("--device", default=None)
+
+    methods = sub.add_parser("methods", help="list merge methods with their parameters",
+                             description="Every registered merge method, its parameters and presets.")
+    methods.add_argument("name", nargs="?", help="show one method only")
     return parser
+
+
+def _parse_params(pairs) -> dict:
+    import yaml
+
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise FreqMergeError(f"--param takes NAME=VALUE, got {pair!r}")
+        params[name] = yaml.safe_load(value)
+    return params
+
+
+def _cmd_merge(args) -> None:
+    from .merge_job import load_config, merge_to_disk
+
+    config = load_config(args.config) if args.config else {}
+    params = {**(config.get("parameters") or {}), **_parse_params(args.param)}
+    settings = {name: getattr(args, name) if getattr(args, name) is not None else config.get(name)
+                for name in ("method", "pretrained", "finetuned", "preset", "include", "exclude",
+                             "max_shard_size", "dtype")}
+    for required in ("method", "pretrained", "finetuned"):
+        if not settings[required]:
+            raise FreqMergeError(f"merge needs --{required} (or '{required}:' in --config)")
+    record = merge_to_disk(settings["method"], settings["pretrained"], settings["finetuned"], args.out,
+                           parameters=params, preset=settings["preset"], include=settings["include"],
+                           exclude=settings["exclude"], max_shard_size=settings["max_shard_size"],
+                           dtype=settings["dtype"], device=args.device)
+    print(f"merged with {record['method']} into {args.out}/ ({', '.join(record['files'])}, merge.json)")
+
+
+def _cmd_methods(args) -> None:
+    from .methods import get_method, list_methods
+
+    for name in [args.name] if args.name else list_methods():
+        print(get_method(name).doc())
+        print()
 
 
 def _cmd_report(args) -> dict:
@@ -122,7 +183,7 @@ def _cmd_interference(args) -> None:
 
 
 COMMANDS = {"report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
-            "interference": _cmd_interference}
+            "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,84 @@
+"""Merging to disk: a merged checkpoint plus a JSON record of how it was made."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ParameterError
+from .io import save_state
+from .methods import merge
+
+CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
+                 "max_shard_size", "dtype")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of every file in a directory (sorted by name), as hex."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a mergekit-like YAML merge configuration (fields: see ``CONFIG_FIELDS``)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParameterError(f"cannot read merge config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ParameterError(f"merge config {path} must be a mapping, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ParameterError(f"merge config {path}: unknown field(s) {unknown}; allowed: {list(CONFIG_FIELDS)}")
+    return config
+
+
+def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.PathLike, *,
+                  parameters: Mapping[str, Any] | None = None, preset: str | None = None,
+                  include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
+                  device=None) -> dict:
+    """Merge and write ``out/model.safetensors`` (sharded past `max_shard_size`) and ``out/merge.json``."""
+    import torch
+
+    params = dict(parameters or {})
+    if preset is not None:
+        params["preset"] = preset
+    torch_dtype = None
+    if dtype is not None:
+        torch_dtype = getattr(torch, str(dtype), None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ParameterError(f"unknown dtype {dtype!r} (e.g. float32, float16, bfloat16)")
+    state = merge(method, pretrained, finetuned, include=include, exclude=exclude, device=device,
+                  dtype=torch_dtype, **params)
+    out = Path(out)
+    written = save_state(state, out, max_shard_size=max_shard_size,
+                         metadata={"freqmerge_viz.method": method})
+    record = {
+        "method": method,
+        "parameters": state.params,
+        "statistics": state.statistics,
+        "inputs": {"pretrained": {"path": str(pretrained), "sha256": file_digest(pretrained)},
+                   "finetuned": [{"path": str(f), "sha256": file_digest(f)} for f in finetuned]},
+        "include": include, "exclude": exclude, "dtype": dtype,
+        "files": [p.name for p in written],
+    }
+    handle, temporary = tempfile.mkstemp(prefix=".merge.json.", dir=out)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump(record, stream, indent=2)
+        stream.write("\n")
+    os.replace(temporary, out / "merge.json")
+    return record

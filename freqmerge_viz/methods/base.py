@@ -1,0 +1,255 @@
+"""The method registry: every merge is a per-task transform followed by a combine step.
+
+A method sees one key at a time: the ``[K, *shape]`` stack of the K task vectors' entries.
+``transform`` returns the stack after the per-task step (filter, trim, drop, ...), which
+is also what interference metrics measure; ``combine`` reduces it to the merged delta
+``[*shape]`` that is added to the pretrained tensor. A method may first make one pass
+over all keys (``statistics``) for quantities such as the mean magnitude of each task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+
+from ..backend import as_compute_tensor, resolve_device
+from ..errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
+from ..io import LazyState, load_state
+from ..keys import Patterns, key_selected
+from ..metrics import common_keys, stack_key
+from ..taskvector import DerivedState, TaskVector
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter: default, allowed range or choices, and what it means (with units)."""
+
+    name: str
+    default: Any
+    doc: str
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple | None = None
+    optional: bool = False
+
+    def validate(self, value: Any, method: str) -> Any:
+        """`value` converted to the parameter's kind, or :class:`ParameterError` naming it."""
+        where = f"{method}: parameter {self.name!r}"
+        if value is None and self.optional:
+            return None
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ParameterError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+            return value
+        if self.kind in (list, tuple):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ParameterError(f"{where} must be a list, got {value!r}")
+            return value
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ParameterError(f"{where} must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{where} must be a number, got {value!r}")
+        value = self.kind(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParameterError(f"{where} must be finite, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            left = "(" if self.low_open else "["
+            raise ParameterError(f"{where} must lie in {left}{self.low}, {self.high}], got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        """One line for docs and ``--help``."""
+        allowed = f" one of {list(self.choices)};" if self.choices else ""
+        bounds = f" range [{self.low}, {self.high}];" if self.low is not None or self.high is not None else ""
+        return f"{self.name} (default {self.default!r};{allowed}{bounds}) {self.doc}"
+
+
+@dataclass
+class MergeContext:
+    """What a method knows while merging: resolved parameters, task names, global statistics."""
+
+    params: dict
+    task_names: list[str]
+    statistics: dict = field(default_factory=dict)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    def task_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """Per-task weights ``[K, 1, …]`` broadcastable against a stack like `like`."""
+        weights = self.params.get("weights") or [1.0] * self.n_tasks
+        tensor = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+        return tensor.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class MergeMethod:
+    """Base of every registered method; subclasses set ``name``, ``summary``, ``params``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def resolve(self, given: Mapping[str, Any], n_tasks: int | None = None) -> dict:
+        """Defaults, then the chosen preset's values, then `given`; all validated."""
+        known = {p.name: p for p in self.params}
+        given = dict(given)
+        preset = given.pop("preset", None)
+        if preset is not None and preset not in self.presets:
+            raise ParameterError(f"{self.name}: unknown preset {preset!r}; "
+                                 f"available: {sorted(self.presets) or 'none'}")
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ParameterError(f"{self.name}: unknown parameter(s) {unknown}; "
+                                 f"accepted: {sorted(known)}")
+        values = {p.name: p.default for p in self.params}
+        values.update(self.presets.get(preset, {}) if preset else {})
+        values.update(given)
+        resolved = {name: known[name].validate(value, self.name) for name, value in values.items()}
+        weights = resolved.get("weights")
+        if weights is not None and n_tasks is not None and len(weights) != n_tasks:
+            raise ParameterError(f"{self.name}: {len(weights)} weights given for {n_tasks} tasks")
+        if preset:
+            resolved["preset"] = preset
+        return resolved
+
+    def merges_key(self, key: str, ctx: MergeContext) -> bool:
+        """Whether `key` is merged; other keys keep their pretrained values."""
+        return True
+
+    def statistics(self, task_vectors: Sequence[Mapping[str, torch.Tensor]], keys: Sequence[str],
+                   ctx: MergeContext, device: torch.device) -> dict:
+        """A pass over all keys before merging (default: none)."""
+        return {}
+
+    def transform(self, stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor:
+        """The per-task step on ``stack[K, *shape]`` (default: identity)."""
+        return stack
+
+    def combine(self, stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor:
+        """Reduce the transformed ``stack[K, *shape]`` to the merged delta ``[*shape]``."""
+        raise NotImplementedError
+
+    def doc(self) -> str:
+        """Summary plus one line per parameter."""
+        lines = [f"{self.name}: {self.summary}"] + [f"  {p.describe()}" for p in self.params]
+        if self.presets:
+            lines.append(f"  presets: {', '.join(sorted(self.presets))}")
+        return "\n".join(lines)
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} missing or already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def list_methods() -> list[str]:
+    """Names of every registered merge method, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> MergeMethod:
+    """The registered method called `name` (:class:`ParameterError` listing the names if unknown)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ParameterError(f"unknown merge method {name!r}; registered: {', '.join(list_methods())}") from None
+
+
+def method_transform(name: str, n_tasks: int | None = None, **params) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """The per-task step of method `name` as a ``(stack, key) -> stack`` function.
+
+    This is what :func:`~freqmerge_viz.amplitude_variance` takes as ``transform``; methods
+    that need global statistics (e.g. FR's coefficients) do not need them for this step.
+    """
+    method = get_method(name)
+    resolved = method.resolve(params, n_tasks)
+
+    def transform(stack: torch.Tensor, key: str) -> torch.Tensor:
+        ctx = MergeContext(resolved, [f"task{i}" for i in range(stack.shape[0])])
+        return method.transform(stack, key, ctx) if method.merges_key(key, ctx) else stack
+
+    transform.__name__ = f"{name}.transform"
+    return transform
+
+
+def _as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: Patterns,
+                     exclude: Patterns, device: torch.device) -> list[Mapping[str, torch.Tensor]]:
+    items = list(finetuned_or_task_vectors)
+    if not items:
+        raise EmptyInputError("merge needs at least one fine-tuned model or task vector")
+    if all(isinstance(item, TaskVector) for item in items):
+        return [tv.select(include, exclude) for tv in items]
+    if any(isinstance(item, TaskVector) for item in items):
+        raise ParameterError("give either fine-tuned models or task vectors, not a mix")
+    return [TaskVector.from_states(pretrained, item, include=include, exclude=exclude, device=device)
+            for item in items]
+
+
+def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns = None,
+          exclude: Patterns = None, device: str | torch.device | None = "cpu",
+          dtype: torch.dtype | None = None, **params) -> LazyState:
+    """Merge with method `name`; returns a lazy state ``key -> tensor`` over every pretrained key.
+
+    `finetuned_or_task_vectors` holds fine-tuned models (anything :func:`load_state` reads)
+    or :class:`TaskVector` objects. Keys outside the include/exclude globs, non-floating
+    keys and keys the method does not merge keep their pretrained values. Each merged key
+    is computed when read, from one key's K tensors, in float32 (float64 sources stay
+    float64), and returned in `dtype` (default: the pretrained tensor's dtype).
+    """
+    method = get_method(name)
+    pre = load_state(pretrained)
+    target = resolve_device(device)
+    vectors = _as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
+    keys = common_keys(vectors)
+    missing = [k for k in keys if k not in pre]
+    if missing:
+        raise MissingKeysError(missing, where=pre.name, reference="the task vectors")
+    for key in keys:
+        if tuple(pre.shape_of(key)) != tuple(vectors[0].shape_of(key)):
+            raise ShapeMismatchError(key, pre.shape_of(key), vectors[0].shape_of(key), pre.source_of(key),
+                                     "the task vectors")
+    names = [getattr(v, "name", f"task{i}") for i, v in enumerate(vectors)]
+    ctx = MergeContext(method.resolve(params, len(vectors)), names)
+    merged_keys = {k for k in keys if method.merges_key(k, ctx)}
+    ctx.statistics = method.statistics(vectors, sorted(merged_keys, key=keys.index), ctx, target)
+
+    def load(key: str) -> torch.Tensor:
+        base = pre[key]
+        if key not in merged_keys:
+            return base
+        stack = method.transform(stack_key(vectors, key, target), key, ctx)
+        delta = method.combine(stack, key, ctx)
+        del stack
+        merged = as_compute_tensor(base, target) + delta.reshape(base.shape)
+        return merged.to(dtype or base.dtype)
+
+    def out_dtype(key: str) -> torch.dtype:
+        return dtype if (dtype is not None and key in merged_keys) else pre.dtype_of(key)
+
+    state = DerivedState(f"{name}({pre.name})", list(pre), load, pre.shape_of, out_dtype, pre.source_of)
+    state.method = name
+    state.params = dict(ctx.params)
+    state.statistics = ctx.statistics
+    return state
+
+
+def key_matches_any(key: str, patterns: Patterns) -> bool:
+    """True when `key` matches one of the globs (``None``: every key)."""
+    return patterns is None or key_selected(key, include=patterns)

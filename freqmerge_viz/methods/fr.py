@@ -1,0 +1,163 @@
+"""FR-Merging (high-pass filtered task vectors) and its compositions with TIES and Breadcrumbs.
+
+Two readings, as presets (METHOD_NOTES.md):
+
+========================  ===============================  =====================================
+parameter                 ``preset="paper"`` (default)     ``preset="official"`` (authors' code)
+========================  ===============================  =====================================
+filter                    ideal high-pass, centred,        unshifted ``fft2``, keep distance from
+                          normalised radius ``cutoff``     ``(H//2, W//2)`` ≤ ratio·min(H, W)
+cutoff                    0.1 (normalised radius)          0.7 (``filter_ratio``)
+filtered keys             every matrix                     keys with ``weight`` and ``attn``/``mlp``
+merged keys               every selected key               keys with ``attn`` or ``mlp``
+coefficients              ``mean_abs``: λ_i = E(v_i)/ΣE    ``align``: per key, each task scaled so
+                          (Eq. 3, E = mean |v| over the    its mean |G(v_i)| equals the largest
+                          task vector)                     over tasks
+scaling                   1.0                              0.7
+========================  ===============================  =====================================
+
+Not reproduced: in the authors' sum, attn/mlp biases take the first task's values only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..spectral import FilterSpec, filter_stack
+from .base import MergeContext, MergeMethod, Param, register
+from .sparse import BREADCRUMB_PARAMS, CONVENTION, DENSITY, MAJORITY, disjoint_mean, drop_largest_and_smallest, \
+    keep_agreeing, keep_top_magnitude
+
+ATTN_MLP = ("attn", "mlp")
+
+FILTER_PARAMS = (
+    Param("cutoff", 0.1, "filter cutoff: a normalised radius in [0, 1] (units='normalized'), bins "
+                         "(units='bins'), or the authors' filter_ratio (filter_convention='official')", low=0.0),
+    Param("kind", "ideal", "filter shape", choices=("ideal", "butterworth", "gaussian")),
+    Param("band", "high", "high-pass (FR), or low / band for ablations", choices=("high", "low", "band")),
+    Param("upper_cutoff", None, "upper cutoff of a band-pass, same units", low=0.0, optional=True),
+    Param("order", 2, "Butterworth order", kind=int, low=1),
+    Param("units", "normalized", "cutoff units", choices=("normalized", "bins")),
+    Param("filter_convention", "paper", "paper: centred isotropic filter; official: the authors' code",
+          choices=("paper", "official")),
+    Param("filter_scope", "matrices", "which keys are filtered: every matrix, or only keys with "
+                                      "'weight' and 'attn'/'mlp' (official)", choices=("matrices", "attn_mlp_weights")),
+    Param("one_d", "skip", "1-D tensors: left unfiltered, or filtered with a 1-D FFT", choices=("skip", "fft")),
+)
+
+OFFICIAL_FILTER = {"cutoff": 0.7, "filter_convention": "official", "filter_scope": "attn_mlp_weights"}
+
+
+def filter_spec(params: dict) -> FilterSpec:
+    """The :class:`FilterSpec` that a method's resolved parameters describe."""
+    cutoff = params["cutoff"]
+    if params["band"] == "band":
+        cutoff = (cutoff, params["upper_cutoff"])
+    return FilterSpec(cutoff, params["kind"], params["band"], params["units"], params["filter_convention"],
+                      params["order"])
+
+
+def filters_key(key: str, params: dict) -> bool:
+    """Whether `key` is filtered under the ``filter_scope`` parameter."""
+    if params["filter_scope"] == "matrices":
+        return True
+    return "weight" in key and any(part in key for part in ATTN_MLP)
+
+
+def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
+    """FR's per-task step: the filter of :func:`filter_spec` on each task's tensor, where in scope."""
+    if not filters_key(key, params):
+        return stack
+    return filter_stack(stack, filter_spec(params), params["one_d"])
+
+
+def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
+    """``E(v_i)``: mean absolute value of each task vector over `keys` (all entries pooled)."""
+    totals = [0.0] * len(task_vectors)
+    count = 0
+    for key in keys:
+        for i, tv in enumerate(task_vectors):
+            totals[i] += float(tv[key].to(device).abs().sum())
+        count += task_vectors[0][key].numel()
+    return [t / max(count, 1) for t in totals]
+
+
+def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+    """Per-task coefficients ``[K, 1, …]`` on the filtered stack, by the ``coefficients`` rule."""
+    rule = ctx.params["coefficients"]
+    shape = (-1, *([1] * (stack.ndim - 1)))
+    k = stack.shape[0]
+    if rule == "mean_abs":
+        values = torch.as_tensor(ctx.statistics["lambda"], dtype=stack.dtype, device=stack.device)
+    elif rule == "uniform":
+        values = torch.full((k,), 1.0 / k, dtype=stack.dtype, device=stack.device)
+    elif rule == "align":
+        means = stack.reshape(k, -1).abs().mean(dim=1)
+        values = torch.where(means > 0, means.max() / means.clamp_min(torch.finfo(stack.dtype).tiny),
+                             torch.zeros_like(means))
+    else:
+        values = torch.ones(k, dtype=stack.dtype, device=stack.device)
+    return values.reshape(shape)
+
+
+@register
+class FRMerging(MergeMethod):
+    name = "fr"
+    summary = "FR-Merging: high-pass filter each task vector, then θ_pre + scaling · Σ λ_i G(v_i)"
+    params = FILTER_PARAMS + (
+        Param("coefficients", "mean_abs", "mean_abs: λ_i of Eq. 3; uniform: 1/K; align: the authors' "
+                                          "per-key alignment; none: 1", choices=("mean_abs", "uniform", "align", "none")),
+        Param("scaling", 1.0, "global factor on the merged sum", low=0.0),
+        Param("merge_scope", "all", "all selected keys, or only keys with 'attn'/'mlp' (official); "
+                                    "others keep θ_pre", choices=("all", "attn_mlp")),
+    )
+    presets = {"paper": {},
+               "official": {**OFFICIAL_FILTER, "coefficients": "align", "scaling": 0.7, "merge_scope": "attn_mlp"}}
+
+    def merges_key(self, key, ctx):
+        return ctx.params["merge_scope"] == "all" or any(part in key for part in ATTN_MLP)
+
+    def statistics(self, task_vectors, keys, ctx, device):
+        if ctx.params["coefficients"] != "mean_abs":
+            return {}
+        energies = mean_abs_per_task(task_vectors, keys, device)
+        total = sum(energies)
+        lambdas = [e / total if total > 0 else 1.0 / len(energies) for e in energies]
+        return {"mean_abs": energies, "lambda": lambdas}
+
+    def transform(self, stack, key, ctx):
+        return filter_step(stack, key, ctx.params)
+
+    def combine(self, stack, key, ctx):
+        return ctx.params["scaling"] * (coefficients_for(stack, ctx) * stack).sum(dim=0)
+
+
+@register
+class FRTies(MergeMethod):
+    name = "fr_ties"
+    summary = "FR filter on each task vector, then TIES (trim, elect sign, disjoint mean); paper Table 8"
+    params = FILTER_PARAMS + (DENSITY, Param("weights", None, "per-task weights", kind=list, optional=True),
+                              Param("scaling", 1.0, "factor on the merged delta", low=0.0), CONVENTION, MAJORITY)
+    presets = {"paper": {}, "official": OFFICIAL_FILTER}
+
+    def transform(self, stack, key, ctx):
+        filtered = filter_step(stack, key, ctx.params)
+        return keep_agreeing(keep_top_magnitude(filtered, ctx.params["density"]), ctx)
+
+    def combine(self, stack, key, ctx):
+        return ctx.params["scaling"] * disjoint_mean(stack, ctx)
+
+
+@register
+class FRBreadcrumbs(MergeMethod):
+    name = "fr_breadcrumbs"
+    summary = "FR filter on each task vector, then Model Breadcrumbs; paper Table 8"
+    params = FILTER_PARAMS + BREADCRUMB_PARAMS
+    presets = {"paper": {}, "official": OFFICIAL_FILTER}
+
+    def transform(self, stack, key, ctx):
+        filtered = filter_step(stack, key, ctx.params)
+        return drop_largest_and_smallest(filtered, ctx.params["density"], ctx.params["gamma"])
+
+    def combine(self, stack, key, ctx):
+        return ctx.params["scaling"] * (stack * ctx.task_weights(stack)).sum(dim=0)
