@@ -56,6 +56,9 @@ class LazyState(Mapping):
     ``bytes_read`` counts bytes of tensor data read from disk so far.
     """
 
+    fresh_tensors: bool = False
+    """True when every read returns a new tensor that nothing else refers to (safe to modify)."""
+
     def __init__(self, name: str, keys: Sequence[str]):
         self.name = name
         self._keys = tuple(keys)
@@ -126,6 +129,8 @@ class SafetensorsState(LazyState):
     No file handle stays open. Keys iterate in sorted order. ``metadata`` holds the
     header's ``__metadata__`` (str -> str).
     """
+
+    fresh_tensors = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -227,6 +232,10 @@ class ShardedState(LazyState):
 
     Keys iterate sorted if ``sort_keys`` else shard by shard. ``bytes_read`` sums the shards.
     """
+
+    @property
+    def fresh_tensors(self) -> bool:
+        return all(shard.fresh_tensors for shard in self.shards)
 
     def __init__(self, shards: Sequence[LazyState], name: str, sort_keys: bool = True):
         self.shards = tuple(shards)

@@ -41,9 +41,22 @@ def common_keys(task_vectors: TaskVectors, include: Patterns = None, exclude: Pa
 
 
 def stack_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> torch.Tensor:
-    """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`."""
+    """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`.
+
+    Filled one task at a time, so that building it holds the stack plus one task's entry.
+    """
     target = resolve_device(device)
-    return torch.stack([as_compute_tensor(tv[key], target) for tv in task_vectors])
+    first = as_compute_tensor(task_vectors[0][key], target)
+    stack = torch.empty((len(task_vectors), *first.shape), dtype=first.dtype, device=target)
+    stack[0] = first
+    del first
+    for i, tv in enumerate(task_vectors[1:], start=1):
+        entry = as_compute_tensor(tv[key], target)
+        if entry.dtype != stack.dtype:
+            stack = stack.to(torch.promote_types(stack.dtype, entry.dtype))
+        stack[i] = entry
+        del entry
+    return stack
 
 
 def _matrix_stack(stack: torch.Tensor, one_d: str) -> torch.Tensor | None:

@@ -408,10 +408,25 @@ def _spectrum_values(x: torch.Tensor, spectrum: str) -> torch.Tensor:
     return amplitude_spectrum(x) if spectrum == "amplitude" else power_spectrum(x)
 
 
-def filter_stack(stack: torch.Tensor, spec: FilterSpec, one_d: str = "skip") -> torch.Tensor:
-    """Filter each of the K parameters in ``stack[K, *shape]`` by the :func:`as_matrix` rule."""
+def filter_stack(stack: torch.Tensor, spec: FilterSpec, one_d: str = "skip",
+                 inplace: bool = False) -> torch.Tensor:
+    """Filter each of the K parameters in ``stack[K, *shape]`` by the :func:`as_matrix` rule.
+
+    ``inplace=True`` overwrites `stack` (a contiguous tensor in its compute dtype) one task at
+    a time, so the extra memory is one task's half spectrum; the result is the same.
+    """
     view = as_matrix(stack[0], one_d) if stack.shape[0] else None
     if view is None:
-        return as_compute_tensor(stack)
-    matrices = stack.reshape(stack.shape[0], *view.shape)
-    return apply_filter(matrices, spec).reshape(stack.shape)
+        return stack if inplace else as_compute_tensor(stack)
+    if not inplace:
+        matrices = stack.reshape(stack.shape[0], *view.shape)
+        return apply_filter(matrices, spec).reshape(stack.shape)
+    matrices = stack.view(stack.shape[0], *view.shape)
+    h, w = view.shape
+    half = spec.half_mask((h, w), device=stack.device, dtype=stack.dtype)
+    for task in range(stack.shape[0]):
+        spectrum = torch.fft.rfft2(matrices[task])
+        spectrum.mul_(half)
+        torch.fft.irfft2(spectrum, s=(h, w), out=matrices[task])
+        del spectrum
+    return stack

@@ -38,9 +38,15 @@ class DerivedState(LazyState):
 
 
 def check_finite(tensor: torch.Tensor, key: str, where: str) -> torch.Tensor:
-    """`tensor` unchanged, or :class:`NonFiniteError` naming `key` and `where` if it holds NaN/Inf."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
+    """`tensor` unchanged, or :class:`NonFiniteError` naming `key` and `where` if it holds NaN/Inf.
+
+    A finite sum proves every entry finite without a tensor-sized temporary; only a
+    non-finite sum (NaN/Inf, or an overflow of large finite values) gets the exact check.
+    """
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
+        return tensor
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
         raise NonFiniteError(key, where=where, count=bad)
     return tensor
 
@@ -96,14 +102,15 @@ class TaskVector(Mapping):
         target = resolve_device(device)
 
         def compute(key: str) -> torch.Tensor:
-            a, b = pre[key], ft[key]
-            dtype = compute_dtype(torch.promote_types(a.dtype, b.dtype))
+            a, raw = pre[key], ft[key]
+            dtype = compute_dtype(torch.promote_types(a.dtype, raw.dtype))
             a = a.to(device=target, dtype=dtype)
-            b = b.to(device=target, dtype=dtype)
+            b = raw.to(device=target, dtype=dtype)
             if check_values:
                 check_finite(a, key, pre.source_of(key))
                 check_finite(b, key, ft.source_of(key))
-            return b - a
+            owned = ft.fresh_tensors or b.data_ptr() != raw.data_ptr()
+            return b.sub_(a) if owned else b - a
 
         shapes = {k: pre.shape_of(k) for k in keys}
         sources = {k: f"{ft.source_of(k)} − {pre.source_of(k)}" for k in keys}

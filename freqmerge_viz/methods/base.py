@@ -85,12 +85,6 @@ class MergeContext:
     def n_tasks(self) -> int:
         return len(self.task_names)
 
-    def task_weights(self, like: torch.Tensor) -> torch.Tensor:
-        """Per-task weights ``[K, 1, …]`` broadcastable against a stack like `like`."""
-        weights = self.params.get("weights") or [1.0] * self.n_tasks
-        tensor = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
-        return tensor.reshape(-1, *([1] * (like.ndim - 1)))
-
 
 class MergeMethod:
     """Base of every registered method; subclasses set ``name``, ``summary``, ``params``."""
@@ -237,7 +231,7 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
         stack = method.transform(stack_key(vectors, key, target), key, ctx)
         delta = method.combine(stack, key, ctx)
         del stack
-        merged = as_compute_tensor(base, target) + delta.reshape(base.shape)
+        merged = delta.reshape(base.shape).add_(as_compute_tensor(base, target))
         return merged.to(dtype or base.dtype)
 
     def out_dtype(key: str) -> torch.dtype:

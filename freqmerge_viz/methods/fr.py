@@ -25,8 +25,9 @@ import torch
 
 from ..spectral import FilterSpec, filter_stack
 from .base import MergeContext, MergeMethod, Param, register
-from .sparse import BREADCRUMB_PARAMS, CONVENTION, DENSITY, MAJORITY, disjoint_mean, drop_largest_and_smallest, \
-    keep_agreeing, keep_top_magnitude
+from .linear import weighted_sum
+from .sparse import BREADCRUMB_PARAMS, CONVENTION, DENSITY, MAJORITY, disjoint_mean, drop_largest_and_smallest_, \
+    keep_agreeing_, keep_top_magnitude_
 
 ATTN_MLP = ("attn", "mlp")
 
@@ -65,10 +66,10 @@ def filters_key(key: str, params: dict) -> bool:
 
 
 def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
-    """FR's per-task step: the filter of :func:`filter_spec` on each task's tensor, where in scope."""
+    """FR's per-task step, in place: the filter of :func:`filter_spec` on each task's tensor, where in scope."""
     if not filters_key(key, params):
         return stack
-    return filter_stack(stack, filter_spec(params), params["one_d"])
+    return filter_stack(stack, filter_spec(params), params["one_d"], inplace=True)
 
 
 def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
@@ -82,22 +83,19 @@ def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
     return [t / max(count, 1) for t in totals]
 
 
-def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """Per-task coefficients ``[K, 1, …]`` on the filtered stack, by the ``coefficients`` rule."""
+def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> list[float]:
+    """Per-task coefficients on the filtered stack, by the ``coefficients`` rule."""
     rule = ctx.params["coefficients"]
-    shape = (-1, *([1] * (stack.ndim - 1)))
     k = stack.shape[0]
     if rule == "mean_abs":
-        values = torch.as_tensor(ctx.statistics["lambda"], dtype=stack.dtype, device=stack.device)
-    elif rule == "uniform":
-        values = torch.full((k,), 1.0 / k, dtype=stack.dtype, device=stack.device)
-    elif rule == "align":
-        means = stack.reshape(k, -1).abs().mean(dim=1)
-        values = torch.where(means > 0, means.max() / means.clamp_min(torch.finfo(stack.dtype).tiny),
-                             torch.zeros_like(means))
-    else:
-        values = torch.ones(k, dtype=stack.dtype, device=stack.device)
-    return values.reshape(shape)
+        return list(ctx.statistics["lambda"])
+    if rule == "uniform":
+        return [1.0 / k] * k
+    if rule == "align":
+        means = [float(stack[task].abs().mean()) for task in range(k)]
+        largest = max(means)
+        return [largest / m if m > 0 else 0.0 for m in means]
+    return [1.0] * k
 
 
 @register
@@ -129,7 +127,7 @@ class FRMerging(MergeMethod):
         return filter_step(stack, key, ctx.params)
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * (coefficients_for(stack, ctx) * stack).sum(dim=0)
+        return weighted_sum(stack, ctx, coefficients_for(stack, ctx)).mul_(ctx.params["scaling"])
 
 
 @register
@@ -142,10 +140,10 @@ class FRTies(MergeMethod):
 
     def transform(self, stack, key, ctx):
         filtered = filter_step(stack, key, ctx.params)
-        return keep_agreeing(keep_top_magnitude(filtered, ctx.params["density"]), ctx)
+        return keep_agreeing_(keep_top_magnitude_(filtered, ctx.params["density"]), ctx)
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * disjoint_mean(stack, ctx)
+        return disjoint_mean(stack, ctx).mul_(ctx.params["scaling"])
 
 
 @register
@@ -157,7 +155,7 @@ class FRBreadcrumbs(MergeMethod):
 
     def transform(self, stack, key, ctx):
         filtered = filter_step(stack, key, ctx.params)
-        return drop_largest_and_smallest(filtered, ctx.params["density"], ctx.params["gamma"])
+        return drop_largest_and_smallest_(filtered, ctx.params["density"], ctx.params["gamma"])
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * (stack * ctx.task_weights(stack)).sum(dim=0)
+        return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])

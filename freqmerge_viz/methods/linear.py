@@ -9,9 +9,14 @@ from .base import MergeContext, MergeMethod, Param, register
 WEIGHTS = Param("weights", None, "per-task weights, one per task (default: all 1)", kind=list, optional=True)
 
 
-def weighted_sum(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """``Σ_i w_i · stack[i]``."""
-    return (stack * ctx.task_weights(stack)).sum(dim=0)
+def weighted_sum(stack: torch.Tensor, ctx: MergeContext, coefficients=None) -> torch.Tensor:
+    """``Σ_i c_i · stack[i]``, accumulated task by task; ``c`` = `coefficients` or the weights."""
+    if coefficients is None:
+        coefficients = ctx.params.get("weights") or [1.0] * stack.shape[0]
+    total = torch.zeros(stack.shape[1:], dtype=stack.dtype, device=stack.device)
+    for task in range(stack.shape[0]):
+        total.add_(stack[task], alpha=float(coefficients[task]))
+    return total
 
 
 @register
@@ -31,4 +36,4 @@ class TaskArithmetic(MergeMethod):
                                     "validation data)", low=0.0), WEIGHTS)
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * weighted_sum(stack, ctx)
+        return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])

@@ -2,6 +2,8 @@
 
 Density is the fraction of a tensor's entries kept, in (0, 1]; ``k = floor(density · n)``
 entries per task and tensor, as in peft's ``merge_utils`` (so a tiny density may keep none).
+Helpers ending in ``_`` modify the stack they are given (the merge owns it) one task at a
+time, so a key's merge needs about K + 2 tensors of memory.
 """
 
 from __future__ import annotations
@@ -23,67 +25,100 @@ MAJORITY = Param("majority", "total", "total: sign of the summed values; frequen
                                       "signs", choices=("total", "frequency"))
 
 
-def keep_top_magnitude(stack: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the ``floor(density · n)`` largest-magnitude entries of each ``stack[i]``."""
-    flat = stack.reshape(stack.shape[0], -1)
-    k = int(density * flat.shape[1])
-    mask = torch.zeros_like(flat)
-    if k > 0:
-        mask.scatter_(1, flat.abs().topk(k, dim=1).indices, 1.0)
-    return (flat * mask).reshape(stack.shape)
+def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero, in place, all but the ``floor(density · n)`` largest-magnitude entries of each ``stack[i]``."""
+    flat = stack.view(stack.shape[0], -1)
+    n = flat.shape[1]
+    k = int(density * n)
+    for task in range(flat.shape[0]):
+        if k == 0:
+            flat[task].zero_()
+        elif k < n:
+            keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
+            keep[flat[task].abs().topk(k).indices] = True
+            flat[task].mul_(keep)
+    return stack
 
 
-def drop_largest_and_smallest(stack: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Model Breadcrumbs' mask: per task, drop the ``floor(gamma·n)`` largest-magnitude entries,
-    keep the next ``floor(density·n)``, zero the rest."""
-    flat = stack.reshape(stack.shape[0], -1)
+def drop_largest_and_smallest_(stack: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs' mask, in place: per task, drop the ``floor(gamma·n)`` largest-magnitude
+    entries, keep the next ``floor(density·n)``, zero the rest. Entries whose magnitude ties a
+    threshold are all kept."""
+    flat = stack.view(stack.shape[0], -1)
     n = flat.shape[1]
     top, kept = int(gamma * n), int(density * n)
-    order = flat.abs().argsort(dim=1, descending=True, stable=True)
-    mask = torch.zeros_like(flat)
-    mask.scatter_(1, order[:, top:top + kept], 1.0)
-    return (flat * mask).reshape(stack.shape)
+    for task in range(flat.shape[0]):
+        if kept == 0:
+            flat[task].zero_()
+            continue
+        magnitude = flat[task].abs()
+        upper = magnitude.kthvalue(n - top).values if top > 0 else None
+        lower = magnitude.kthvalue(n - top - kept + 1).values
+        keep = magnitude >= lower
+        if upper is not None:
+            keep &= magnitude <= upper
+        flat[task].mul_(keep)
+    return stack
 
 
-def random_drop(stack: torch.Tensor, density: float, seed: int, key: str, rescale: bool) -> torch.Tensor:
-    """DARE: keep each entry with probability `density` (seeded per key and task), divide by it."""
-    kept = torch.empty_like(stack)
+def dare_mask(shape, density: float, seed: int, key: str, task: int,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """DARE's keep mask (1 = kept, probability `density`) of task `task` for `key`, on the CPU.
+
+    Seeded by (seed, key, task) alone, so a merge gives the same masks on every device and
+    in every key order.
+    """
+    generator = torch.Generator().manual_seed(dare_seed(seed, key, task))
+    return torch.empty(shape, dtype=dtype).bernoulli_(density, generator=generator)
+
+
+def random_drop_(stack: torch.Tensor, density: float, seed: int, key: str, rescale: bool) -> torch.Tensor:
+    """DARE, in place: keep each entry with probability `density`, divide the kept by it."""
     for task in range(stack.shape[0]):
-        generator = torch.Generator().manual_seed(dare_seed(seed, key, task))
-        mask = torch.bernoulli(torch.full(stack.shape[1:], density, dtype=stack.dtype), generator=generator)
-        kept[task] = stack[task] * mask.to(stack.device)
-    return kept / density if rescale else kept
+        stack[task].mul_(dare_mask(stack.shape[1:], density, seed, key, task, stack.dtype).to(stack.device))
+    return stack.div_(density) if rescale else stack
 
 
 def dare_seed(seed: int, key: str, task: int) -> int:
-    """The generator seed of task `task`'s DARE mask for `key`: independent of key order."""
+    """The generator seed of task `task`'s DARE mask for `key`."""
     return (seed * 1_000_003 + zlib.crc32(key.encode()) * 101 + task) % (2**63)
 
 
-def elect_sign(stack: torch.Tensor, majority: str = "total") -> torch.Tensor:
-    """The elected sign (+1/−1) of each entry over the tasks of ``stack[K, …]``; ties go to +1."""
-    votes = stack.sum(dim=0) if majority == "total" else stack.sign().sum(dim=0)
-    return torch.where(votes >= 0, 1.0, -1.0).to(stack.dtype)
+def elected_positive(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+    """Where the elected sign is +1 (boolean ``[*shape]``); ties go to +1.
+
+    ``majority="total"`` votes with the values (weighted for ``convention="mergekit"``),
+    ``"frequency"`` with their signs.
+    """
+    votes = torch.zeros(stack.shape[1:], dtype=stack.dtype, device=stack.device)
+    weights = ctx.params.get("weights") or [1.0] * stack.shape[0]
+    weighted = ctx.params.get("convention") == "mergekit"
+    for task in range(stack.shape[0]):
+        ballot = stack[task] if ctx.params["majority"] == "total" else stack[task].sign()
+        votes.add_(ballot, alpha=weights[task] if weighted else 1.0)
+    return votes >= 0
 
 
-def keep_agreeing(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """Zero the entries whose sign differs from the elected one (TIES step 2)."""
-    voters = stack * ctx.task_weights(stack) if ctx.params["convention"] == "mergekit" else stack
-    sign = elect_sign(voters, ctx.params["majority"])
-    return stack * (stack.sign() == sign)
+def keep_agreeing_(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+    """TIES step 2, in place: zero the entries whose sign differs from the elected one."""
+    positive = elected_positive(stack, ctx)
+    for task in range(stack.shape[0]):
+        stack[task].mul_(torch.where(positive, stack[task] > 0, stack[task] < 0))
+    return stack
 
 
 def disjoint_mean(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """TIES step 3: weighted sum of the agreeing entries divided by their count (peft) or by
-    the sum of their weights (mergekit); entries no task keeps are 0."""
-    weights = ctx.task_weights(stack)
-    agreeing = (stack != 0).to(stack.dtype)
-    if ctx.params["convention"] == "mergekit":
-        divisor = (weights * agreeing).sum(dim=0)
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    else:
-        divisor = agreeing.sum(dim=0).clamp_min(1.0)
-    return (stack * weights).sum(dim=0) / divisor
+    """TIES step 3: weighted sum of the agreeing (non-zero) entries divided by their count
+    (peft) or by the sum of their weights (mergekit); entries no task keeps are 0."""
+    weights = ctx.params.get("weights") or [1.0] * stack.shape[0]
+    by_weight = ctx.params["convention"] == "mergekit"
+    total = torch.zeros(stack.shape[1:], dtype=stack.dtype, device=stack.device)
+    divisor = torch.zeros_like(total)
+    for task in range(stack.shape[0]):
+        total.add_(stack[task], alpha=weights[task])
+        divisor.add_(stack[task] != 0, alpha=weights[task] if by_weight else 1.0)
+    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor) if by_weight else divisor.clamp_min_(1.0)
+    return total.div_(divisor)
 
 
 @register
@@ -93,10 +128,10 @@ class MagnitudePrune(MergeMethod):
     params = (DENSITY, WEIGHTS, SCALING)
 
     def transform(self, stack, key, ctx):
-        return keep_top_magnitude(stack, ctx.params["density"])
+        return keep_top_magnitude_(stack, ctx.params["density"])
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * weighted_sum(stack, ctx)
+        return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])
 
 
 @register
@@ -106,10 +141,10 @@ class Ties(MergeMethod):
     params = (DENSITY, WEIGHTS, SCALING, CONVENTION, MAJORITY)
 
     def transform(self, stack, key, ctx):
-        return keep_agreeing(keep_top_magnitude(stack, ctx.params["density"]), ctx)
+        return keep_agreeing_(keep_top_magnitude_(stack, ctx.params["density"]), ctx)
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * disjoint_mean(stack, ctx)
+        return disjoint_mean(stack, ctx).mul_(ctx.params["scaling"])
 
 
 DARE_PARAMS = (Param("density", 0.5, "probability of keeping each entry", low=0.0, high=1.0, low_open=True),
@@ -125,10 +160,10 @@ class DareLinear(MergeMethod):
 
     def transform(self, stack, key, ctx):
         p = ctx.params
-        return random_drop(stack, p["density"], p["seed"], key, p["rescale"])
+        return random_drop_(stack, p["density"], p["seed"], key, p["rescale"])
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * weighted_sum(stack, ctx)
+        return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])
 
 
 @register
@@ -139,10 +174,10 @@ class DareTies(MergeMethod):
 
     def transform(self, stack, key, ctx):
         p = ctx.params
-        return keep_agreeing(random_drop(stack, p["density"], p["seed"], key, p["rescale"]), ctx)
+        return keep_agreeing_(random_drop_(stack, p["density"], p["seed"], key, p["rescale"]), ctx)
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * disjoint_mean(stack, ctx)
+        return disjoint_mean(stack, ctx).mul_(ctx.params["scaling"])
 
 
 BREADCRUMB_PARAMS = (Param("density", 0.9, "fraction of entries kept after the largest are dropped",
@@ -166,7 +201,7 @@ class Breadcrumbs(MergeMethod):
         return resolved
 
     def transform(self, stack, key, ctx):
-        return drop_largest_and_smallest(stack, ctx.params["density"], ctx.params["gamma"])
+        return drop_largest_and_smallest_(stack, ctx.params["density"], ctx.params["gamma"])
 
     def combine(self, stack, key, ctx):
-        return ctx.params["scaling"] * weighted_sum(stack, ctx)
+        return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])
