@@ -18,7 +18,7 @@ import torch
 from ..backend import as_compute_tensor, resolve_device
 from ..errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
 from ..io import LazyState, load_state
-from ..keys import Patterns, key_selected
+from ..keys import Patterns
 from ..metrics import common_keys, stack_key
 from ..taskvector import DerivedState, TaskVector
 
@@ -243,7 +243,3 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     state.statistics = ctx.statistics
     return state
 
-
-def key_matches_any(key: str, patterns: Patterns) -> bool:
-    """True when `key` matches one of the globs (``None``: every key)."""
-    return patterns is None or key_selected(key, include=patterns)
