@@ -8,6 +8,7 @@ The core is a set of pure functions over ``[..., H, W]`` tensors (:mod:`.spectra
 from .backend import default_device
 from .errors import (CheckpointError, EmptyInputError, FreqMergeError, MissingKeysError,
                      NonFiniteError, ParameterError, ShapeMismatchError)
+from .experts import Expert, LowRankExpert, extract_experts, storage_table, svd_experts
 from .io import LazyState, load_state, parse_size, save_state
 from .keys import select_keys
 from .metrics import (AmplitudeVarianceResult, SignConflictResult, amplitude_variance,
@@ -18,6 +19,7 @@ from .spectral import (FilterSpec, Profile, amplitude_spectrum, angular_profile,
                        filter_stack, fourier_transform, frequency_filter, frequency_mask,
                        log_amplitude_spectrum, power_spectrum, radial_frequency, radial_profile)
 from .methods import MergeMethod, Param, get_method, list_methods, merge, method_transform
+from .routing import MLPRouter, OracleRouter, RandomRouter, Router, group_by_route, routed_apply
 from .taskvector import TaskVector
 
 __version__ = "0.1.0"
@@ -32,5 +34,6 @@ __all__ = [
     "log_amplitude_spectrum", "low_frequency_energy", "low_frequency_energy_by_task",
     "parse_size", "power_spectrum", "radial_frequency", "radial_profile", "save_state",
     "select_keys", "sign_conflicts", "MergeMethod", "Param", "get_method", "list_methods", "merge",
-    "method_transform",
+    "method_transform", "Expert", "LowRankExpert", "extract_experts", "storage_table", "svd_experts",
+    "MLPRouter", "OracleRouter", "RandomRouter", "Router", "group_by_route", "routed_apply",
 ]
