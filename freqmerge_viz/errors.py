@@ -70,3 +70,16 @@ class ParameterError(FreqMergeError, ValueError):
 
 class EmptyInputError(FreqMergeError, ValueError):
     """An operation that needs at least one task (or key) was given none."""
+
+
+def check_choice(name: str, value, allowed: Sequence) -> None:
+    """:class:`ParameterError` naming `name` and the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        raise ParameterError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def check_positive_int(name: str, value) -> int:
+    """`value` if it is an integer >= 1 (not a bool), else :class:`ParameterError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{name} must be an integer >= 1, got {value!r}")
+    return value

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .backend import as_compute_tensor, resolve_device
-from .errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
+from .errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError, check_choice, check_positive_int
 from .keys import Patterns
 from .metrics import TaskVectors, common_keys, stack_key, task_names
 from .spectral import as_matrix
@@ -47,15 +47,6 @@ def check_density(density) -> float:
     return value
 
 
-def _check_choice(name: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ParameterError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- selection M(v, d)
@@ -67,7 +58,7 @@ def kept_count(n: int, density: float, count: str = "ceil") -> int:
     code computes it, which can be 0 (a row of 50 at d = 0.01 keeps nothing).
     """
     density = check_density(density)
-    _check_choice("count", count, COUNT_RULES)
+    check_choice("count", count, COUNT_RULES)
     if n <= 0:
         return 0
     if count == "floor":
@@ -359,9 +350,9 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
         same keys and shapes. The authors' code uses the FR-filtered task vectors here.
     """
     density = check_density(density)
-    _check_choice("rescale", rescale, RESCALES)
-    _check_choice("selection", selection, SELECTIONS)
-    _check_choice("count", count, COUNT_RULES)
+    check_choice("rescale", rescale, RESCALES)
+    check_choice("selection", selection, SELECTIONS)
+    check_choice("count", count, COUNT_RULES)
     if selection == "bernoulli" and per_row:
         raise ParameterError("per_row applies to selection='topk' only; bernoulli selection is per entry")
     keys = common_keys(task_vectors, include, exclude)
@@ -448,7 +439,7 @@ def svd_experts(task_vectors: TaskVectors, rank: int, include: Patterns = None,
     matrices with ``min(m, n) <= rank`` (where factors would not be smaller), are stored dense.
     No rescaling: ``scale = 1``.
     """
-    rank = _check_positive_int("rank", rank)
+    rank = check_positive_int("rank", rank)
     keys = common_keys(task_vectors, include, exclude)
     names = task_names(task_vectors)
     n_tasks = len(task_vectors)

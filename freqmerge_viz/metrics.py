@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from .backend import as_compute_tensor, resolve_device
-from .errors import EmptyInputError, ParameterError
+from .errors import EmptyInputError, ParameterError, check_choice
 from .keys import Patterns, require_same_keys, select_keys
-from .spectral import FilterSpec, _check_choice, as_matrix
+from .spectral import FilterSpec, as_matrix
 
 TaskVectors = Sequence[Mapping[str, torch.Tensor]]
 StackTransform = Callable[[torch.Tensor, str], torch.Tensor]
@@ -94,7 +94,7 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
     gain of `within` is at least 0.5, when given). ``normalize=True`` divides that mean by the
     mean amplitude over the same bins and tasks. ``mean`` is the unweighted mean over matrices.
     """
-    _check_choice("spectrum", spectrum, ("amplitude", "power"))
+    check_choice("spectrum", spectrum, ("amplitude", "power"))
     keys = common_keys(task_vectors, include, exclude)
     target = resolve_device(device)
     rows = []

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import EmptyInputError, ParameterError
+from .errors import EmptyInputError, ParameterError, check_positive_int
 
 
 def as_task_ids(task_ids, n: int | None = None, n_tasks: int | None = None) -> torch.Tensor:
@@ -38,11 +38,6 @@ def as_task_ids(task_ids, n: int | None = None, n_tasks: int | None = None) -> t
 def _batch_size(x) -> int | None:
     return None if x is None else int(x.shape[0])
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 class Router:
@@ -81,7 +76,7 @@ class RandomRouter(Router):
     """
 
     def __init__(self, n_tasks: int, accuracy: float, seed: int = 0):
-        self.n_tasks = _check_positive_int("n_tasks", n_tasks)
+        self.n_tasks = check_positive_int("n_tasks", n_tasks)
         if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1:
             raise ParameterError(f"accuracy must be a probability in [0, 1], got {accuracy!r}")
         if n_tasks == 1 and accuracy < 1:
@@ -122,9 +117,9 @@ class MLPRouter(Router):
 
     def __init__(self, n_features: int, n_tasks: int, hidden: int = 64, seed: int = 0,
                  device: str | torch.device = "cpu"):
-        self.n_features = _check_positive_int("n_features", n_features)
-        self.n_tasks = _check_positive_int("n_tasks", n_tasks)
-        self.hidden = _check_positive_int("hidden", hidden)
+        self.n_features = check_positive_int("n_features", n_features)
+        self.n_tasks = check_positive_int("n_tasks", n_tasks)
+        self.hidden = check_positive_int("hidden", hidden)
         self.seed = seed
         self.device = torch.device(device)
         self.network = self._build(seed)
@@ -157,8 +152,8 @@ class MLPRouter(Router):
         Deterministic: initial weights and the shuffling of each epoch come from `seed`
         (default: the router's own), so equal data and settings give equal routers.
         """
-        _check_positive_int("epochs", epochs)
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("epochs", epochs)
+        check_positive_int("batch_size", batch_size)
         if not lr > 0:
             raise ParameterError(f"lr must be > 0, got {lr!r}")
         seed = self.seed if seed is None else seed

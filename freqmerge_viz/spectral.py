@@ -41,7 +41,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .backend import as_compute_tensor
-from .errors import ParameterError
+from .errors import ParameterError, check_choice
 
 KINDS = ("ideal", "butterworth", "gaussian")
 BANDS = ("high", "low", "band")
@@ -80,7 +80,7 @@ def _official_distance_unshifted(shape: tuple[int, int]) -> torch.Tensor:
 def radial_frequency(shape: Sequence[int], units: str = "normalized",
                      device: torch.device | str | None = None) -> torch.Tensor:
     """Radius of every bin of a *centred* ``H × W`` spectrum, in `units` (float64, ``[H, W]``)."""
-    _check_choice("units", units, UNITS)
+    check_choice("units", units, UNITS)
     h, w = _matrix_shape(shape)
     radius = torch.fft.fftshift(_radius_unshifted((h, w), units), dim=(-2, -1))
     return radius.to(device) if device is not None else radius
@@ -91,10 +91,6 @@ def _matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
         raise ParameterError(f"need a matrix shape [..., H, W] with H, W >= 1, got {tuple(shape)}")
     return int(shape[-2]), int(shape[-1])
 
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ParameterError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 # --------------------------------------------------------------------------- filter specs
@@ -125,10 +121,10 @@ class FilterSpec:
     def __post_init__(self) -> None:
         if isinstance(self.cutoff, list):
             object.__setattr__(self, "cutoff", tuple(self.cutoff))
-        _check_choice("kind", self.kind, KINDS)
-        _check_choice("band", self.band, BANDS)
-        _check_choice("units", self.units, UNITS)
-        _check_choice("convention", self.convention, CONVENTIONS)
+        check_choice("kind", self.kind, KINDS)
+        check_choice("band", self.band, BANDS)
+        check_choice("units", self.units, UNITS)
+        check_choice("convention", self.convention, CONVENTIONS)
         if self.kind == "butterworth" and (not isinstance(self.order, int) or self.order < 1):
             raise ParameterError(f"butterworth order must be an integer >= 1, got {self.order!r}")
         if self.convention == "official":
@@ -283,7 +279,7 @@ def as_matrix(tensor: torch.Tensor, one_d: str = "skip") -> torch.Tensor | None:
     as ``(shape[0], prod(shape[1:]))``; 1-D tensors are skipped, or with ``one_d="fft"`` seen as
     a ``1 × N`` row (a 1-D FFT); 0-d scalars are always skipped.
     """
-    _check_choice("one_d", one_d, ONE_D_MODES)
+    check_choice("one_d", one_d, ONE_D_MODES)
     if tensor.ndim == 0 or tensor.numel() == 0:
         return None
     if tensor.ndim == 1:
@@ -404,7 +400,7 @@ def band_energy_fraction(x: torch.Tensor, edges: Sequence[float], units: str = "
 
 
 def _spectrum_values(x: torch.Tensor, spectrum: str) -> torch.Tensor:
-    _check_choice("spectrum", spectrum, ("amplitude", "power"))
+    check_choice("spectrum", spectrum, ("amplitude", "power"))
     return amplitude_spectrum(x) if spectrum == "amplitude" else power_spectrum(x)
 
 
