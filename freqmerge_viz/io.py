@@ -489,7 +489,7 @@ def save_state(state, path: str | os.PathLike, *, max_shard_size: int | str | No
         index = {"metadata": {"total_size": sum(sizes.values())},
                  "weight_map": {key: name for keys, name in zip(shards, names) for key in keys}}
         index_path = path / "model.safetensors.index.json"
-        _write_atomically(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n"))
+        write_atomically(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n"))
         written.append(index_path)
     for stale in path.iterdir():
         if _OWN_WEIGHT_FILE.fullmatch(stale.name) and stale not in written:
@@ -530,10 +530,10 @@ def _write_shard(state: LazyState, keys: list[str], target: Path,
         if tensor.numel():
             seen_storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
-    _write_atomically(target, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
+    write_atomically(target, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
 
 
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """Write via ``write(temporary path)`` in the same directory, fsync, then rename over
     ``target``; on failure the temporary file is removed and ``target`` is untouched."""
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -546,3 +546,8 @@ def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+def write_text_atomically(target: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `target` by :func:`write_atomically`."""
+    write_atomically(Path(target), lambda tmp: tmp.write_text(text, encoding="utf-8"))

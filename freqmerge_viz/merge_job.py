@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from .errors import ParameterError
-from .io import save_state
+from .io import save_state, write_text_atomically
 from .methods import merge
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
@@ -76,9 +75,5 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
         "include": include, "exclude": exclude, "dtype": dtype,
         "files": [p.name for p in written],
     }
-    handle, temporary = tempfile.mkstemp(prefix=".merge.json.", dir=out)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(record, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, out / "merge.json")
+    write_text_atomically(out / "merge.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -7,22 +7,15 @@ Every figure function takes plain arrays or tidy tables and returns a figure; th
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .io import write_atomically
+
 STATIC_FORMATS = ("png", "svg", "pdf")
-
-
-def _atomic_path(target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
-                                         dir=target.parent)
-    os.close(handle)
-    return Path(temporary)
 
 
 def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
@@ -33,13 +26,10 @@ def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "
             from .errors import ParameterError
             raise ParameterError(f"format must be one of {STATIC_FORMATS}, got {fmt!r}")
         target = Path(f"{stem}.{fmt}")
-        temporary = _atomic_path(target)
-        try:
-            metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-            fig.savefig(temporary, format=fmt, dpi=120, bbox_inches="tight", metadata=metadata)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+        write_atomically(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight",
+                                                         metadata=metadata))
         written.append(target)
     return written
 
@@ -47,12 +37,9 @@ def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "
 def save_html(fig, path: str | os.PathLike, div_id: str = "freqmerge-figure") -> Path:
     """Write a plotly figure as a self-contained HTML page with a fixed div id (reproducible)."""
     target = Path(path)
-    temporary = _atomic_path(target)
-    try:
-        fig.write_html(temporary, include_plotlyjs=True, full_html=True, div_id=div_id)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True,
+                                                        div_id=div_id))
     return target
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ import torch
 from .analysis import FilterSetting, interference_table, radial_profiles_table, spectra_of_key
 from .backend import resolve_device
 from .errors import EmptyInputError
-from .io import load_state
+from .io import load_state, write_text_atomically
 from .keys import Patterns
 from .metrics import cosine_similarity_matrix, low_frequency_energy, low_frequency_energy_by_task, sign_conflicts
 from .spectral import FilterSpec
@@ -51,17 +50,9 @@ def synthetic_inputs(directory: str | os.PathLike, n_tasks: int = 4, seed: int =
                         extra={"seed": seed})
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def _write_csv(table, path: Path) -> None:
     keep_index = not isinstance(table.index, pd.RangeIndex)
-    _write_text_atomic(path, table.to_csv(index=keep_index, float_format="%.6g"))
+    write_text_atomically(path, table.to_csv(index=keep_index, float_format="%.6g"))
 
 
 def spectrum_key(task_vector: TaskVector) -> str:
@@ -151,8 +142,8 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
         "mean_pairwise_cosine": float(np.nanmean(cosine.to_numpy()[~np.eye(len(cached), dtype=bool)]))
         if len(cached) > 1 else None,
     }
-    _write_text_atomic(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _write_text_atomic(out / "report.md", render_markdown(summary))
+    write_text_atomically(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(out / "report.md", render_markdown(summary))
     return summary
 
 
