@@ -6,6 +6,10 @@ import torch
 
 from .errors import ParameterError
 
+BLOCK_ENTRIES = 2**16
+"""Entries that blockwise steps (entrywise merge steps, the column and row passes of
+:func:`~freqmerge_viz.spectral.filter_matrix_`) handle at a time, bounding their temporaries."""
+
 
 def default_device() -> torch.device:
     """CUDA when a GPU is present, else CPU."""

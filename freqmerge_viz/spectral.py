@@ -40,7 +40,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .backend import as_compute_tensor
+from .backend import BLOCK_ENTRIES, as_compute_tensor
 from .errors import ParameterError, check_choice
 
 KINDS = ("ideal", "butterworth", "gaussian")
@@ -56,25 +56,29 @@ def frequency_indices(n: int) -> torch.Tensor:
     return torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
 
 
-def _radius_unshifted(shape: tuple[int, int], units: str) -> torch.Tensor:
+def _radius_unshifted(shape: tuple[int, int], units: str, rows: torch.Tensor | None = None,
+                      cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Radius of the bins ``rows × cols`` (default: all) of an unshifted spectrum, float64."""
     h, w = shape
-    eta = frequency_indices(h)[:, None]
-    gamma = frequency_indices(w)[None, :]
+    eta = frequency_indices(h)[rows if rows is not None else slice(None), None]
+    gamma = frequency_indices(w)[None, cols if cols is not None else slice(None)]
     if units == "bins":
         return torch.sqrt(eta**2 + gamma**2)
     axes = [(eta, h), (gamma, w)]
     moving = [(f, n) for f, n in axes if n > 1]
+    out_shape = (eta.shape[0], gamma.shape[1])
     if not moving:
-        return torch.zeros(h, w, dtype=torch.float64)
+        return torch.zeros(out_shape, dtype=torch.float64)
     total = sum((f / (n / 2.0)) ** 2 for f, n in moving)
-    return torch.sqrt(total / len(moving)).expand(h, w).clone()
+    return torch.sqrt(total / len(moving)).expand(out_shape).clone()
 
 
-def _official_distance_unshifted(shape: tuple[int, int]) -> torch.Tensor:
+def _official_distance_unshifted(shape: tuple[int, int], rows: torch.Tensor | None = None,
+                                 cols: torch.Tensor | None = None) -> torch.Tensor:
     h, w = shape
-    rows = torch.arange(h, dtype=torch.float64)[:, None] - h // 2
-    cols = torch.arange(w, dtype=torch.float64)[None, :] - w // 2
-    return torch.sqrt(rows**2 + cols**2)
+    rows = torch.arange(h) if rows is None else rows
+    cols = torch.arange(w) if cols is None else cols
+    return torch.sqrt((rows.double()[:, None] - h // 2) ** 2 + (cols.double()[None, :] - w // 2) ** 2)
 
 
 def radial_frequency(shape: Sequence[int], units: str = "normalized",
@@ -202,12 +206,14 @@ def _high_gain(distance: torch.Tensor, cutoff: float, spec: FilterSpec) -> torch
     return 1.0 - torch.exp(-0.5 * (distance / cutoff) ** 2)
 
 
-def _unshifted_gain(spec: FilterSpec, h: int, w: int) -> torch.Tensor:
+def _unshifted_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None = None,
+                    cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Gain (float64) of the bins ``rows × cols`` (default: all) of an unshifted ``h × w`` spectrum."""
     if spec.convention == "official":
-        kept = _official_distance_unshifted((h, w)) <= spec.cutoffs[0] * min(h, w)
+        kept = _official_distance_unshifted((h, w), rows, cols) <= spec.cutoffs[0] * min(h, w)
         high = kept.to(torch.float64)
     else:
-        distance = _radius_unshifted((h, w), spec.units)
+        distance = _radius_unshifted((h, w), spec.units, rows, cols)
         if spec.band == "band":
             lower, upper = spec.cutoffs
             return _high_gain(distance, lower, spec) * (1.0 - _high_gain(distance, upper, spec))
@@ -227,10 +233,18 @@ def _cached_mask(spec: FilterSpec, h: int, w: int, device: str, dtype: torch.dty
 @lru_cache(maxsize=512)
 def _cached_half_mask(spec: FilterSpec, h: int, w: int, device: str,
                       dtype: torch.dtype) -> torch.Tensor:
-    gain = _unshifted_gain(spec, h, w)
-    mirrored = torch.roll(torch.flip(gain, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
-    symmetric = 0.5 * (gain + mirrored)
-    return symmetric[:, : w // 2 + 1].contiguous().to(device=device, dtype=dtype)
+    # The mean of the gain at (i, j) and at its mirror (-i mod h, -j mod w), built a block of
+    # rows at a time so that no full-size float64 grid is ever held.
+    cols = torch.arange(w // 2 + 1)
+    mirror_cols = (-cols) % w
+    half = torch.empty((h, cols.numel()), dtype=dtype)
+    rows_per_block = max(1, BLOCK_ENTRIES // cols.numel())
+    for start in range(0, h, rows_per_block):
+        rows = torch.arange(start, min(h, start + rows_per_block))
+        gain = _unshifted_gain(spec, h, w, rows, cols)
+        gain.add_(_unshifted_gain(spec, h, w, (-rows) % h, mirror_cols)).mul_(0.5)
+        half[start:start + rows.numel()] = gain
+    return half.to(device)
 
 
 def clear_mask_cache() -> None:
@@ -421,8 +435,28 @@ def filter_stack(stack: torch.Tensor, spec: FilterSpec, one_d: str = "skip",
     h, w = view.shape
     half = spec.half_mask((h, w), device=stack.device, dtype=stack.dtype)
     for task in range(stack.shape[0]):
-        spectrum = torch.fft.rfft2(matrices[task])
-        spectrum.mul_(half)
-        torch.fft.irfft2(spectrum, s=(h, w), out=matrices[task])
-        del spectrum
+        filter_matrix_(matrices[task], half)
     return stack
+
+
+def filter_matrix_(matrix: torch.Tensor, half_mask: torch.Tensor) -> torch.Tensor:
+    """Overwrite real ``matrix[H, W]`` with ``irfft2(rfft2(matrix) · half_mask)``.
+
+    The 2-D transform is done axis by axis: a row-wise ``rfft`` into one half spectrum, then
+    the column transforms and the row-wise inverse in blocks of about :data:`BLOCK_ENTRIES`
+    entries, so the extra memory is one half spectrum (about one copy of `matrix`) plus
+    the blocks, instead of the three copies of ``rfft2`` followed by ``irfft2``.
+    """
+    h, w = matrix.shape
+    spectrum = torch.fft.rfft(matrix, dim=1)
+    width = spectrum.shape[1]
+    columns = max(1, BLOCK_ENTRIES // h)
+    for start in range(0, width, columns):
+        block = torch.fft.fft(spectrum[:, start:start + columns], dim=0)
+        block.mul_(half_mask[:, start:start + columns])
+        spectrum[:, start:start + columns] = torch.fft.ifft(block, dim=0)
+        del block
+    rows = max(1, BLOCK_ENTRIES // width)
+    for start in range(0, h, rows):
+        matrix[start:start + rows] = torch.fft.irfft(spectrum[start:start + rows], n=w, dim=1)
+    return matrix

@@ -225,12 +225,12 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     ctx.statistics = method.statistics(vectors, sorted(merged_keys, key=keys.index), ctx, target)
 
     def load(key: str) -> torch.Tensor:
-        base = pre[key]
         if key not in merged_keys:
-            return base
+            return pre[key]
         stack = method.transform(stack_key(vectors, key, target), key, ctx)
         delta = method.combine(stack, key, ctx)
         del stack
+        base = pre[key]
         merged = delta.reshape(base.shape).add_(as_compute_tensor(base, target))
         return merged.to(dtype or base.dtype)
 
