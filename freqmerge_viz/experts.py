@@ -28,6 +28,7 @@ import torch
 from .backend import as_compute_tensor, resolve_device
 from .errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError, check_choice, check_positive_int
 from .keys import Patterns
+from .methods.fr import fr_coefficients
 from .metrics import TaskVectors, common_keys, stack_key, task_names
 from .spectral import as_matrix
 
@@ -50,12 +51,13 @@ def check_density(density) -> float:
 
 
 # --------------------------------------------------------------------------- selection M(v, d)
-def kept_count(n: int, density: float, count: str = "ceil") -> int:
+def kept_count(n: int, density: float, count: str = "floor") -> int:
     """How many of `n` entries the top-`density` selection keeps.
 
+    ``count="floor"`` (default): ``int(n·d)``, the rule of the merge methods' density, peft's
+    ``merge_utils`` and the authors' code; it can be 0 (a row of 50 at d = 0.01 keeps nothing).
     ``count="ceil"``: ``⌈d·n⌉`` clamped to ``[1, n]`` (``d·n`` is rounded to 6 decimals first,
-    so 0.07 of 100 keeps 7, not 8). ``count="floor"``: ``int(n·d)`` exactly as the authors'
-    code computes it, which can be 0 (a row of 50 at d = 0.01 keeps nothing).
+    so 0.07 of 100 keeps 7, not 8), so that every tensor or row keeps at least one entry.
     """
     density = check_density(density)
     check_choice("count", count, COUNT_RULES)
@@ -102,7 +104,7 @@ def _stack_top_mask(stack: torch.Tensor, density: float, per_row: bool, count: s
 
 
 def top_magnitude_mask(tensor: torch.Tensor, density: float, per_row: bool = False,
-                       count: str = "ceil") -> torch.Tensor:
+                       count: str = "floor") -> torch.Tensor:
     """Boolean mask (same shape) of the top-`density` fraction of `tensor`'s entries by magnitude.
 
     Per tensor by default; ``per_row=True`` keeps that fraction of each row along the last
@@ -115,7 +117,7 @@ def top_magnitude_mask(tensor: torch.Tensor, density: float, per_row: bool = Fal
 
 
 def magnitude_prune(tensor: torch.Tensor, density: float, per_row: bool = False,
-                    count: str = "ceil") -> torch.Tensor:
+                    count: str = "floor") -> torch.Tensor:
     """``M(v, d)``: `tensor` (compute dtype) with all but its top-`density` entries zeroed."""
     x = as_compute_tensor(tensor)
     return torch.where(top_magnitude_mask(x, density, per_row, count), x, torch.zeros_like(x))
@@ -166,14 +168,6 @@ def official_rescale(kept_mean_abs: float, mean_abs_value: float, density: float
     if not mean_abs_value > 0:
         raise ParameterError(f"official rescale needs mean |v| > 0, got {mean_abs_value!r}")
     return -math.log10(density) * kept_mean_abs / (density * mean_abs_value) + 0.0
-
-
-def fr_coefficients(mean_abs_values: Sequence[float]) -> list[float]:
-    """FR-Merging coefficients ``λ_i = E(v_i) / Σ_j E(v_j)``."""
-    total = sum(mean_abs_values)
-    if not total > 0:
-        raise ParameterError(f"FR coefficients need Σ E(v_j) > 0, got {list(mean_abs_values)}")
-    return [value / total for value in mean_abs_values]
 
 
 # --------------------------------------------------------------------------- expert objects
@@ -330,7 +324,7 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
                     rescale: str | None = "paper", selection: str = "topk", seed: int = 0,
                     include: Patterns = None, exclude: Patterns = None,
                     coefficients: Sequence[float] | None = None,
-                    scale_reference: TaskVectors | None = None, count: str = "ceil",
+                    scale_reference: TaskVectors | None = None, count: str = "floor",
                     device: torch.device | str | None = None) -> list[Expert]:
     """One sparse expert per task vector: ``μ_i · M(v_i, d)`` over the selected keys.
 

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import freqmerge_viz as fmv
 from freqmerge_viz import TaskVector
 from freqmerge_viz.errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
 from freqmerge_viz.experts import (Expert, extract_experts, kept_count, magnitude_prune,
@@ -51,13 +52,23 @@ def test_ties_at_threshold_go_to_the_lowest_index():
 
 def test_kept_count_rules():
     assert kept_count(6, 0.5) == 3
-    assert kept_count(5, 0.5) == 3
-    assert kept_count(100, 0.07) == 7
-    assert kept_count(50, 0.01) == 1
-    assert kept_count(50, 0.01, count="floor") == 0
-    assert kept_count(768, 0.01, count="floor") == 7
-    assert kept_count(768, 0.01) == 8
-    assert kept_count(10, 1.0) == 10
+    assert kept_count(5, 0.5) == 2
+    assert kept_count(50, 0.01) == 0
+    assert kept_count(768, 0.01) == 7
+    assert kept_count(5, 0.5, count="ceil") == 3
+    assert kept_count(100, 0.07, count="ceil") == 7
+    assert kept_count(50, 0.01, count="ceil") == 1
+    assert kept_count(768, 0.01, count="ceil") == 8
+    assert kept_count(10, 1.0) == kept_count(10, 1.0, count="ceil") == 10
+
+
+def test_experts_and_merge_methods_count_density_alike():
+    # floor(d * n) in both: 0.3 of 25 entries keeps 7 (ceil would keep 8).
+    v = torch.arange(1.0, 26.0).reshape(5, 5)
+    pruned = fmv.merge("magnitude_prune", {"w": torch.zeros(5, 5)}, [{"w": v}], density=0.3)["w"]
+    expert, = fmv.extract_experts([fmv.TaskVector.from_tensors({"w": v})], 0.3, rescale=None)
+    assert int((pruned != 0).sum()) == expert.parameters_kept() == kept_count(25, 0.3) == 7
+    assert torch.equal(expert.dense("w"), pruned)
 
 
 def test_floor_count_can_keep_nothing_and_scalars_stay_whole():
@@ -72,7 +83,7 @@ def test_selection_keeps_k_entries_none_smaller_than_a_dropped_one(values, densi
     v = t(values)
     mask = top_magnitude_mask(v, density)
     assert int(mask.sum()) == kept_count(len(values), density)
-    if (~mask).any():
+    if mask.any() and (~mask).any():
         assert v[mask].abs().min() >= v[~mask].abs().max()
 
 
@@ -166,7 +177,7 @@ def test_include_exclude_select_keys():
 def test_storage_counts_and_table():
     g = torch.Generator().manual_seed(0)
     tasks = [{"m": torch.randn(10, 10, generator=g), "v": torch.randn(7, generator=g)} for _ in range(2)]
-    experts = extract_experts(tasks, 0.1)
+    experts = extract_experts(tasks, 0.1, count="ceil")
     for e in experts:
         assert e.parameters_kept() == 10 + 1
         assert e.indices["m"].dtype == torch.int32 and e.values["m"].dtype == torch.float32

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ParameterError
 from ..spectral import FilterSpec, filter_stack
 from .base import MergeContext, MergeMethod, Param, register
 from .linear import weighted_sum
@@ -83,6 +84,18 @@ def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
     return [t / max(count, 1) for t in totals]
 
 
+def fr_coefficients(mean_abs_values) -> list[float]:
+    """FR-Merging's ``λ_i = E(v_i) / Σ_j E(v_j)`` (Eq. 3) from each task's mean |v|.
+
+    If every task vector is zero, every λ gives the same merge and ``1/K`` is returned.
+    """
+    values = [float(v) for v in mean_abs_values]
+    if any(v < 0 or v != v for v in values):
+        raise ParameterError(f"mean absolute values must be >= 0, got {values}")
+    total = sum(values)
+    return [v / total for v in values] if total > 0 else [1.0 / len(values)] * len(values)
+
+
 def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> list[float]:
     """Per-task coefficients on the filtered stack, by the ``coefficients`` rule."""
     rule = ctx.params["coefficients"]
@@ -119,9 +132,7 @@ class FRMerging(MergeMethod):
         if ctx.params["coefficients"] != "mean_abs":
             return {}
         energies = mean_abs_per_task(task_vectors, keys, device)
-        total = sum(energies)
-        lambdas = [e / total if total > 0 else 1.0 / len(energies) for e in energies]
-        return {"mean_abs": energies, "lambda": lambdas}
+        return {"mean_abs": energies, "lambda": fr_coefficients(energies)}
 
     def transform(self, stack, key, ctx):
         return filter_step(stack, key, ctx.params)
