@@ -18,6 +18,7 @@ import freqmerge_viz as fmv
 from freqmerge_viz.cli import main
 from freqmerge_viz.methods.sparse import dare_mask, kth_largest
 from freqmerge_viz.synthetic import make_model_set
+from reference import official_filter_numpy
 
 EXPECTED = {"weight_averaging", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties",
             "breadcrumbs", "fr", "fr_ties", "fr_breadcrumbs"}
@@ -146,14 +147,6 @@ def test_dare_matches_peft_with_the_same_masks(random_tasks, name, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- FR presets
-def official_filter_numpy(matrix: np.ndarray, ratio: float) -> np.ndarray:
-    """METHOD_NOTES.md's transcription of the authors' filter (no library code)."""
-    h, w = matrix.shape
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    keep = np.sqrt((rows - h // 2) ** 2 + (cols - w // 2) ** 2) <= ratio * min(h, w)
-    return np.fft.ifft2(np.fft.fft2(matrix) * keep).real
-
-
 @pytest.fixture(scope="module")
 def vit_like():
     models = make_model_set(3, seed=4, width=12, depth=1)

@@ -46,6 +46,10 @@ class Param:
             if value not in self.choices:
                 raise ParameterError(f"{where} must be one of {list(self.choices)}, got {value!r}")
             return value
+        if self.kind is dict:
+            if not isinstance(value, Mapping):
+                raise ParameterError(f"{where} must be a mapping of names to values, got {value!r}")
+            return dict(value)
         if self.kind in (list, tuple):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 raise ParameterError(f"{where} must be a list, got {value!r}")
@@ -86,6 +90,35 @@ class MergeContext:
         return len(self.task_names)
 
 
+def resolve_params(owner: str, params: Sequence[Param], presets: Mapping[str, Mapping[str, Any]],
+                   given: Mapping[str, Any], n_tasks: int | None = None) -> dict:
+    """Parameter values of `owner`: defaults, then preset ``given["preset"]``'s, then `given`.
+
+    Every value is validated by its :class:`Param`; unknown names, unknown presets and a
+    ``weights`` list whose length is not `n_tasks` are :class:`ParameterError`.
+    """
+    known = {p.name: p for p in params}
+    given = dict(given)
+    preset = given.pop("preset", None)
+    if preset is not None and preset not in presets:
+        raise ParameterError(f"{owner}: unknown preset {preset!r}; "
+                             f"available: {sorted(presets) or 'none'}")
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ParameterError(f"{owner}: unknown parameter(s) {unknown}; "
+                             f"accepted: {sorted(known)}")
+    values = {p.name: p.default for p in params}
+    values.update(presets.get(preset, {}) if preset else {})
+    values.update(given)
+    resolved = {name: known[name].validate(value, owner) for name, value in values.items()}
+    weights = resolved.get("weights")
+    if weights is not None and n_tasks is not None and len(weights) != n_tasks:
+        raise ParameterError(f"{owner}: {len(weights)} weights given for {n_tasks} tasks")
+    if preset:
+        resolved["preset"] = preset
+    return resolved
+
+
 class MergeMethod:
     """Base of every registered method; subclasses set ``name``, ``summary``, ``params``."""
 
@@ -96,26 +129,7 @@ class MergeMethod:
 
     def resolve(self, given: Mapping[str, Any], n_tasks: int | None = None) -> dict:
         """Defaults, then the chosen preset's values, then `given`; all validated."""
-        known = {p.name: p for p in self.params}
-        given = dict(given)
-        preset = given.pop("preset", None)
-        if preset is not None and preset not in self.presets:
-            raise ParameterError(f"{self.name}: unknown preset {preset!r}; "
-                                 f"available: {sorted(self.presets) or 'none'}")
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise ParameterError(f"{self.name}: unknown parameter(s) {unknown}; "
-                                 f"accepted: {sorted(known)}")
-        values = {p.name: p.default for p in self.params}
-        values.update(self.presets.get(preset, {}) if preset else {})
-        values.update(given)
-        resolved = {name: known[name].validate(value, self.name) for name, value in values.items()}
-        weights = resolved.get("weights")
-        if weights is not None and n_tasks is not None and len(weights) != n_tasks:
-            raise ParameterError(f"{self.name}: {len(weights)} weights given for {n_tasks} tasks")
-        if preset:
-            resolved["preset"] = preset
-        return resolved
+        return resolve_params(self.name, self.params, self.presets, given, n_tasks)
 
     def merges_key(self, key: str, ctx: MergeContext) -> bool:
         """Whether `key` is merged; other keys keep their pretrained values."""
@@ -133,6 +147,15 @@ class MergeMethod:
     def combine(self, stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor:
         """Reduce the transformed ``stack[K, *shape]`` to the merged delta ``[*shape]``."""
         raise NotImplementedError
+
+    def merge_key(self, stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor:
+        """The merged delta of one key: ``combine(transform(stack))``.
+
+        A method whose combine step needs more than the transformed stack (PCB's balancing
+        scores) overrides this to do both steps at once; its ``transform`` still gives the
+        per-task vectors that interference metrics measure.
+        """
+        return self.combine(self.transform(stack, key, ctx), key, ctx)
 
     def doc(self) -> str:
         """Summary plus one line per parameter."""
@@ -183,17 +206,36 @@ def method_transform(name: str, n_tasks: int | None = None, **params) -> Callabl
     return transform
 
 
-def _as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: Patterns,
-                     exclude: Patterns, device: torch.device) -> list[Mapping[str, torch.Tensor]]:
-    items = list(finetuned_or_task_vectors)
+def as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: Patterns,
+                    exclude: Patterns, device: torch.device) -> list[TaskVector]:
+    """Task vectors from a list of fine-tuned models or task vectors, or a ``{task: model}`` mapping.
+
+    Names come from the mapping's keys, else from the task vectors or files; models held in
+    memory without a name are called ``task0, task1, …``.
+    """
+    names = None
+    items = finetuned_or_task_vectors
+    if isinstance(items, Mapping):
+        if any(isinstance(value, torch.Tensor) for value in items.values()):
+            raise ParameterError("got a single state (name -> tensor); give a list of fine-tuned models "
+                                 "or task vectors, or a {task: model} mapping")
+        names, items = [str(name) for name in items], list(items.values())
+    items = list(items)
     if not items:
         raise EmptyInputError("merge needs at least one fine-tuned model or task vector")
     if all(isinstance(item, TaskVector) for item in items):
-        return [tv.select(include, exclude) for tv in items]
-    if any(isinstance(item, TaskVector) for item in items):
+        vectors = [tv.select(include, exclude) for tv in items]
+    elif any(isinstance(item, TaskVector) for item in items):
         raise ParameterError("give either fine-tuned models or task vectors, not a mix")
-    return [TaskVector.from_states(pretrained, item, include=include, exclude=exclude, device=device)
-            for item in items]
+    else:
+        vectors = [TaskVector.from_states(pretrained, item, include=include, exclude=exclude, device=device)
+                   for item in items]
+    for i, tv in enumerate(vectors):
+        if names is not None:
+            tv.name = names[i]
+        elif tv.name.startswith("<"):
+            tv.name = f"task{i}"
+    return vectors
 
 
 def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns = None,
@@ -210,7 +252,7 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     method = get_method(name)
     pre = load_state(pretrained)
     target = resolve_device(device)
-    vectors = _as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
+    vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
     keys = common_keys(vectors)
     missing = [k for k in keys if k not in pre]
     if missing:
@@ -227,9 +269,7 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     def load(key: str) -> torch.Tensor:
         if key not in merged_keys:
             return pre[key]
-        stack = method.transform(stack_key(vectors, key, target), key, ctx)
-        delta = method.combine(stack, key, ctx)
-        del stack
+        delta = method.merge_key(stack_key(vectors, key, target), key, ctx)
         base = pre[key]
         merged = delta.reshape(base.shape).add_(as_compute_tensor(base, target))
         return merged.to(dtype or base.dtype)

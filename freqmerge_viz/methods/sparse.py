@@ -26,27 +26,37 @@ MAJORITY = Param("majority", "total", "total: sign of the summed values; frequen
                                       "signs", choices=("total", "frequency"))
 
 
-_BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-         torch.bfloat16: torch.int16}
+def kth_smallest_(values: torch.Tensor, k: int) -> float:
+    """The `k`-th smallest entry (1-based) of a 1-D float32 or float64 tensor, exactly.
 
-
-def kth_largest(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """The `k`-th largest entry (1-based, ``1 <= k <= numel``) of a tensor of non-negative floats.
-
-    Found by bisection over the entries' bit patterns (non-negative floats order like their
-    bits as integers): about 31 counting passes for float32, each needing a boolean copy,
-    instead of the three to four copies that ``kthvalue`` or ``topk`` make on the CPU.
-    Returns a 0-d tensor of `magnitude`'s dtype.
+    Bisection over order-preserving integer keys of the entries' bit patterns (negative
+    floats have their magnitude bits flipped), one count per step: 32 steps for float32,
+    64 for float64, with block-sized boolean temporaries, instead of the three to four copies
+    that ``kthvalue`` or ``topk`` make on the CPU. Overwrites the negative entries of `values`
+    with their keys (non-negative entries are their own keys and stay as they are).
     """
-    bits = magnitude.reshape(-1).view(_BITS[magnitude.dtype])
-    low, high = 0, int(bits.max())
+    bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)
+    shift = 8 * bits.element_size() - 1
+    flip = (1 << shift) - 1
+    blocks = [bits[start:start + BLOCK_ENTRIES] for start in range(0, bits.numel(), BLOCK_ENTRIES)]
+    for block in blocks:
+        block.bitwise_xor_((block >> shift) & flip)
+    low, high = int(bits.min()), int(bits.max())
     while low < high:
-        middle = (low + high + 1) // 2
-        if int(torch.count_nonzero(bits >= middle)) >= k:
-            low = middle
+        middle = (low + high) // 2
+        if sum(int(torch.count_nonzero(block <= middle)) for block in blocks) >= k:
+            high = middle
         else:
-            high = middle - 1
-    return torch.tensor(low, dtype=bits.dtype).view(magnitude.dtype).to(magnitude.device)
+            low = middle + 1
+    key = torch.tensor(low, dtype=bits.dtype)
+    key ^= (key >> shift) & flip
+    return key.view(values.dtype).item()
+
+
+def kth_largest(magnitude: torch.Tensor, k: int) -> float:
+    """The `k`-th largest entry (1-based) of a tensor of non-negative floats, which stays unchanged."""
+    flat = magnitude.reshape(-1)
+    return kth_smallest_(flat, flat.numel() - k + 1)
 
 
 def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
