@@ -19,6 +19,8 @@ from .spectral import (FilterSpec, Profile, amplitude_spectrum, angular_profile,
                        filter_stack, fourier_transform, frequency_filter, frequency_mask,
                        log_amplitude_spectrum, power_spectrum, radial_frequency, radial_profile)
 from .methods import MergeMethod, Param, get_method, list_methods, merge, method_transform
+from .routed import (EMRMerging, FreeMerging, RoutedMerge, TwinMerging, emr_merging, free_merging,
+                     list_routed_methods, routed_merge, twin_merging)
 from .routing import MLPRouter, OracleRouter, RandomRouter, Router, group_by_route, routed_apply
 from .taskvector import TaskVector
 
@@ -35,5 +37,6 @@ __all__ = [
     "parse_size", "power_spectrum", "radial_frequency", "radial_profile", "save_state",
     "select_keys", "sign_conflicts", "MergeMethod", "Param", "get_method", "list_methods", "merge",
     "method_transform", "Expert", "LowRankExpert", "extract_experts", "storage_table", "svd_experts",
-    "MLPRouter", "OracleRouter", "RandomRouter", "Router", "group_by_route", "routed_apply",
+    "EMRMerging", "FreeMerging", "RoutedMerge", "TwinMerging", "emr_merging", "free_merging",
+    "list_routed_methods", "routed_merge", "twin_merging", "MLPRouter", "OracleRouter", "RandomRouter", "Router", "group_by_route", "routed_apply",
 ]

@@ -1,0 +1,350 @@
+"""Merges that keep a little per-task knowledge and choose it per input with a router.
+
+Each gives one state per task, ``θ_t = θ_pre + δ_t``, from one shared part and a small
+per-task part:
+
+* **FREE-Merging** (this paper): FR-Merging backbone + sparse, rescaled experts ``e_t``
+  (:func:`~freqmerge_viz.extract_experts`); ``δ_t`` adds ``e_t`` to the backbone's delta
+  (paper) or puts its entries in place of the backbone's (the authors' code).
+* **EMR-Merging** (Huang et al. 2024): one elected vector ``τ_uni`` (sign of ``Σ τ_t``; at each
+  entry the largest magnitude among the tasks that agree with it), a boolean mask
+  ``M_t = (τ_t ⊙ τ_uni > 0)`` and a rescaler ``λ_t = Σ|τ_t| / Σ|M_t ⊙ τ_uni|`` per task;
+  ``δ_t = λ_t · M_t ⊙ τ_uni``.
+* **Twin-Merging** (Lu et al. 2024): a shared merge (task arithmetic by default, any
+  registered method) plus each task's residual ``τ_t − τ_shared`` compressed to rank ``r``
+  by SVD; ``δ_t = τ_shared + SVD_r(τ_t − τ_shared)``. Routing is hard (one task per input),
+  as in FREE-Merging; Twin-Merging's soft mixture of experts is not reproduced.
+
+:meth:`RoutedMerge.predict` routes each input of a batch, groups the inputs by route and
+runs each group with its task's state: ``forward(state, x)``. The classification head is
+the caller's (in the paper's evaluation, the head of the dataset being evaluated, whatever
+the route). All three are built key by key; what they hold is the shared part (one
+model's worth of deltas) plus the per-task parts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from .backend import as_compute_tensor, resolve_device
+from .errors import EmptyInputError, ParameterError, check_positive_int
+from .experts import Expert, LowRankExpert, extract_experts, svd_experts
+from .io import InMemoryState, LazyState, load_state
+from .keys import Patterns
+from .methods import list_methods, merge, method_transform
+from .methods.base import Param, as_task_vectors, resolve_params
+from .metrics import common_keys, stack_key, task_names
+from .routing import Router, as_task_ids, routed_apply
+from .taskvector import TaskVector
+
+ATTN_MLP = ("attn", "mlp")
+
+
+class RoutedMerge:
+    """Per-task states ``θ_t = θ_pre + δ_t`` over a shared delta, evaluated through a router.
+
+    Subclasses hold the shared delta (``shared``: key → tensor, the merged part) and say
+    how task ``t``'s delta is made from it (:meth:`task_delta`). Task states are built on
+    first use and the last `cache_size` of them kept in memory.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, pretrained: LazyState, shared: Mapping[str, torch.Tensor], names: Sequence[str],
+                 settings: Mapping[str, Any], router: Router | None = None, cache_size: int = 8):
+        self.pretrained = pretrained
+        self.shared = dict(shared)
+        self.task_names = list(names)
+        self.settings = dict(settings)
+        self.router = router
+        self.cache_size = check_positive_int("cache_size", cache_size)
+        self._states: OrderedDict[int, LazyState] = OrderedDict()
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    def task_index(self, task: int | str) -> int:
+        """Position of `task` (an index or a task name)."""
+        if isinstance(task, str):
+            if task not in self.task_names:
+                raise ParameterError(f"{self.method}: unknown task {task!r}; tasks: {self.task_names}")
+            return self.task_names.index(task)
+        return int(as_task_ids([task], n_tasks=self.n_tasks)[0])
+
+    def task_delta(self, task: int, key: str, shared: torch.Tensor) -> torch.Tensor:
+        """``δ_t[key]`` from the shared delta ``shared`` (a tensor the method may modify)."""
+        raise NotImplementedError
+
+    def task_state(self, task: int | str) -> LazyState:
+        """``θ_t``: every pretrained key, with ``θ_pre + δ_t`` where a delta exists (in memory)."""
+        index = self.task_index(task)
+        if index in self._states:
+            self._states.move_to_end(index)
+            return self._states[index]
+        tensors = {}
+        for key in self.pretrained:
+            base = self.pretrained[key]
+            if key in self.shared:
+                target = self.shared[key].device
+                delta = self.task_delta(index, key, self.shared[key].clone())
+                base = (as_compute_tensor(base, target) + delta.to(target)).to(base.dtype)
+            tensors[key] = base
+        state = InMemoryState(tensors, name=f"{self.method}[{self.task_names[index]}]")
+        self._states[index] = state
+        if len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
+        return state
+
+    def predict(self, x: torch.Tensor, forward: Callable[[LazyState, torch.Tensor], torch.Tensor], *,
+                router: Router | None = None, task_ids=None, features=None, routes=None) -> torch.Tensor:
+        """Outputs ``[N, ...]`` of ``forward(θ_route(i), x[i])``, run once per routed task.
+
+        The route of each input is `routes` if given, else ``router.route(features or x,
+        task_ids)`` with `router` or the object's own; `task_ids` (the true tasks) are only read
+        by routers that simulate routing (oracle, random).
+        """
+        if routes is None:
+            router = router or self.router
+            if router is None:
+                raise ParameterError(f"{self.method}: give a router (or routes) to predict with")
+            routes = router.route(x if features is None else features, task_ids)
+        return routed_apply(x, as_task_ids(routes, int(x.shape[0]), self.n_tasks),
+                            lambda task, inputs: forward(self.task_state(task), inputs))
+
+    def storage_bytes_per_task(self) -> list[int]:
+        """Bytes stored for each task beyond the shared part."""
+        raise NotImplementedError
+
+    def storage_table(self) -> pd.DataFrame:
+        """Per task: ``name``, ``storage_bytes`` and ``percent_of_model`` (of one float32 model's bytes)."""
+        model_bytes = 4 * sum(math.prod(self.pretrained.shape_of(k)) for k in self.pretrained)
+        rows = [{"name": name, "storage_bytes": size, "percent_of_model": 100.0 * size / model_bytes}
+                for name, size in zip(self.task_names, self.storage_bytes_per_task())]
+        return pd.DataFrame(rows, columns=["name", "storage_bytes", "percent_of_model"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tasks={self.task_names}, settings={self.settings})"
+
+
+def _shared_delta(merged: LazyState, pretrained: LazyState, keys: Sequence[str],
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: as_compute_tensor(merged[k], device) - as_compute_tensor(pretrained[k], device) for k in keys}
+
+
+def _in_scope(key: str, scope: str) -> bool:
+    return scope == "all" or any(part in key for part in ATTN_MLP)
+
+
+# --------------------------------------------------------------------------- FREE-Merging
+FREE_PARAMS = (
+    Param("density", 0.01, "fraction of each task vector's entries kept in its expert", low=0.0, high=1.0,
+          low_open=True),
+    Param("per_row", False, "select the top entries per row (last dimension) instead of per tensor", kind=bool),
+    Param("rescale", "paper", "μ of Eq. 4 (paper), the authors' μ (official), or none (μ = 1)",
+          choices=("paper", "official", "none")),
+    Param("scale_reference", "task_vectors", "whose mean |v| enters μ: the task vectors, or their FR-filtered "
+                                             "versions (official)", choices=("task_vectors", "filtered")),
+    Param("mode", "add", "add: θ_m + w·e_t (paper); replace: e_t's non-zero entries replace the backbone "
+                         "delta's (official)", choices=("add", "replace")),
+    Param("expert_scale", 1.0, "w, the factor on every expert entry", low=0.0),
+    Param("expert_scope", "all", "keys the experts change: every expert key, or only keys with "
+                                 "'attn'/'mlp' (official)", choices=("all", "attn_mlp")),
+    Param("backbone", {}, "parameters of the FR backbone merge (method 'fr'), e.g. {'cutoff': 0.2}",
+          kind=dict),
+)
+FREE_PRESETS = {
+    "paper": {},
+    "official": {"per_row": True, "rescale": "official", "scale_reference": "filtered", "mode": "replace",
+                 "expert_scale": 0.5, "expert_scope": "attn_mlp",
+                 "backbone": {"preset": "official", "coefficients": "none", "scaling": 0.25}},
+}
+"""The official backbone is ``θ_pre + 0.5 · 0.5 · Σ G(v_i)`` (config ViT-B-32_8_FREE: no align,
+scaling_coef 0.5 applied in ``sum_two`` and again in ``apply_to``); its experts are scaled by 0.5."""
+
+
+class FreeMerging(RoutedMerge):
+    """FREE-Merging: an FR backbone plus one sparse expert per task, chosen by a router."""
+
+    method = "free"
+
+    def __init__(self, pretrained, shared, names, settings, experts: Sequence[Expert], backbone: LazyState,
+                 router=None, cache_size=8):
+        super().__init__(pretrained, shared, names, settings, router, cache_size)
+        self.experts = list(experts)
+        self.backbone = backbone
+
+    def task_delta(self, task, key, shared):
+        expert = self.experts[task]
+        if key not in expert or not _in_scope(key, self.settings["expert_scope"]):
+            return shared
+        weight = self.settings["expert_scale"]
+        if self.settings["mode"] == "add":
+            return expert.add_to(key, shared, weight)
+        return expert.replace_in(key, shared, weight)
+
+    def storage_bytes_per_task(self):
+        return [expert.storage_bytes() for expert in self.experts]
+
+
+def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None = None,
+                 include: Patterns = None, exclude: Patterns = None, device: str | torch.device | None = "cpu",
+                 cache_size: int = 8, **params) -> FreeMerging:
+    """FREE-Merging of the fine-tuned models (or task vectors): FR backbone, experts, router.
+
+    Parameters (``preset="paper"`` or ``"official"``, then keyword overrides) are listed in
+    :data:`FREE_PARAMS`; ``backbone`` holds the FR merge's own parameters. In the paper
+    preset λ_i of the experts' μ are the backbone's FR coefficients (one pass over the task
+    vectors computes them); with other backbone coefficients they are recomputed from E(v_i).
+    """
+    settings = resolve_params("free", FREE_PARAMS, FREE_PRESETS, params)
+    pre = load_state(pretrained)
+    target = resolve_device(device)
+    vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
+    backbone = merge("fr", pre, vectors, device=target, **settings["backbone"])
+    keys = [k for k in common_keys(vectors) if k in pre]
+    shared = _shared_delta(backbone, pre, keys, target)
+    reference = None
+    if settings["scale_reference"] == "filtered":
+        step = method_transform("fr", len(vectors), **settings["backbone"])
+        reference = [tv.map(lambda key, x, step=step: step(x.unsqueeze(0).clone(), key)[0], with_key=True)
+                     for tv in vectors]
+    lambdas = backbone.statistics.get("lambda") if settings["rescale"] == "paper" else None
+    experts = extract_experts(vectors, settings["density"], per_row=settings["per_row"],
+                              rescale=None if settings["rescale"] == "none" else settings["rescale"],
+                              coefficients=lambdas, scale_reference=reference, device=target)
+    settings["backbone"] = dict(backbone.params)
+    settings["expert_scales"] = [expert.scale for expert in experts]
+    return FreeMerging(pre, shared, task_names(vectors), settings, experts, backbone, router, cache_size)
+
+
+# --------------------------------------------------------------------------- EMR-Merging
+def emr_elect(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMR's unified vector and masks for one key's ``stack[K, *shape]``.
+
+    ``τ_uni = σ ⊙ max_{t: σ·τ_t > 0} |τ_t|`` with ``σ = sign(Σ_t τ_t)`` (0 where the sum is 0),
+    and ``M_t = (τ_t ⊙ τ_uni > 0)``. Returns ``(τ_uni [*shape], masks [K, *shape] bool)``.
+    """
+    sign = stack.sum(dim=0).sign_()
+    magnitude = torch.zeros_like(sign)
+    for task in range(stack.shape[0]):
+        agrees = stack[task] * sign > 0
+        magnitude = torch.where(agrees, torch.maximum(magnitude, stack[task].abs()), magnitude)
+    unified = magnitude.mul_(sign)
+    masks = torch.stack([stack[task] * unified > 0 for task in range(stack.shape[0])])
+    return unified, masks
+
+
+class EMRMerging(RoutedMerge):
+    """EMR-Merging: elected unified task vector, per-task masks and rescalers."""
+
+    method = "emr"
+
+    def __init__(self, pretrained, shared, names, settings, masks: Mapping[str, torch.Tensor],
+                 rescalers: Sequence[float], router=None, cache_size=8):
+        super().__init__(pretrained, shared, names, settings, router, cache_size)
+        self.masks = dict(masks)
+        self.rescalers = [float(r) for r in rescalers]
+
+    def task_delta(self, task, key, shared):
+        return shared.mul_(self.masks[key][task]).mul_(self.rescalers[task])
+
+    def storage_bytes_per_task(self):
+        """One bit per entry of the mask, plus the rescaler (float32)."""
+        entries = sum(mask[0].numel() for mask in self.masks.values())
+        return [math.ceil(entries / 8) + 4] * self.n_tasks
+
+
+def emr_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None = None,
+                include: Patterns = None, exclude: Patterns = None, device: str | torch.device | None = "cpu",
+                cache_size: int = 8) -> EMRMerging:
+    """EMR-Merging (tuning-free): ``θ_t = θ_pre + λ_t · M_t ⊙ τ_uni`` over the selected keys.
+
+    ``λ_t = Σ|τ_t| / Σ|M_t ⊙ τ_uni|`` with sums over every selected entry of the model (1 when
+    the masked unified vector is all zero).
+    """
+    pre = load_state(pretrained)
+    target = resolve_device(device)
+    vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
+    keys = [k for k in common_keys(vectors) if k in pre]
+    if not keys:
+        raise EmptyInputError("EMR-Merging: the task vectors share no key with the pretrained model")
+    shared, masks = {}, {}
+    task_total = torch.zeros(len(vectors), dtype=torch.float64)
+    masked_total = torch.zeros(len(vectors), dtype=torch.float64)
+    for key in keys:
+        stack = stack_key(vectors, key, target)
+        unified, mask = emr_elect(stack)
+        task_total += stack.abs().reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu()
+        masked_total += (mask * unified.abs()).reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu()
+        shared[key], masks[key] = unified, mask
+        del stack
+    rescalers = [float(a / b) if b > 0 else 1.0 for a, b in zip(task_total.tolist(), masked_total.tolist())]
+    settings = {"rescalers": rescalers}
+    return EMRMerging(pre, shared, task_names(vectors), settings, masks, rescalers, router, cache_size)
+
+
+# --------------------------------------------------------------------------- Twin-Merging
+class TwinMerging(RoutedMerge):
+    """Twin-Merging: a shared merge plus each task's low-rank residual expert."""
+
+    method = "twin"
+
+    def __init__(self, pretrained, shared, names, settings, experts: Sequence[LowRankExpert],
+                 router=None, cache_size=8):
+        super().__init__(pretrained, shared, names, settings, router, cache_size)
+        self.experts = list(experts)
+
+    def task_delta(self, task, key, shared):
+        return self.experts[task].add_to(key, shared) if key in self.experts[task] else shared
+
+    def storage_bytes_per_task(self):
+        return [expert.storage_bytes() for expert in self.experts]
+
+
+def twin_merging(pretrained, finetuned_or_task_vectors, *, rank: int = 8, shared_method: str = "task_arithmetic",
+                 shared_params: Mapping[str, Any] | None = None, router: Router | None = None,
+                 include: Patterns = None, exclude: Patterns = None, device: str | torch.device | None = "cpu",
+                 cache_size: int = 8) -> TwinMerging:
+    """Twin-Merging: ``θ_t = θ_pre + τ_shared + SVD_rank(τ_t − τ_shared)``.
+
+    ``τ_shared`` is the delta of ``merge(shared_method, ..., **shared_params)`` (any registered
+    method); residual matrices are kept at rank `rank` (1-D keys and thin matrices whole, see
+    :func:`~freqmerge_viz.svd_experts`).
+    """
+    rank = check_positive_int("rank", rank)
+    if shared_method not in list_methods():
+        raise ParameterError(f"twin: unknown shared_method {shared_method!r}; registered: {list_methods()}")
+    pre = load_state(pretrained)
+    target = resolve_device(device)
+    vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
+    merged = merge(shared_method, pre, vectors, device=target, **dict(shared_params or {}))
+    keys = [k for k in common_keys(vectors) if k in pre]
+    shared = _shared_delta(merged, pre, keys, target)
+    shared_vector = TaskVector.from_tensors(shared, name="shared")
+    residuals = [tv - shared_vector for tv in vectors]
+    experts = svd_experts(residuals, rank, device=target)
+    settings = {"rank": rank, "shared_method": shared_method, "shared_params": dict(merged.params)}
+    return TwinMerging(pre, shared, task_names(vectors), settings, experts, router, cache_size)
+
+
+# --------------------------------------------------------------------------- registry
+ROUTED_METHODS: dict[str, Callable[..., RoutedMerge]] = {
+    "free": free_merging, "emr": emr_merging, "twin": twin_merging}
+
+
+def list_routed_methods() -> list[str]:
+    """Names of the merges with per-task parts and a router, sorted."""
+    return sorted(ROUTED_METHODS)
+
+
+def routed_merge(name: str, pretrained, finetuned_or_task_vectors, **params) -> RoutedMerge:
+    """Build routed merge `name` (``free``, ``emr`` or ``twin``) with its keyword parameters."""
+    if name not in ROUTED_METHODS:
+        raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
+    return ROUTED_METHODS[name](pretrained, finetuned_or_task_vectors, **params)
