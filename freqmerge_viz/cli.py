@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "checkpoint plus merge.json (method, parameters, input sha256). "
                                        "Settings may come from a YAML --config; flags override it. "
                                        "Methods and parameters: freqmerge-viz methods.")
-    merge.add_argument("--method", help="registered method name")
+    merge.add_argument("--method", help="registered method name, or a routed merge (free, emr, twin: "
+                       "one checkpoint per task in OUT/<task>/)")
     merge.add_argument("--pretrained", help="pretrained checkpoint")
     merge.add_argument("--finetuned", nargs="+", metavar="CKPT", help="fine-tuned checkpoints")
     merge.add_argument("--out", required=True, help="output directory")
@@ -119,8 +120,10 @@ def _cmd_merge(args) -> None:
 def _cmd_methods(args) -> None:
     from .methods import get_method, list_methods
 
-    for name in [args.name] if args.name else list_methods():
-        print(get_method(name).doc())
+    from .routed import list_routed_methods, routed_doc
+
+    for name in [args.name] if args.name else list_methods() + list_routed_methods():
+        print(routed_doc(name) if name in list_routed_methods() else get_method(name).doc())
         print()
 
 

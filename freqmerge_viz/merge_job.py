@@ -13,6 +13,7 @@ import yaml
 from .errors import ParameterError
 from .io import save_state, write_text_atomically
 from .methods import merge
+from .routed import list_routed_methods, routed_merge
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
                  "max_shard_size", "dtype")
@@ -50,7 +51,11 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
                   parameters: Mapping[str, Any] | None = None, preset: str | None = None,
                   include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
                   device=None) -> dict:
-    """Merge and write ``out/model.safetensors`` (sharded past `max_shard_size`) and ``out/merge.json``."""
+    """Merge and write ``out/model.safetensors`` (sharded past `max_shard_size`) and ``out/merge.json``.
+
+    A routed merge (``free``, ``emr``, ``twin``) writes one state per task instead,
+    ``out/<task>/model.safetensors``, and its storage table in the record.
+    """
     import torch
 
     params = dict(parameters or {})
@@ -61,19 +66,33 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
         torch_dtype = getattr(torch, str(dtype), None)
         if not isinstance(torch_dtype, torch.dtype):
             raise ParameterError(f"unknown dtype {dtype!r} (e.g. float32, float16, bfloat16)")
-    state = merge(method, pretrained, finetuned, include=include, exclude=exclude, device=device,
-                  dtype=torch_dtype, **params)
     out = Path(out)
-    written = save_state(state, out, max_shard_size=max_shard_size,
-                         metadata={"freqmerge_viz.method": method})
+    metadata = {"freqmerge_viz.method": method}
+    if method in list_routed_methods():
+        routed = routed_merge(method, pretrained, finetuned, include=include, exclude=exclude,
+                              device=device or "cpu", **params)
+        files = []
+        for task in routed.task_names:
+            state = routed.task_state(task)
+            if torch_dtype is not None:
+                state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
+            written = save_state(state, out / task, max_shard_size=max_shard_size,
+                                 metadata={**metadata, "freqmerge_viz.task": task})
+            files += [f"{task}/{p.name}" for p in written]
+        parameters, statistics = routed.settings, {"storage": routed.storage_table().to_dict("records")}
+    else:
+        state = merge(method, pretrained, finetuned, include=include, exclude=exclude, device=device,
+                      dtype=torch_dtype, **params)
+        written = save_state(state, out, max_shard_size=max_shard_size, metadata=metadata)
+        files, parameters, statistics = [p.name for p in written], state.params, state.statistics
     record = {
         "method": method,
-        "parameters": state.params,
-        "statistics": state.statistics,
+        "parameters": parameters,
+        "statistics": statistics,
         "inputs": {"pretrained": {"path": str(pretrained), "sha256": file_digest(pretrained)},
                    "finetuned": [{"path": str(f), "sha256": file_digest(f)} for f in finetuned]},
         "include": include, "exclude": exclude, "dtype": dtype,
-        "files": [p.name for p in written],
+        "files": files,
     }
     write_text_atomically(out / "merge.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -24,6 +24,7 @@ model's worth of deltas) plus the per-task parts.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -347,4 +348,25 @@ def routed_merge(name: str, pretrained, finetuned_or_task_vectors, **params) -> 
     """Build routed merge `name` (``free``, ``emr`` or ``twin``) with its keyword parameters."""
     if name not in ROUTED_METHODS:
         raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
-    return ROUTED_METHODS[name](pretrained, finetuned_or_task_vectors, **params)
+    build = ROUTED_METHODS[name]
+    accepted = [p for p in inspect.signature(build).parameters if p not in ("pretrained", "finetuned_or_task_vectors")]
+    if build is not free_merging:
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ParameterError(f"{name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}")
+    return build(pretrained, finetuned_or_task_vectors, **params)
+
+
+def routed_doc(name: str) -> str:
+    """Summary and parameters of routed merge `name`, for ``freqmerge-viz methods``."""
+    if name not in ROUTED_METHODS:
+        raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
+    build = ROUTED_METHODS[name]
+    lines = [f"{name} (routed: one state per task): {build.__doc__.strip().splitlines()[0]}"]
+    if build is free_merging:
+        lines += [f"  {p.describe()}" for p in FREE_PARAMS] + [f"  presets: {', '.join(sorted(FREE_PRESETS))}"]
+    else:
+        skip = {"pretrained", "finetuned_or_task_vectors", "router", "include", "exclude", "device", "cache_size"}
+        lines += [f"  {p.name} (default {p.default!r})" for p in inspect.signature(build).parameters.values()
+                  if p.name not in skip]
+    return "\n".join(lines)

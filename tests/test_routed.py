@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -224,3 +225,23 @@ def test_task_states_are_cached_up_to_cache_size(linear_tasks):
 def test_unknown_routed_method():
     with pytest.raises(ParameterError, match="free"):
         fmv.routed_merge("fusion", {}, [])
+
+
+def test_merge_cli_writes_one_checkpoint_per_task_for_routed_merges(tmp_path, capsys):
+    from freqmerge_viz.cli import main
+
+    paths = make_model_set(2, seed=0, width=8, depth=1).save(tmp_path / "in")
+    finetuned = [str(paths["task0"]), str(paths["task1"])]
+    assert main(["merge", "--method", "free", "--preset", "official", "--pretrained", str(paths["pretrained"]),
+                 "--finetuned", *finetuned, "--out", str(tmp_path / "out"), "--param", "density=0.2"]) == 0
+    record = json.loads((tmp_path / "out" / "merge.json").read_text())
+    expected = fmv.free_merging(paths["pretrained"], finetuned, preset="official", density=0.2)
+    assert record["parameters"]["mode"] == "replace" and len(record["statistics"]["storage"]) == 2
+    for task in expected.task_names:
+        written = fmv.load_state(tmp_path / "out" / task)
+        for key in written:
+            assert torch.equal(written[key], expected.task_state(task)[key]), (task, key)
+    assert main(["merge", "--method", "emr", "--preset", "paper", "--pretrained", str(paths["pretrained"]),
+                 "--finetuned", *finetuned, "--out", str(tmp_path / "emr")]) == 2
+    assert "emr: unknown parameter(s) ['preset']" in capsys.readouterr().err
+    assert main(["methods", "twin"]) == 0 and "rank (default 8)" in capsys.readouterr().out
