@@ -254,12 +254,15 @@ MEMORY_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     import freqmerge_viz as fmv
     directory, method = sys.argv[1], sys.argv[2]
+    params = {"preset": sys.argv[3]} if len(sys.argv) > 3 else {}
     def status(field):
         line = next(l for l in open('/proc/self/status') if l.startswith(field + ':'))
         return int(line.split()[1]) * 1024
-    warm = fmv.merge(method, {"a.attn.weight": torch.zeros(8, 8)}, [{"a.attn.weight": torch.ones(8, 8)}] * 3)
+    warm = fmv.merge(method, {"a.attn.weight": torch.zeros(8, 8)}, [{"a.attn.weight": torch.ones(8, 8)}] * 3,
+                     **params)
     warm["a.attn.weight"]
-    state = fmv.merge(method, f"{directory}/pre.safetensors", [f"{directory}/ft{t}.safetensors" for t in range(3)])
+    state = fmv.merge(method, f"{directory}/pre.safetensors", [f"{directory}/ft{t}.safetensors" for t in range(3)],
+                      **params)
     with open('/proc/self/clear_refs', 'w') as reset:
         reset.write('5')
     start = status('VmRSS')
@@ -283,21 +286,22 @@ def sixty_four_matrices(tmp_path_factory):
     return directory, 1024 * 512 * 4
 
 
-def _peak_in_tensors(directory, method, tensor_bytes) -> float:
+def _peak_in_tensors(directory, method, tensor_bytes, preset=None) -> float:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(directory), method],
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(directory), method, *([preset] if preset else [])],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["peak_over_start"] / tensor_bytes
 
 
-@pytest.mark.parametrize("method", fmv.list_methods())
-def test_every_merge_stays_within_k_plus_2_tensors(sixty_four_matrices, method):
+@pytest.mark.parametrize("method, preset", [(m, None) for m in fmv.list_methods()] + [("fr", "official"),
+                                                                                      ("pcb", "official")])
+def test_every_merge_stays_within_k_plus_2_tensors(sixty_four_matrices, method, preset):
     # K = 3 models of 64 tensors each: merging the whole models at once would need 256 tensors.
     # The 0.35 of a tensor above K + 2 covers the allocator, block temporaries (at most
     # 2**16 entries each) and, for FR, the cached half-spectrum mask (H x (W/2+1) floats).
     directory, tensor_bytes = sixty_four_matrices
-    assert _peak_in_tensors(directory, method, tensor_bytes) <= 3 + 2 + 0.35
+    assert _peak_in_tensors(directory, method, tensor_bytes, preset) <= 3 + 2 + 0.35
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -298,47 +293,3 @@ def test_kth_smallest_is_exact_on_signed_values_with_ties(dtype):
                    torch.tensor([float("inf"), -float("inf")], dtype=dtype)])
     for k in (1, 2, 5, 1500, 1510, x.numel() - 1, x.numel()):
         assert kth_smallest_(x.clone(), k) == x.kthvalue(k).values.item(), k
-
-
-MEMORY_SCRIPT = textwrap.dedent("""
-    import json, sys, torch
-    torch.set_num_threads(1)
-    import freqmerge_viz as fmv
-    directory = sys.argv[1]
-    def status(field):
-        line = next(l for l in open('/proc/self/status') if l.startswith(field + ':'))
-        return int(line.split()[1]) * 1024
-    result = {}
-    for preset in ("paper", "official"):
-        warm = fmv.merge("pcb", {"w": torch.zeros(8, 8)}, [{"w": torch.ones(8, 8)}] * 3, preset=preset)
-        warm["w"]
-        state = fmv.merge("pcb", f"{directory}/pre.safetensors",
-                          [f"{directory}/ft{t}.safetensors" for t in range(3)], preset=preset)
-        with open('/proc/self/clear_refs', 'w') as reset:
-            reset.write('5')
-        start = status('VmRSS')
-        for key in state:
-            tensor = state[key]
-            del tensor
-        result[preset] = status('VmHWM') - start
-    print(json.dumps(result))
-""")
-
-
-def test_a_key_merge_stays_within_k_plus_2_tensors(tmp_path):
-    g = torch.Generator().manual_seed(15)
-    shape = (1024, 512)
-    pre = {f"blocks.{i}.weight": torch.randn(shape, generator=g) for i in range(4)}
-    fmv.save_state(pre, tmp_path / "pre.safetensors")
-    for t in range(3):
-        fmv.save_state({k: v + 0.01 * torch.randn(shape, generator=g) for k, v in pre.items()},
-                       tmp_path / f"ft{t}.safetensors")
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    tensor_bytes = 1024 * 512 * 4
-    for preset, peak in json.loads(result.stdout).items():
-        # stack (K = 3) + one buffer (scores, then the merged delta) + block temporaries.
-        # Measured 4.3 for both presets (task_arithmetic: 4.0 in the same harness).
-        assert peak / tensor_bytes <= 3 + 2, (preset, peak / tensor_bytes)
