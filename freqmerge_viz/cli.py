@@ -29,11 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="spectra + interference report (tables, figures, JSON)",
                             description="Write a spectra and interference report to --out. Without "
-                                        "--pretrained/--finetuned it runs on the bundled synthetic set.")
+                                        "--pretrained/--finetuned it runs on the bundled demo zoo and adds "
+                                        "the merge methods' accuracy table.")
     _add_inputs(report, required=False)
     report.add_argument("--out", default="out", help="output directory (default: out)")
     report.add_argument("--cutoffs", nargs="+", type=float, default=None, metavar="RHO",
                         help="normalised high-pass cutoffs in [0, 1] (default: 0.05 0.1 0.2 0.3)")
+    report.add_argument("--zoo", default=None, help="zoo directory (default: data/zoo)")
+    report.add_argument("--no-eval", action="store_true", help="zoo: skip the merge accuracy table")
+    report.add_argument("--limit", type=int, default=None,
+                        help="zoo: evaluate only the first N images of every split (a quick look)")
+    report.add_argument("--synthetic", action="store_true",
+                        help="analyse the generated synthetic set instead of the zoo")
     report.add_argument("--tasks", type=int, default=4, help="synthetic set: number of tasks")
     report.add_argument("--seed", type=int, default=0, help="synthetic set: seed")
     report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
@@ -80,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--max-shard-size", help="e.g. 2GB; larger outputs are sharded")
     merge.add_argument("--dtype", help="output dtype of merged tensors (default: the pretrained dtype)")
     merge.add_argument("--device", default=None)
+
+    zoo = sub.add_parser("zoo", help="the bundled demo zoo: build it, evaluate every method on it",
+                         description="The demo zoo in data/zoo: eight procedural tasks, a small ViT.")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    zoo_build = zoo_sub.add_parser("build", help="train the zoo again, deterministically (15-30 min on 2 cores)")
+    zoo_build.add_argument("--out", default=None, help="output directory (default: data/zoo)")
+    zoo_build.add_argument("--quick", action="store_true", help="a tiny configuration, for smoke tests")
+    zoo_eval = zoo_sub.add_parser("eval", help="every merge method on the zoo: settings chosen on validation, "
+                                               "accuracy on test")
+    zoo_eval.add_argument("--path", default=None, help="zoo directory (default: data/zoo)")
+    zoo_eval.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    zoo_eval.add_argument("--out", default=None, help="also write the JSON here")
+    zoo_eval.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                          help="only these rows (individual and pretrained_probe always come)")
+    zoo_eval.add_argument("--limit", type=int, default=None,
+                          help="evaluate only the first N images of every split (a quick look)")
 
     methods = sub.add_parser("methods", help="list merge methods with their parameters",
                              description="Every registered merge method, its parameters and presets.")
@@ -128,22 +151,35 @@ def _cmd_methods(args) -> None:
 
 
 def _cmd_report(args) -> dict:
-    from .report import DEFAULT_CUTOFFS, ReportInputs, run_report, synthetic_inputs
+    from .report import DEFAULT_CUTOFFS, ReportInputs, run_report, synthetic_inputs, zoo_inputs
 
     if bool(args.pretrained) != bool(args.finetuned):
-        raise FreqMergeError("give both --pretrained and --finetuned, or neither (synthetic set)")
+        raise FreqMergeError("give both --pretrained and --finetuned, or neither (the demo zoo)")
+    comparison = None
     if args.pretrained:
         inputs = ReportInputs(args.pretrained, args.finetuned, args.names, args.include, args.exclude,
                               description="user checkpoints")
-    else:
+    elif args.synthetic:
         inputs = synthetic_inputs(Path(args.out) / "synthetic", n_tasks=args.tasks, seed=args.seed)
+    else:
+        inputs = zoo_inputs(args.zoo)
+        if not args.no_eval:
+            from . import zoo
+            from .zoo.compare import compare_methods
+
+            comparison = compare_methods(zoo.load(args.zoo), limit=args.limit,
+                                         progress=lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
     summary = run_report(inputs, args.out, cutoffs=args.cutoffs or DEFAULT_CUTOFFS, device=args.device,
-                         formats=args.formats, html=not args.no_html)
+                         formats=args.formats, html=not args.no_html, comparison=comparison)
     print(f"report written to {args.out}/ (report.md, report.json, CSV tables, figures)")
     for row in summary["interference"]:
         print(f"  {row['setting']:<22} all bins {row['all_bins']:.4g} ({row['change_all_pct']:+.1f}%)   "
               f"kept bins {row['kept_bins']:.4g} vs {row['unfiltered_kept_bins']:.4g} "
               f"({row['change_kept_pct']:+.1f}%)")
+    if comparison is not None:
+        from .zoo.compare import markdown_table
+
+        print(markdown_table(comparison))
     return summary
 
 
@@ -185,8 +221,27 @@ def _cmd_interference(args) -> None:
                       "rows": table.to_dict(orient="records")}, indent=2, ensure_ascii=False))
 
 
+def _cmd_zoo(args) -> None:
+    from . import zoo
+    from .io import write_text_atomically
+    from .zoo.compare import CANDIDATES, compare_methods, markdown_table, with_needs
+
+    if args.zoo_command == "build":
+        manifest = zoo.build_zoo(args.out or zoo.DEFAULT_PATH, zoo.QUICK_CONFIG if args.quick else zoo.DEFAULT_CONFIG)
+        print(json.dumps(manifest["quality"], indent=1))
+        return
+    rows = [m for m in args.methods or [] if m not in ("individual", "pretrained_probe")]
+    candidates = with_needs(rows) if args.methods else CANDIDATES
+    progress = None if args.json else (lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
+    result = compare_methods(zoo.load(args.path), candidates, limit=args.limit, progress=progress)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        write_text_atomically(Path(args.out), text + "\n")
+    print(text if args.json else markdown_table(result))
+
+
 COMMANDS = {"report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
-            "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods}
+            "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

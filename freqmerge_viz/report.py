@@ -50,6 +50,16 @@ def synthetic_inputs(directory: str | os.PathLike, n_tasks: int = 4, seed: int =
                         extra={"seed": seed})
 
 
+def zoo_inputs(path: str | os.PathLike | None = None) -> ReportInputs:
+    """The bundled demo zoo (``data/zoo``, or `path`): pretrained backbone and eight fine-tuned ones."""
+    from . import zoo
+
+    loaded = zoo.load(path)
+    return ReportInputs(loaded.pretrained, loaded.finetuned_list(), loaded.tasks,
+                        description=f"demo zoo at {loaded.path} (eight procedural tasks, small ViT)",
+                        extra={"zoo": str(loaded.path)})
+
+
 def _write_csv(table, path: Path) -> None:
     keep_index = not isinstance(table.index, pd.RangeIndex)
     write_text_atomically(path, table.to_csv(index=keep_index, float_format="%.6g"))
@@ -66,11 +76,13 @@ def spectrum_key(task_vector: TaskVector) -> str:
 
 def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
                device: str | torch.device | None = None, formats: Sequence[str] = ("png", "svg"),
-               html: bool = True) -> dict:
+               html: bool = True, comparison: dict | None = None) -> dict:
     """Analyse `inputs` and write tables (CSV), figures and ``report.json`` under `out`.
 
     Cutoffs are normalised radii (paper convention, ideal high-pass); the authors' official
-    filter at ``filter_ratio = 0.7`` is added for comparison. Returns the JSON summary.
+    filter at ``filter_ratio = 0.7`` is added for comparison. `comparison` (the result of
+    :func:`~freqmerge_viz.zoo.compare.compare_methods`) adds the merge accuracy table.
+    Returns the JSON summary.
     """
     import matplotlib
 
@@ -142,6 +154,8 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
         "mean_pairwise_cosine": float(np.nanmean(cosine.to_numpy()[~np.eye(len(cached), dtype=bool)]))
         if len(cached) > 1 else None,
     }
+    if comparison is not None:
+        summary["comparison"] = comparison
     write_text_atomically(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_text_atomically(out / "report.md", render_markdown(summary))
     return summary
@@ -169,4 +183,11 @@ def render_markdown(summary: dict) -> str:
     share = summary["low_frequency_share"]
     lines.append(f"Share of spectral energy below ρ = {share['cutoff']:g}: " +
                  ", ".join(f"{t} {v:.3f}" for t, v in share["per_task"].items()))
+    if "comparison" in summary:
+        from .zoo.compare import markdown_table
+
+        lines += ["", "## Merge methods on the zoo (test accuracy, %)", "",
+                  markdown_table(summary["comparison"]).rstrip(), "",
+                  "Each method's settings scored the best mean accuracy on the validation split; "
+                  "the order of the rows is as measured, whatever it says about the paper's claims."]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from freqmerge_viz.synthetic import make_model_set
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    assert main(["report", "--out", str(out), "--tasks", "3", "--cutoffs", "0.1", "0.3",
+    assert main(["report", "--synthetic", "--out", str(out), "--tasks", "3", "--cutoffs", "0.1", "0.3",
                  "--formats", "png", "--device", "cpu"]) == 0
     return out
 

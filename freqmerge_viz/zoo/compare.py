@@ -1,0 +1,212 @@
+"""Every merge method on the zoo: settings chosen on validation, accuracy measured on test.
+
+:func:`compare_methods` gives the table behind ``freqmerge-viz zoo eval``: per method, the
+accuracy per task and the mean on the test split (fractions in [0, 1]) and the settings
+that scored the best validation mean among its candidates (:data:`CANDIDATES`). Routed
+merges (FREE, EMR, Twin) run each input with the state of the task its router picks; the
+classification head is always that of the task being evaluated.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..errors import ParameterError
+from ..methods import merge
+from ..routed import RoutedMerge, routed_merge
+from ..routing import MLPRouter, OracleRouter, Router
+from .core import Zoo, mean_accuracy
+from .model import backbone_forward
+
+
+def grid(**axes: Sequence[Any]) -> list[dict]:
+    """Every combination of the given values, as a list of settings dicts."""
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the comparison: how to build it and which settings to try on validation."""
+
+    name: str
+    method: str
+    settings: list[dict] = field(default_factory=lambda: [{}])
+    routed: bool = False
+    router: str = "oracle"
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+    needs: tuple[str, ...] = ()
+    """Rows whose chosen settings this one builds on (they must come earlier)."""
+
+
+SCALINGS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("weight_averaging", "weight_averaging"),
+    Candidate("task_arithmetic", "task_arithmetic", grid(scaling=SCALINGS)),
+    Candidate("ties", "ties", grid(density=(0.1, 0.2, 0.4), scaling=(0.5, 0.7, 1.0, 1.5))),
+    Candidate("dare", "dare_linear", grid(density=(0.3, 0.5), scaling=(0.2, 0.3, 0.4, 0.5, 0.7))),
+    Candidate("breadcrumbs", "breadcrumbs", grid(density=(0.8, 0.9), scaling=(0.2, 0.3, 0.4, 0.5, 0.7))),
+    Candidate("pcb", "pcb", grid(density=(0.1, 0.2), scaling=(0.7, 1.0, 1.5, 2.0, 3.0))),
+    Candidate("fr_paper", "fr", grid(cutoff=(0.05, 0.1, 0.2), scaling=(1.0, 2.0, 3.0, 4.0)),
+              fixed={"preset": "paper"}),
+    Candidate("fr_official", "fr", grid(scaling=(0.2, 0.3, 0.5, 0.7)), fixed={"preset": "official"}),
+    Candidate("fr_ties", "fr_ties", grid(cutoff=(0.05, 0.1), density=(0.2, 0.4), scaling=(0.7, 1.0, 1.5)),
+              fixed={"preset": "paper"}),
+    Candidate("emr", "emr", routed=True, doc="masks and rescalers chosen by the true task (oracle), as in "
+                                             "the EMR paper"),
+    Candidate("twin", "twin", grid(rank=(4, 8)), routed=True, needs=("task_arithmetic",),
+              doc="oracle routes; shared part = task arithmetic with its chosen scaling"),
+    Candidate("free_oracle", "free", grid(expert_scale=(0.5, 1.0, 2.0)), routed=True, fixed={"preset": "paper"},
+              doc="paper preset, backbone = the validation-chosen fr_paper settings", needs=("fr_paper",)),
+    Candidate("free_mlp_router", "free", routed=True, router="mlp", fixed={"preset": "paper"},
+              doc="free_oracle's settings, routes from an MLP on pretrained features", needs=("free_oracle",)),
+)
+"""The comparison's rows, in order; ``individual`` and ``pretrained_probe`` come first."""
+
+
+def with_needs(names: Sequence[str], candidates: Sequence[Candidate] = CANDIDATES) -> tuple[Candidate, ...]:
+    """The candidates called `names` plus every row they build on, in table order."""
+    by_name = {c.name: c for c in candidates}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise ParameterError(f"unknown comparison row(s) {unknown}; available: {list(by_name)}")
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(by_name[name].needs)
+    return tuple(c for c in candidates if c.name in wanted)
+
+
+def features(zoo: Zoo, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Class-token features ``[N, width]`` of `images` under the pretrained backbone."""
+    with torch.no_grad():
+        return torch.cat([backbone_forward(zoo.pretrained, images[i:i + batch_size], zoo.model_config,
+                                           where="pretrained")
+                          for i in range(0, len(images), batch_size)])
+
+
+def train_router(zoo: Zoo, per_task: int = 600, seed: int = 0, epochs: int = 40) -> MLPRouter:
+    """An :class:`~freqmerge_viz.MLPRouter` from pretrained features of `per_task` training
+    images of each task to the task's index."""
+    xs, ys = [], []
+    for index, task in enumerate(zoo.tasks):
+        images, _ = zoo.data(task, "train")
+        xs.append(features(zoo, images[:per_task]))
+        ys.append(torch.full((xs[-1].shape[0],), index, dtype=torch.long))
+    x = torch.cat(xs)
+    router = MLPRouter(x.shape[1], len(zoo.tasks), hidden=64, seed=seed)
+    return router.fit(x, torch.cat(ys), epochs=epochs)
+
+
+def evaluate_routed(zoo: Zoo, routed: RoutedMerge, router: Router, split: str = "test",
+                    batch_size: int = 500, limit: int | None = None) -> tuple[dict[str, float], float]:
+    """Per-task accuracy of `routed` with routes from `router`, and the share routed right."""
+    accuracy, right, total = {}, 0, 0
+    for index, task in enumerate(zoo.tasks):
+        images, labels = zoo.data(task, split)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        correct = 0
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size]
+            truth = torch.full((x.shape[0],), index, dtype=torch.long)
+            routes = router.route(features(zoo, x), truth)
+            with torch.no_grad():
+                logits = routed.predict(x, lambda state, inputs: zoo.forward(state, inputs, task), routes=routes)
+            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+            right += int((routes.cpu() == truth).sum())
+            total += x.shape[0]
+        accuracy[task] = correct / len(labels)
+    return accuracy, right / total
+
+
+def _result(per_task: Mapping[str, float], settings: Mapping[str, Any], **extra) -> dict:
+    return {"per_task": dict(per_task), "mean": mean_accuracy(per_task), "settings": dict(settings), **extra}
+
+
+def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, limit: int | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict:
+    """The comparison table as ``{"tasks": [...], "methods": {name: {"per_task", "mean",
+    "settings"}}}``; accuracies are fractions in [0, 1] on the test split.
+
+    Each candidate's settings are those with the best mean accuracy on the validation split.
+    `limit` evaluates only the first `limit` images of every split (a quick look).
+    """
+    say = progress or (lambda message: None)
+    tasks = list(zoo.tasks)
+    finetuned = dict(zip(tasks, zoo.finetuned_list()))
+    methods: dict[str, dict] = {}
+    individual = {t: zoo.evaluate(finetuned[t], t, limit=limit)[t] for t in tasks}
+    methods["individual"] = _result(individual, {})
+    methods["pretrained_probe"] = _result(zoo.evaluate(zoo.pretrained, head="probe", limit=limit), {})
+    chosen: dict[str, dict] = {}
+    mlp_router = None
+    for candidate in candidates:
+        say(candidate.name)
+        if candidate.routed and candidate.router == "mlp":
+            if mlp_router is None:
+                mlp_router = train_router(zoo)
+            settings = chosen[candidate.needs[0]]
+            built = _build(zoo, candidate, finetuned, settings, chosen)
+            per_task, routed_right = evaluate_routed(zoo, built, mlp_router, "test", limit=limit)
+            methods[candidate.name] = _result(per_task, _params(candidate, settings, chosen),
+                                              routing_accuracy=routed_right)
+            continue
+        best, best_mean = None, -1.0
+        for settings in candidate.settings:
+            built = _build(zoo, candidate, finetuned, settings, chosen)
+            mean = mean_accuracy(_accuracy(zoo, built, candidate, "val", limit))
+            if mean > best_mean:
+                best, best_mean = settings, mean
+        chosen[candidate.name] = best
+        built = _build(zoo, candidate, finetuned, best, chosen)
+        methods[candidate.name] = _result(_accuracy(zoo, built, candidate, "test", limit),
+                                          _params(candidate, best, chosen), validation_mean=best_mean)
+    return {"tasks": tasks, "methods": methods}
+
+
+def _accuracy(zoo: Zoo, built, candidate: Candidate, split: str, limit: int | None) -> dict[str, float]:
+    if candidate.routed:
+        return evaluate_routed(zoo, built, OracleRouter(), split, limit=limit)[0]
+    return zoo.evaluate(built, split=split, limit=limit)
+
+
+def _params(candidate: Candidate, settings: Mapping, chosen: Mapping) -> dict:
+    """Everything `candidate` is built with: fixed values, `settings`, and the chosen
+    settings of the rows it builds on."""
+    params = {**candidate.fixed, **settings}
+    if candidate.method == "free":
+        params["backbone"] = {"preset": "paper", **chosen["fr_paper"]}
+    if candidate.method == "twin":
+        params["shared_params"] = dict(chosen["task_arithmetic"])
+    return params
+
+
+def _build(zoo: Zoo, candidate: Candidate, finetuned: Mapping, settings: Mapping, chosen: Mapping):
+    params = _params(candidate, settings, chosen)
+    if candidate.routed:
+        return routed_merge(candidate.method, zoo.pretrained, finetuned, **params)
+    if candidate.method not in ("fr", "fr_ties") and "preset" in params:
+        raise ParameterError(f"{candidate.name}: {candidate.method} has no presets")
+    return merge(candidate.method, zoo.pretrained, finetuned, **params)
+
+
+def markdown_table(result: Mapping) -> str:
+    """The comparison as a Markdown table: accuracy in % per task and mean, plus the settings."""
+    tasks = list(result["tasks"])
+    lines = ["| method | " + " | ".join(tasks) + " | mean | settings (chosen on validation) |",
+             "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
+    for name, row in result["methods"].items():
+        cells = [f"{100 * row['per_task'][t]:.1f}" for t in tasks] + [f"**{100 * row['mean']:.1f}**"]
+        settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"
+        if "routing_accuracy" in row:
+            settings += f"; router right on {100 * row['routing_accuracy']:.1f}% of test inputs"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {settings} |")
+    return "\n".join(lines) + "\n"

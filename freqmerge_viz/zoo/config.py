@@ -1,0 +1,125 @@
+"""The zoo's build configuration (what ``build_zoo`` trains, and how), stored in the manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import ParameterError
+from .model import ViTConfig
+from .tasks import TASK_NAMES
+
+__all__ = ["SplitSizes", "TrainConfig", "ProbeConfig", "ZooConfig", "DEFAULT_CONFIG", "QUICK_CONFIG"]
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    train: int = 6000
+    val: int = 1000
+    test: int = 2000
+
+    def of(self, split: str) -> int:
+        return getattr(self, split)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Mini-batch training: linear warm-up then cosine decay to zero, cross-entropy,
+    gradient-norm clipping; weight decay on matrices only (not biases, norms, embeddings
+    of one dimension)."""
+
+    steps: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    clip: float = 1.0
+    label_smoothing: float = 0.0
+    optimizer: str = "adamw"
+    """``"adamw"`` or ``"sgd"`` (with Nesterov-free heavy-ball `momentum`)."""
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ParameterError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Multinomial logistic regression on frozen features, full batch L-BFGS, one run per
+    weight decay; the weight decay with the best validation accuracy is kept."""
+
+    weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    max_iter: int = 200
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    seed: int = 0
+    """Seed of the data (each task's splits derive from it) and of every training run."""
+    threads: int = 2
+    """``torch.set_num_threads`` during the build (results are bitwise reproducible only
+    for the same thread count, torch build and CPU)."""
+    tasks: tuple[str, ...] = TASK_NAMES
+    model: ViTConfig = ViTConfig()
+    sizes: SplitSizes = SplitSizes()
+    pretext_sizes: SplitSizes = SplitSizes(train=40000, val=2000, test=2000)
+    pretrain: TrainConfig = TrainConfig(steps=5000, lr=1e-3, weight_decay=0.05, warmup=200)
+    finetune: TrainConfig = TrainConfig(steps=500, lr=0.03, weight_decay=0.0, warmup=50, optimizer="sgd")
+    finetune_head: bool = False
+    """False: the head is the linear probe's and stays frozen while the backbone is
+    fine-tuned (as the paper's CLIP heads are), so ``heads`` equal ``probe_heads``."""
+    probe: ProbeConfig = ProbeConfig()
+    ta_scalings: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    eval_batch_size: int = 500
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASK_NAMES]
+        if unknown or not self.tasks:
+            raise ParameterError(f"unknown or no zoo tasks {unknown}; tasks: {', '.join(TASK_NAMES)}")
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> ZooConfig:
+        nested = {"model": ViTConfig, "sizes": SplitSizes, "pretext_sizes": SplitSizes,
+                  "pretrain": TrainConfig, "finetune": TrainConfig, "probe": ProbeConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ParameterError(f"unknown zoo config entries {unknown}")
+        kwargs = {}
+        for key, value in values.items():
+            if key in nested:
+                sub = nested[key]
+                names = {f.name for f in fields(sub)}
+                kwargs[key] = sub(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in value.items() if k in names})
+            elif isinstance(value, list):
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+DEFAULT_CONFIG = ZooConfig()
+"""The configuration of the shipped zoo."""
+
+QUICK_CONFIG = ZooConfig(
+    sizes=SplitSizes(train=1500, val=300, test=500),
+    pretext_sizes=SplitSizes(train=4000, val=500, test=500),
+    pretrain=TrainConfig(steps=150, warmup=20),
+    finetune=TrainConfig(steps=40, lr=0.03, weight_decay=0.0, warmup=5, optimizer="sgd"),
+    probe=ProbeConfig(weight_decays=(1e-4, 1e-2), max_iter=50),
+    ta_scalings=(0.3, 0.6),
+)
+"""A small configuration for smoke tests of ``build_zoo`` (about a minute on 2 cores)."""
