@@ -314,20 +314,20 @@ def build_zoo(out_dir: str | Path, config: ZooConfig = DEFAULT_CONFIG, *,
             f"{ta_test['mean']:.3f}; weight averaging mean {wa_test['mean']:.3f}; passes: {quality['passes']}")
 
         # ---------------------------------------------------------------- files
-        meta = {"zoo": FORMAT}
+        # No extra safetensors metadata: safetensors writes a multi-entry __metadata__ in a
+        # per-process random order, which would make the files differ from build to build.
         layout = {"pretrained": "pretrained.safetensors",
                   "finetuned": {task: f"finetuned/{task}.safetensors" for task in config.tasks},
                   "heads": "heads.safetensors", "probe_heads": "probe_heads.safetensors"}
-        save_state(pretrained, out / layout["pretrained"], metadata={**meta, "role": "pretrained"})
+        save_state(pretrained, out / layout["pretrained"])
         (out / "finetuned").mkdir(exist_ok=True)
         for task in config.tasks:
-            save_state(finetuned[task], out / layout["finetuned"][task],
-                       metadata={**meta, "role": "finetuned", "task": task})
+            save_state(finetuned[task], out / layout["finetuned"][task])
         for stale in (out / "finetuned").glob("*.safetensors"):
             if f"finetuned/{stale.name}" not in layout["finetuned"].values():
                 stale.unlink()
-        save_state(_heads_state(heads), out / layout["heads"], metadata={**meta, "role": "heads"})
-        save_state(_heads_state(probe_heads), out / layout["probe_heads"], metadata={**meta, "role": "probe_heads"})
+        save_state(_heads_state(heads), out / layout["heads"])
+        save_state(_heads_state(probe_heads), out / layout["probe_heads"])
         names = [layout["pretrained"], *layout["finetuned"].values(), layout["heads"], layout["probe_heads"]]
         files = {name: {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size} for name in names}
         manifest = {

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from .render import (F32, arc, blur, box_sdf, col, contrasting, coverage, disc_sdf, ellipse_sdf,
-                     hsv_to_rgb, luminance, paint, pixel_grid, polygon_sdf, polyline_segments,
+                     hsv_to_rgb, paint, pixel_grid, polygon_sdf, polyline_segments,
                      random_colors, regular_polygon, segments_distance, smooth_noise)
 
 __all__ = ["TaskSpec", "TASKS", "PRETEXT", "TASK_NAMES", "SPLITS", "get_task", "generate",
