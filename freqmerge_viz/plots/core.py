@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .io import write_atomically
+from ..io import write_atomically
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 
@@ -23,7 +23,7 @@ def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "
     written = []
     for fmt in formats:
         if fmt not in STATIC_FORMATS:
-            from .errors import ParameterError
+            from ..errors import ParameterError
             raise ParameterError(f"format must be one of {STATIC_FORMATS}, got {fmt!r}")
         target = Path(f"{stem}.{fmt}")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,12 @@
+"""Figures: matplotlib for static export (PNG/SVG/PDF), plotly for interactive HTML.
+
+Every figure function takes plain arrays or tidy tables and returns a figure; the
+``save_*`` helpers write files atomically (temporary name, then rename). One module per
+topic; :mod:`.core` holds the export helpers and the spectra figures.
+"""
+
+from .core import (STATIC_FORMATS, interference_figure, radial_profiles_figure, radial_profiles_plotly,
+                   save_figure, save_html, spectra_grid)
+
+__all__ = ["STATIC_FORMATS", "interference_figure", "radial_profiles_figure", "radial_profiles_plotly",
+           "save_figure", "save_html", "spectra_grid"]
