@@ -22,14 +22,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import safetensors.torch
 import torch
 
 from .errors import CheckpointError, MissingKeysError, ParameterError
 
 __all__ = [
     "LazyState", "SafetensorsState", "ShardedState", "TorchFileState", "InMemoryState",
-    "load_state", "save_state", "parse_size",
+    "load_state", "save_state", "parse_size", "write_safetensors",
 ]
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -530,7 +529,51 @@ def _write_shard(state: LazyState, keys: list[str], target: Path,
         if tensor.numel():
             seen_storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
-    write_atomically(target, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
+    write_atomically(target, lambda tmp: write_safetensors(tensors, tmp, metadata))
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_SAFETENSORS_RANK = [torch.bool, torch.uint8, torch.int8, torch.float8_e5m2, torch.float8_e4m3fn, torch.int16,
+                     torch.float16, torch.bfloat16, torch.int32, torch.float32, torch.float64, torch.int64]
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write contiguous CPU `tensors` as a safetensors file whose bytes depend only on the input.
+
+    The layout is the one ``safetensors.torch.save_file`` writes (tensors ordered by dtype as
+    safetensors ranks them, highest first, then by name; header padded with spaces to 8
+    bytes), except that the
+    metadata entries are sorted by key: safetensors keeps them in a hash map, so with more
+    than one entry its byte order changes from process to process.
+    """
+    for key, tensor in tensors.items():
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise ParameterError(f"tensor {key!r} has dtype {tensor.dtype}, which safetensors cannot store")
+    order = sorted(tensors, key=lambda k: (-_SAFETENSORS_RANK.index(tensors[k].dtype), k))
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
+    offset = 0
+    for key in order:
+        tensor = tensors[key]
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for key in order:
+            tensor = tensors[key]
+            if tensor.numel():
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def write_atomically(target: Path, write: Callable[[Path], object]) -> None:

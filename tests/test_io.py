@@ -8,6 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
+import freqmerge_viz.io
+
 from freqmerge_viz.errors import CheckpointError, MissingKeysError, ParameterError
 from freqmerge_viz.io import LazyState, load_state, parse_size, save_state
 
@@ -293,12 +295,12 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
     save_state({"a": torch.ones(4)}, target)
     before = target.read_bytes()
 
-    def broken_save_file(tensors, filename, metadata=None):
+    def broken_writer(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
             handle.write(b"\x10\x00\x00\x00partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    monkeypatch.setattr(freqmerge_viz.io, "write_safetensors", broken_writer)
     with pytest.raises(OSError, match="disk full"):
         save_state({"a": torch.zeros(4), "b": torch.ones(2)}, target)
     assert target.read_bytes() == before
