@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_build = zoo_sub.add_parser("build", help="train the zoo again, deterministically (15-30 min on 2 cores)")
     zoo_build.add_argument("--out", default=None, help="output directory (default: data/zoo)")
     zoo_build.add_argument("--quick", action="store_true", help="a tiny configuration, for smoke tests")
+    zoo_show = zoo_sub.add_parser("show", help="the zoo's tasks and the accuracies in its manifest")
+    zoo_show.add_argument("--path", default=None, help="zoo directory (default: data/zoo)")
     zoo_eval = zoo_sub.add_parser("eval", help="every merge method on the zoo: settings chosen on validation, "
                                                "accuracy on test")
     zoo_eval.add_argument("--path", default=None, help="zoo directory (default: data/zoo)")
@@ -229,6 +231,9 @@ def _cmd_zoo(args) -> None:
     if args.zoo_command == "build":
         manifest = zoo.build_zoo(args.out or zoo.DEFAULT_PATH, zoo.QUICK_CONFIG if args.quick else zoo.DEFAULT_CONFIG)
         print(json.dumps(manifest["quality"], indent=1))
+        return
+    if args.zoo_command == "show":
+        print(zoo.describe(zoo.load(args.path)))
         return
     rows = [m for m in args.methods or [] if m not in ("individual", "pretrained_probe")]
     candidates = with_needs(rows) if args.methods else CANDIDATES

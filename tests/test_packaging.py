@@ -44,3 +44,32 @@ def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert len(commands) == 2, commands
     test_command = next(c for c in commands if "test" in c)
     assert test_command.replace("./", "") in (ROOT / ".ci" / "run").read_text()
+
+
+def test_wheel_install_finds_the_shipped_zoo(tmp_path):
+    """A non-editable install carries data/zoo and loads it with no path given."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FREQMERGE_ZOO")}
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel")],
+                   check=True, env=env, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("freqmerge_viz-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, env=env)
+    python = tmp_path / "venv" / "bin" / "python"
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    Path(venv_site, "runner_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(pip + ["--python", str(python), "install", "--no-deps", str(wheel)], check=True, env=env,
+                   capture_output=True)
+    probe = ("import freqmerge_viz as f; z = f.zoo.load(); "
+             "print(f.__file__); print(z.path); print(len(z.tasks))")
+    run = subprocess.run([str(python), "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split()
+    assert out[0].startswith(str(tmp_path / "venv"))
+    assert out[1] == str(tmp_path / "venv" / "share" / "freqmerge-viz" / "zoo")
+    assert out[2] == "8"

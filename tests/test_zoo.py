@@ -269,3 +269,25 @@ def test_tiny_build_round_trip(tmp_path):
     acc = loaded.evaluate(loaded.finetuned["signs"], "signs")
     assert acc["signs"] * 24 == pytest.approx(manifest["test_counts"]["signs"]["correct"], abs=0.5)
     assert set(manifest["accuracy"]["task_arithmetic"]["test"]) == {"digits", "signs", "mean"}
+
+
+def test_freqmerge_zoo_variable_chooses_the_default_zoo(tmp_path, monkeypatch):
+    from freqmerge_viz.errors import CheckpointError
+    from freqmerge_viz.zoo import ZOO_ENV, default_zoo_path, load
+
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "elsewhere"))
+    assert default_zoo_path() == tmp_path / "elsewhere"
+    with pytest.raises(CheckpointError, match=r"elsewhere.*manifest\.json.*FREQMERGE_ZOO"):
+        load()
+    monkeypatch.delenv(ZOO_ENV)
+    assert (default_zoo_path() / "manifest.json").is_file()
+
+
+def test_zoo_show_and_module_entry_point_print_the_manifest_accuracies():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "freqmerge_viz.zoo", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "8 tasks" in out and "213568 parameters" in out
+    assert out.count("\n") == 12

@@ -16,14 +16,14 @@ none of the eight tasks, then fine-tuned once per task (:mod:`.build`). The weig
 
 from .build import QUALITY_BARS, build_zoo
 from .config import DEFAULT_CONFIG, QUICK_CONFIG, ProbeConfig, SplitSizes, TrainConfig, ZooConfig
-from .core import (DEFAULT_PATH, Zoo, clear_data_cache, evaluate, forward, load, mean_accuracy,
+from .core import (DEFAULT_PATH, ZOO_ENV, Zoo, clear_data_cache, default_zoo_path, describe, evaluate, forward, load, mean_accuracy,
                    normalized_accuracy, task_data)
 from .model import ViT, ViTConfig, backbone_forward, head_forward, parameter_count
 from .tasks import PRETEXT, SPLITS, TASK_NAMES, TASKS, TaskSpec, generate, get_task
 
 __all__ = [
     "QUALITY_BARS", "build_zoo", "DEFAULT_CONFIG", "QUICK_CONFIG", "ProbeConfig", "SplitSizes",
-    "TrainConfig", "ZooConfig", "DEFAULT_PATH", "Zoo", "clear_data_cache", "evaluate", "forward",
+    "TrainConfig", "ZooConfig", "DEFAULT_PATH", "ZOO_ENV", "default_zoo_path", "describe", "Zoo", "clear_data_cache", "evaluate", "forward",
     "load", "mean_accuracy", "normalized_accuracy", "task_data", "ViT", "ViTConfig",
     "backbone_forward", "head_forward", "parameter_count", "PRETEXT", "SPLITS", "TASK_NAMES",
     "TASKS", "TaskSpec", "generate", "get_task",

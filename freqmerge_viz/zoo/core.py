@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +20,24 @@ from .model import ViTConfig, backbone_forward, head_forward
 from .tasks import canonical_split, generate, get_task
 
 __all__ = ["Zoo", "load", "task_data", "clear_data_cache", "forward", "evaluate",
-           "normalized_accuracy", "mean_accuracy", "DEFAULT_PATH", "MANIFEST", "FORMAT"]
+           "normalized_accuracy", "mean_accuracy", "DEFAULT_PATH", "MANIFEST", "FORMAT",
+           "default_zoo_path", "ZOO_ENV", "describe"]
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "zoo"
-"""Where the shipped zoo lives (``data/zoo`` in the repository)."""
+"""Where the shipped zoo lives in a source checkout (``data/zoo`` in the repository)."""
+ZOO_ENV = "FREQMERGE_ZOO"
+INSTALLED_PATH = Path(sys.prefix) / "share" / "freqmerge-viz" / "zoo"
+"""Where a wheel (non-editable) install puts the zoo's files (pyproject's data-files)."""
+
+
+def default_zoo_path() -> Path:
+    """The zoo :func:`load` opens when given no path: ``$FREQMERGE_ZOO`` if set, else the
+    checkout's ``data/zoo``, else the copy a wheel install placed under ``sys.prefix``."""
+    if os.environ.get(ZOO_ENV):
+        return Path(os.environ[ZOO_ENV])
+    if (DEFAULT_PATH / MANIFEST).is_file() or not (INSTALLED_PATH / MANIFEST).is_file():
+        return DEFAULT_PATH
+    return INSTALLED_PATH
 MANIFEST = "manifest.json"
 FORMAT = "freqmerge-viz-zoo/1"
 
@@ -247,11 +263,12 @@ def load(path: str | Path | None = None, *, verify: bool = True) -> Zoo:
     :class:`~freqmerge_viz.errors.MissingKeysError` (file and keys named). Weights are
     read lazily; nothing is trained.
     """
-    directory = Path(DEFAULT_PATH if path is None else path)
+    directory = Path(default_zoo_path() if path is None else path)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(manifest_path, "zoo manifest does not exist"
-                              + ("; build the zoo with freqmerge_viz.zoo.build_zoo" if path is None else ""))
+                              + (f"; set ${ZOO_ENV} to a zoo directory or build one with "
+                                 "`freqmerge-viz zoo build --out DIR`" if path is None else ""))
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -309,8 +326,22 @@ def load(path: str | Path | None = None, *, verify: bool = True) -> Zoo:
                accuracies=manifest.get("accuracy", {}))
 
 
+def describe(zoo: Zoo) -> str:
+    """A text table of the zoo's tasks with the test accuracies recorded in its manifest."""
+    acc = zoo.accuracies
+    lines = [f"zoo at {zoo.path}: {len(zoo.tasks)} tasks, backbone "
+             f"{zoo.manifest['model']['backbone_parameters']} parameters",
+             f"{'task':10s} {'classes':>7s} {'finetuned':>9s} {'probe':>6s} {'TA':>6s}"]
+    for task in zoo.tasks + ["mean"]:
+        classes = str(zoo.manifest["task_info"][task]["num_classes"]) if task != "mean" else ""
+        lines.append(f"{task:10s} {classes:>7s} {acc['finetuned']['test'][task]:9.3f} "
+                     f"{acc['probe']['test'][task]:6.3f} {acc['task_arithmetic']['test'][task]:6.3f}")
+    lines.append(f"task arithmetic scaling (chosen on val): {acc['task_arithmetic']['scaling']}")
+    return "\n".join(lines)
+
+
 def _default_zoo() -> Zoo:
-    key = (str(DEFAULT_PATH), True)
+    key = (str(default_zoo_path()), True)
     if key not in _LOADED:
         _LOADED[key] = load()
     return _LOADED[key]
