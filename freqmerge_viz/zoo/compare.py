@@ -44,24 +44,24 @@ class Candidate:
     """Rows whose chosen settings this one builds on (they must come earlier)."""
 
 
-SCALINGS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+SCALINGS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("weight_averaging", "weight_averaging"),
     Candidate("task_arithmetic", "task_arithmetic", grid(scaling=SCALINGS)),
-    Candidate("ties", "ties", grid(density=(0.1, 0.2, 0.4), scaling=(0.5, 0.7, 1.0, 1.5))),
-    Candidate("dare", "dare_linear", grid(density=(0.3, 0.5), scaling=(0.2, 0.3, 0.4, 0.5, 0.7))),
-    Candidate("breadcrumbs", "breadcrumbs", grid(density=(0.8, 0.9), scaling=(0.2, 0.3, 0.4, 0.5, 0.7))),
-    Candidate("pcb", "pcb", grid(density=(0.1, 0.2), scaling=(0.7, 1.0, 1.5, 2.0, 3.0))),
-    Candidate("fr_paper", "fr", grid(cutoff=(0.05, 0.1, 0.2), scaling=(1.0, 2.0, 3.0, 4.0)),
+    Candidate("ties", "ties", grid(density=(0.1, 0.2, 0.4), scaling=(0.2, 0.3, 0.5, 0.7, 1.0))),
+    Candidate("dare", "dare_linear", grid(density=(0.3, 0.5), scaling=(0.05, 0.1, 0.2, 0.3, 0.5))),
+    Candidate("breadcrumbs", "breadcrumbs", grid(density=(0.8, 0.9), scaling=(0.05, 0.1, 0.2, 0.3, 0.5))),
+    Candidate("pcb", "pcb", grid(density=(0.1, 0.2), scaling=(0.2, 0.3, 0.5, 0.7, 1.0))),
+    Candidate("fr_paper", "fr", grid(cutoff=(0.1, 0.2, 0.3, 0.5), scaling=(0.3, 0.5, 1.0, 2.0)),
               fixed={"preset": "paper"}),
-    Candidate("fr_official", "fr", grid(scaling=(0.2, 0.3, 0.5, 0.7)), fixed={"preset": "official"}),
-    Candidate("fr_ties", "fr_ties", grid(cutoff=(0.05, 0.1), density=(0.2, 0.4), scaling=(0.7, 1.0, 1.5)),
+    Candidate("fr_official", "fr", grid(scaling=(0.05, 0.1, 0.2, 0.3, 0.5)), fixed={"preset": "official"}),
+    Candidate("fr_ties", "fr_ties", grid(cutoff=(0.1, 0.2), density=(0.2, 0.4), scaling=(0.3, 0.5, 0.7, 1.0)),
               fixed={"preset": "paper"}),
     Candidate("emr", "emr", routed=True, doc="masks and rescalers chosen by the true task (oracle), as in "
                                              "the EMR paper"),
     Candidate("twin", "twin", grid(rank=(4, 8)), routed=True, needs=("task_arithmetic",),
               doc="oracle routes; shared part = task arithmetic with its chosen scaling"),
-    Candidate("free_oracle", "free", grid(expert_scale=(0.5, 1.0, 2.0)), routed=True, fixed={"preset": "paper"},
+    Candidate("free_oracle", "free", grid(expert_scale=(0.25, 0.5, 1.0)), routed=True, fixed={"preset": "paper"},
               doc="paper preset, backbone = the validation-chosen fr_paper settings", needs=("fr_paper",)),
     Candidate("free_mlp_router", "free", routed=True, router="mlp", fixed={"preset": "paper"},
               doc="free_oracle's settings, routes from an MLP on pretrained features", needs=("free_oracle",)),
