@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
     report.add_argument("--no-html", action="store_true", help="skip the plotly HTML figure")
 
+    figures = sub.add_parser("figures", help="every analysis of the paper on the zoo: PNG, SVG, HTML and CSV",
+                             description="Write each analysis figure (spectra, Table 1, interference vs "
+                                         "performance, generalisation, loss landscape, cutoff sweep, expert "
+                                         "sparsity, router robustness, costs) for the zoo into --out.")
+    figures.add_argument("--out", default="figures", help="output directory (default: figures)")
+    figures.add_argument("--zoo", default=None, help="zoo directory (default: data/zoo)")
+    figures.add_argument("--only", nargs="+", default=None, metavar="TOPIC", help="only these topics")
+    figures.add_argument("--quick", action="store_true", help="coarse grids and few samples (a smoke test)")
+    figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
+
     synth = sub.add_parser("synth", help="write the synthetic model set as safetensors files",
                            description="Generate the synthetic pretrained + fine-tuned set into --out.")
     synth.add_argument("--out", required=True, help="output directory")
@@ -109,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list merge methods with their parameters",
                              description="Every registered merge method, its parameters and presets.")
     methods.add_argument("name", nargs="?", help="show one method only")
+
+    bench = sub.add_parser("bench", help="run a benchmark and print its measurements as JSON",
+                           description="Run freqmerge_viz.benchmarks.NAME (filter, stream, ...); "
+                                       "options after NAME go to the benchmark (NAME --help lists them).")
+    bench.add_argument("name", help="benchmark name")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
     return parser
 
 
@@ -185,6 +201,17 @@ def _cmd_report(args) -> dict:
     return summary
 
 
+def _cmd_figures(args) -> None:
+    from . import zoo
+    from .figures import write_all
+
+    index = write_all(zoo.load(args.zoo), args.out, topics=args.only, quick=args.quick, formats=args.formats,
+                      progress=lambda topic: print(f"  {topic} ...", file=sys.stderr))
+    for topic, entry in index["topics"].items():
+        print(f"{topic:<28} {entry['seconds']:7.1f} s  {len(entry['files'])} files")
+    print(f"figures written to {args.out}/ (index.json lists every file)")
+
+
 def _cmd_synth(args) -> None:
     from .synthetic import make_model_set
 
@@ -245,8 +272,21 @@ def _cmd_zoo(args) -> None:
     print(text if args.json else markdown_table(result))
 
 
-COMMANDS = {"report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
-            "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo}
+def _cmd_bench(args) -> None:
+    import importlib
+    import pkgutil
+
+    from . import benchmarks
+
+    available = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+    if args.name not in available:
+        raise FreqMergeError(f"unknown benchmark {args.name!r}; available: {', '.join(available)}")
+    importlib.import_module(f"freqmerge_viz.benchmarks.{args.name}").main(args.args)
+
+
+COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
+            "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
+            "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

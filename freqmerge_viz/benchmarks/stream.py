@@ -1,0 +1,222 @@
+"""``stream``: FR-merging sharded fp16 checkpoints from disk to disk, against a plain copy.
+
+A base and K fine-tuned checkpoints with an LLM-like layout (``model.layers.{i}`` with
+``self_attn.{q,k,v,o}_proj`` of ``hidden × hidden``, ``mlp.{gate,up}_proj`` of
+``intermediate × hidden`` and ``mlp.down_proj`` of ``hidden × intermediate``, two 1-D norms
+per layer, an embedding and a final norm; float16) are written as safetensors shards with a
+``model.safetensors.index.json`` each. Then, each in a child process so that its peak
+memory is its own:
+
+- ``fr``: :func:`freqmerge_viz.merge_job.merge_to_disk` with method ``fr`` (paper preset),
+  writing a sharded merged checkpoint and ``merge.json``;
+- ``copy``: :func:`freqmerge_viz.io.load_state` + :func:`freqmerge_viz.io.save_state` of
+  every input checkpoint, shard by shard, with the same shard size.
+
+Throughput is GB (10⁹ bytes) of input checkpoint files per second of each child's work
+(interpreter start and imports excluded); ``peak_rss_mb`` is the FR child's peak resident
+memory (``VmHWM``, MB = 10⁶ bytes), interpreter and torch included. Both children read files
+that were just written, so both read them from the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..backend import resolve_device
+from ..errors import ParameterError
+from ..io import load_state, parse_size, save_state
+from ..methods import merge
+from ..taskvector import DerivedState
+
+FULL = {"layers": 24, "hidden": 2048, "intermediate": 2560, "vocab": 8192, "tasks": 3, "shard": "400MB"}
+QUICK = {"layers": 2, "hidden": 64, "intermediate": 96, "vocab": 128, "tasks": 3, "shard": "40KB"}
+"""Sizes of the full run (about 1.6 GB per checkpoint) and of ``--quick`` (about 0.2 MB)."""
+
+CHILD = r"""
+import json, sys, time
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["root"])
+import torch
+from freqmerge_viz.io import load_state, save_state
+from freqmerge_viz.merge_job import merge_to_disk
+
+def status(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field + ":"))
+
+if args["threads"]:
+    torch.set_num_threads(args["threads"])
+start_rss = status("VmRSS")
+start = time.perf_counter()
+if args["task"] == "fr":
+    merge_to_disk("fr", args["pretrained"], args["finetuned"], args["out"], max_shard_size=args["shard"],
+                  device=args["device"])
+else:
+    for source, target in zip(args["sources"], args["targets"]):
+        save_state(load_state(source), target, max_shard_size=args["shard"])
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss": status("VmHWM"), "start_rss": start_rss,
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+def llm_shapes(layers: int, hidden: int, intermediate: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """Key → shape of an LLM-like checkpoint (see the module docstring)."""
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}"
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{prefix}.self_attn.{name}.weight"] = (hidden, hidden)
+        shapes[f"{prefix}.mlp.gate_proj.weight"] = (intermediate, hidden)
+        shapes[f"{prefix}.mlp.up_proj.weight"] = (intermediate, hidden)
+        shapes[f"{prefix}.mlp.down_proj.weight"] = (hidden, intermediate)
+        shapes[f"{prefix}.input_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+    shapes["model.norm.weight"] = (hidden,)
+    return shapes
+
+
+def synthetic_checkpoint(shapes: dict[str, tuple[int, ...]], model: int, seed: int = 0) -> DerivedState:
+    """A lazy float16 state: model 0 is the base (entries ~ N(0, 0.02²), norms 1), model i > 0
+    the base plus i-scaled N(0, (1e-3)²) noise; every tensor is generated when read, seeded by
+    its key, so that states of any size can be written shard by shard."""
+
+    def generate(key: str, which: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{which}:{key}".encode()))
+        shape = shapes[key]
+        if len(shape) == 1 and which == 0:
+            return torch.ones(shape)
+        return torch.randn(shape, generator=generator).mul_(0.02 if which == 0 else 1e-3 * which)
+
+    def load(key: str) -> torch.Tensor:
+        tensor = generate(key, 0)
+        if model:
+            tensor += generate(key, model)
+        return tensor.half()
+
+    return DerivedState(f"synthetic{model}", list(shapes), load, shapes.__getitem__, lambda key: torch.float16)
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _child(task: dict) -> dict:
+    root = str(Path(__file__).resolve().parents[2])
+    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"root": root, **task})],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"stream benchmark child ({task['task']}) failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _largest_difference(written, expected, keys: Sequence[str]) -> float:
+    return max(float((written[key].float() - expected[key].float()).abs().max()) for key in keys)
+
+
+def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: bool = False, layers: int | None = None,
+        hidden: int | None = None, intermediate: int | None = None, vocab: int | None = None,
+        tasks: int | None = None, shard: str | None = None, threads: int | None = None, device: str | None = None,
+        seed: int = 0) -> dict:
+    """Write the checkpoints, time the FR merge and the copy in child processes; see the module docstring."""
+    sizes = dict(QUICK if quick else FULL)
+    for name, value in (("layers", layers), ("hidden", hidden), ("intermediate", intermediate), ("vocab", vocab),
+                        ("tasks", tasks), ("shard", shard)):
+        if value is not None:
+            sizes[name] = value
+    if min(sizes[n] for n in ("layers", "hidden", "intermediate", "vocab", "tasks")) < 1:
+        raise ParameterError(f"sizes must be >= 1, got {sizes}")
+    parse_size(sizes["shard"])
+    shapes = llm_shapes(sizes["layers"], sizes["hidden"], sizes["intermediate"], sizes["vocab"])
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="freqmerge-stream-", dir=workdir))
+    try:
+        start = time.perf_counter()
+        inputs = []
+        for model in range(sizes["tasks"] + 1):
+            target = base / ("base" if model == 0 else f"task{model}")
+            save_state(synthetic_checkpoint(shapes, model, seed), target, max_shard_size=sizes["shard"])
+            inputs.append(target)
+        generate_s = time.perf_counter() - start
+        input_bytes = sum(_directory_bytes(path) for path in inputs)
+        common = {"shard": sizes["shard"], "threads": threads, "device": device}
+        copy = _child({"task": "copy", "sources": [str(p) for p in inputs],
+                       "targets": [str(base / "copy" / p.name) for p in inputs], **common})
+        shutil.rmtree(base / "copy")
+        fr = _child({"task": "fr", "pretrained": str(inputs[0]), "finetuned": [str(p) for p in inputs[1:]],
+                     "out": str(base / "merged"), **common})
+        merged = load_state(base / "merged")
+        output_files = sorted(p.name for p in (base / "merged").iterdir())
+        checked = [key for key in shapes if quick or ".layers.0." in key or "embed" in key]
+        expected = merge("fr", str(inputs[0]), [str(p) for p in inputs[1:]], device=device)
+        difference = _largest_difference(merged, expected, checked)
+        output_bytes = _directory_bytes(base / "merged")
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+    fr_gbps = input_bytes / fr["seconds"] / 1e9
+    copy_gbps = input_bytes / copy["seconds"] / 1e9
+    return {
+        "benchmark": "stream",
+        "device": str(resolve_device(device)),
+        "threads": fr["threads"],
+        "load_average": list(os.getloadavg()),
+        "sizes": sizes,
+        "dtype": "float16",
+        "parameters_per_checkpoint": sum(math.prod(s) for s in shapes.values()),
+        "checkpoints": len(inputs),
+        "input_gb": input_bytes / 1e9,
+        "output_gb": output_bytes / 1e9,
+        "output_files": output_files,
+        "generate_s": generate_s,
+        "fr_s": fr["seconds"],
+        "copy_s": copy["seconds"],
+        "fr_gbps": fr_gbps,
+        "copy_gbps": copy_gbps,
+        "fr_over_copy_throughput": fr_gbps / copy_gbps,
+        "peak_rss_mb": fr["peak_rss"] / 1e6,
+        "peak_rss_over_start_mb": (fr["peak_rss"] - fr["start_rss"]) / 1e6,
+        "copy_peak_rss_mb": copy["peak_rss"] / 1e6,
+        "keys_checked": len(checked),
+        "max_abs_difference_vs_in_memory_merge": difference,
+        "workdir": str(base) if keep else None,
+        "targets_met": {"peak_rss_below_1500_mb": fr["peak_rss"] < 1.5e9,
+                        "fr_at_least_half_copy_throughput": fr_gbps >= copy_gbps / 2},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``freqmerge-viz bench stream``: print :func:`run`'s result as JSON."""
+    parser = argparse.ArgumentParser(prog="freqmerge-viz bench stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny checkpoints (for tests)")
+    parser.add_argument("--workdir", default=None,
+                        help="directory for the checkpoints (a fresh subdirectory, removed afterwards; "
+                             "default: the system's temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the written checkpoints")
+    for name in ("layers", "hidden", "intermediate", "vocab", "tasks"):
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"default {FULL[name]} ({QUICK[name]} with --quick)")
+    parser.add_argument("--shard", default=None, help=f"max shard size (default {FULL['shard']})")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
+    parser.add_argument("--device", default=None, help="device of the merge (default: cuda if present)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, workdir=args.workdir, keep=args.keep, layers=args.layers, hidden=args.hidden,
+                 intermediate=args.intermediate, vocab=args.vocab, tasks=args.tasks, shard=args.shard,
+                 threads=args.threads, device=args.device, seed=args.seed)
+    print(json.dumps(result))
+    return result

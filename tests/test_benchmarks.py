@@ -1,0 +1,152 @@
+"""The benchmarks run end to end at quick sizes; their JSON has the promised keys and types,
+and the reference computations they time agree with the toolkit (timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import freqmerge_viz as fmv
+from freqmerge_viz.benchmarks import filter as filter_bench
+from freqmerge_viz.benchmarks import stream as stream_bench
+from freqmerge_viz.cli import main as cli_main
+from freqmerge_viz.spectral import FilterSpec, apply_filter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@pytest.fixture(scope="module")
+def filter_result():
+    return filter_bench.run(quick=True, repeats=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stream_result():
+    return stream_bench.run(quick=True, device="cpu")
+
+
+def test_filter_benchmark_json(filter_result):
+    result = json.loads(json.dumps(filter_result))
+    for key in ("fr_s", "reference_s", "task_arithmetic_s", "reference_over_fr", "fr_over_task_arithmetic",
+                "filter_auto_s", "filter_fft_s", "reference_max_relative_difference"):
+        assert _is_number(result[key]) and result[key] >= 0, key
+    assert result["device"] == "cpu" and result["k"] == 8 and result["layers"] == 2
+    assert result["shapes"] == {"attn.in_proj_weight": [2304, 768], "attn.out_proj.weight": [768, 768],
+                                "mlp.c_fc.weight": [3072, 768], "mlp.c_proj.weight": [768, 3072]}
+    assert result["parameters"] == 2 * (2304 * 768 + 768 * 768 + 3072 * 768 + 768 * 3072)
+    assert result["reference_over_fr"] == pytest.approx(result["reference_s"] / result["fr_s"])
+    assert result["fr_over_task_arithmetic"] == pytest.approx(result["fr_s"] / result["task_arithmetic_s"])
+    assert set(result["filter_paths"].values()) <= {"fft", "lowband"}
+    assert all(isinstance(v, bool) for v in result["targets_met"].values())
+
+
+def test_filter_benchmark_reference_agrees_with_the_toolkit(filter_result):
+    assert filter_result["reference_keys_checked"] == 8
+    assert filter_result["reference_max_relative_difference"] < 1e-4
+
+
+def test_reference_filter_is_the_paper_high_pass():
+    # a small, odd and even case, against the toolkit's full-spectrum path in float64
+    for shape in [(6, 10), (9, 7), (32, 24)]:
+        x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape)))
+        expected = apply_filter(x, FilterSpec(0.3), path="fft")
+        torch.testing.assert_close(filter_bench.reference_filter(x, 0.3), expected, rtol=0, atol=1e-12)
+
+
+def test_reference_merge_equals_the_toolkit_merge_on_a_small_case():
+    shapes = {"visual.transformer.resblocks.0.attn.in_proj_weight": (24, 8),
+              "visual.transformer.resblocks.0.mlp.c_fc.weight": (15, 9)}
+    pretrained, vectors = filter_bench.synthetic_states(shapes, k=3, seed=1)
+    merged = fmv.merge("fr", pretrained, [fmv.TaskVector.from_tensors(v) for v in vectors])
+    coefficients = filter_bench.reference_coefficients(vectors)
+    assert sum(coefficients) == pytest.approx(1.0) and len(set(coefficients)) == 3
+    for key in shapes:
+        expected = filter_bench.reference_merge_key(pretrained, vectors, key, coefficients)
+        torch.testing.assert_close(merged[key], expected, rtol=0, atol=1e-7)
+        assert not torch.allclose(expected, pretrained[key] + sum(c * v[key] for c, v in zip(coefficients, vectors)))
+
+
+def test_clip_shapes_use_the_attn_mlp_names():
+    shapes = filter_bench.clip_b32_shapes(12)
+    assert len(shapes) == 48
+    assert shapes["visual.transformer.resblocks.11.attn.in_proj_weight"] == (2304, 768)
+    assert shapes["visual.transformer.resblocks.3.mlp.c_proj.weight"] == (768, 3072)
+    assert all(("attn" in key or "mlp" in key) and "weight" in key for key in shapes)
+
+
+def test_stream_benchmark_json(stream_result):
+    result = json.loads(json.dumps(stream_result))
+    for key in ("fr_gbps", "copy_gbps", "peak_rss_mb", "copy_peak_rss_mb", "input_gb", "output_gb", "fr_s",
+                "copy_s", "generate_s", "fr_over_copy_throughput"):
+        assert _is_number(result[key]) and result[key] > 0, key
+    assert result["checkpoints"] == 4 and result["dtype"] == "float16"
+    assert result["fr_gbps"] == pytest.approx(result["input_gb"] / result["fr_s"])
+    assert "model.safetensors.index.json" in result["output_files"] and "merge.json" in result["output_files"]
+    assert sum(name.endswith(".safetensors") for name in result["output_files"]) > 1
+    assert result["peak_rss_mb"] > 10 and result["workdir"] is None
+    assert all(isinstance(v, bool) for v in result["targets_met"].values())
+
+
+def test_stream_benchmark_output_is_the_in_memory_merge(stream_result):
+    assert stream_result["keys_checked"] == len(stream_bench.llm_shapes(2, 64, 96, 128))
+    assert stream_result["max_abs_difference_vs_in_memory_merge"] <= 1e-3
+
+
+def test_stream_checkpoints_are_sharded_and_reproducible(tmp_path):
+    shapes = stream_bench.llm_shapes(1, 16, 24, 32)
+    assert shapes["model.layers.0.mlp.down_proj.weight"] == (16, 24)
+    written = fmv.save_state(stream_bench.synthetic_checkpoint(shapes, 1), tmp_path / "a", max_shard_size="1KB")
+    assert written[-1].name == "model.safetensors.index.json" and len(written) > 2
+    again = stream_bench.synthetic_checkpoint(shapes, 1)
+    base = stream_bench.synthetic_checkpoint(shapes, 0)
+    loaded = fmv.load_state(tmp_path / "a")
+    for key in shapes:
+        assert loaded.dtype_of(key) == torch.float16
+        assert torch.equal(loaded[key], again[key])
+        delta = (loaded[key].float() - base[key].float()).abs().max()
+        assert 0 < float(delta) < 0.01
+
+
+def test_stream_workdir_is_cleaned_up(tmp_path):
+    stream_bench.run(quick=True, workdir=tmp_path, layers=1, device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bench_runs_a_benchmark_and_rejects_unknown_names(capsys, tmp_path):
+    assert cli_main(["bench", "stream", "--quick", "--layers", "1", "--workdir", str(tmp_path), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["benchmark"] == "stream" and printed["sizes"]["layers"] == 1
+    assert cli_main(["bench", "no_such_benchmark"]) == 2
+    error = capsys.readouterr().err
+    assert "no_such_benchmark" in error and "filter" in error and "stream" in error
+
+
+def test_bench_scripts_run_from_the_repository_root(tmp_path):
+    result = subprocess.run([sys.executable, "bench/stream.py", "--quick", "--layers", "1", "--workdir", str(tmp_path),
+                             "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["benchmark"] == "stream"
+    help_text = subprocess.run([sys.executable, "bench/filter.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+    assert help_text.returncode == 0 and "--quick" in help_text.stdout
+
+
+def test_calibration_fits_every_plan_and_keeps_the_thread_setting():
+    threads = torch.get_num_threads()
+    spec = FilterSpec(0.1)
+    result = filter_bench.calibrate(shapes=[(64, 48)], specs=[spec], repeats=1, threads=1, details=True)
+    assert torch.get_num_threads() == threads and result["threads"] == 1
+    assert len(result["samples"]) == 1 + len(fmv.spectral.lowband_plans((64, 48), spec))
+    assert set(result["constants"]) == {"fft", "strided_fft", "matmul", "entry", "call"}
+    assert all(value > 0 for value in result["constants"].values())
+    choice = result["choices"][0]
+    assert result["cases"] == 1 and 0 < choice["fastest_s"] <= choice["chosen_s"]
