@@ -23,7 +23,9 @@ from .routed import (EMRMerging, FreeMerging, RoutedMerge, TwinMerging, emr_merg
                      list_routed_methods, routed_merge, twin_merging)
 from .routing import MLPRouter, OracleRouter, RandomRouter, Router, group_by_route, routed_apply
 from .taskvector import TaskVector
-from . import zoo
+from . import analysis, zoo
+from .engine import EvalResult, StackedStates, evaluate_on_zoo, evaluate_params
+from .widgets import CutoffExplorer
 from .zoo import evaluate, mean_accuracy, normalized_accuracy
 
 __version__ = "0.1.0"
@@ -41,5 +43,6 @@ __all__ = [
     "method_transform", "Expert", "LowRankExpert", "extract_experts", "storage_table", "svd_experts",
     "EMRMerging", "FreeMerging", "RoutedMerge", "TwinMerging", "emr_merging", "free_merging",
     "list_routed_methods", "routed_merge", "twin_merging", "MLPRouter", "OracleRouter", "RandomRouter", "Router", "group_by_route", "routed_apply",
-    "zoo", "evaluate", "mean_accuracy", "normalized_accuracy",
+    "zoo", "evaluate", "mean_accuracy", "normalized_accuracy", "analysis", "EvalResult", "StackedStates",
+    "evaluate_on_zoo", "evaluate_params", "CutoffExplorer",
 ]

@@ -1,6 +1,25 @@
-"""Analyses that turn task vectors into tidy tables (pandas) ready to plot."""
+"""The paper's analyses as tidy tables (pandas) with matching figures in :mod:`freqmerge_viz.plots`.
 
+One module per analysis; each also has ``write_figures(zoo, out_dir, quick, formats)``, which
+``freqmerge-viz figures`` runs (:mod:`freqmerge_viz.figures`).
+"""
+
+from .correlation import correlation_table, correlation_with_ci, pair_interference_table
+from .costs import cost_table
+from .experts_curves import expert_curves
+from .generalisation import generalisation_difference, generalisation_matrix, generalisation_pivot
 from .interference import FilterSetting, interference_table
-from .spectra import radial_profiles_table, spectra_of_key
+from .landscape import Plane, PlaneStudy, interpolation_curves, landscape, make_plane, plane_study, project_points
+from .router_robustness import robustness_table, router_robustness
+from .spectra import radial_profiles_by_key, radial_profiles_table, spectra_of_key, spectra_table
+from .sweeps import SweepPoint, cutoff_sweep, run_point, sweep_points
+from .table1 import MethodSetting, table1
 
-__all__ = ["FilterSetting", "interference_table", "radial_profiles_table", "spectra_of_key"]
+__all__ = [
+    "correlation_table", "correlation_with_ci", "pair_interference_table", "cost_table", "expert_curves",
+    "generalisation_difference", "generalisation_matrix", "generalisation_pivot", "FilterSetting",
+    "interference_table", "Plane", "PlaneStudy", "interpolation_curves", "landscape", "make_plane",
+    "plane_study", "project_points", "robustness_table", "router_robustness", "radial_profiles_by_key",
+    "radial_profiles_table", "spectra_of_key", "spectra_table", "SweepPoint", "cutoff_sweep", "run_point",
+    "sweep_points", "MethodSetting", "table1",
+]

@@ -47,3 +47,78 @@ def radial_profiles_table(task_vectors: TaskVectors, keys, n_bins: int = 24,
     rows = [{"task": name, "radius": float(r), "amplitude": float(a)}
             for name, values in zip(names, mean) for r, a in zip(centers.cpu().numpy(), values)]
     return pd.DataFrame(rows)
+
+
+def layer_and_matrix(key: str) -> tuple[str, str]:
+    """``("blocks.0", "attn.qkv.weight")`` from ``"blocks.0.attn.qkv.weight"``; keys outside numbered
+    blocks split at their first dot (``("patch_embed", "proj.weight")``)."""
+    parts = key.split(".")
+    if len(parts) > 2 and parts[1].isdigit():
+        return ".".join(parts[:2]), ".".join(parts[2:])
+    return (parts[0], ".".join(parts[1:]) or parts[0])
+
+
+def matrix_keys(task_vectors: TaskVectors, one_d: str = "skip") -> list[str]:
+    """The keys of the first task vector that are analysed as matrices (see :func:`~freqmerge_viz.as_matrix`)."""
+    first = task_vectors[0]
+    shapes = {k: tuple(first.shape_of(k)) if hasattr(first, "shape_of") else tuple(first[k].shape) for k in first}
+    return [k for k, s in shapes.items() if as_matrix(torch.empty(s, device="meta"), one_d) is not None]
+
+
+def spectra_table(task_vectors: TaskVectors, keys=None, device: torch.device | str | None = "cpu",
+                  one_d: str = "skip") -> pd.DataFrame:
+    """Centred log amplitude ``ln|F(v)|`` of every bin, per matrix and task, as a long table.
+
+    Columns: ``layer, matrix, key, task, eta, gamma`` (row and column frequency in bins from DC,
+    DC at 0) and ``log_amplitude``. One row per bin and task, so pass few `keys` for big models
+    (default: every matrix).
+    """
+    names = task_names(task_vectors)
+    frames = []
+    for key in matrix_keys(task_vectors, one_d) if keys is None else list(keys):
+        spectra = spectra_of_key(task_vectors, key, device=device, one_d=one_d)
+        k, h, w = spectra.shape
+        eta = np.arange(h) - h // 2
+        gamma = np.arange(w) - w // 2
+        layer, matrix = layer_and_matrix(key)
+        frames.append(pd.DataFrame({"layer": layer, "matrix": matrix, "key": key,
+                                    "task": np.repeat(names, h * w),
+                                    "eta": np.tile(np.repeat(eta, w), k), "gamma": np.tile(gamma, h * k),
+                                    "log_amplitude": spectra.reshape(-1)}))
+    if not frames:
+        raise EmptyInputError("none of the given keys is a matrix")
+    return pd.concat(frames, ignore_index=True)
+
+
+def radial_profiles_by_key(task_vectors: TaskVectors, keys=None, n_bins: int = 16,
+                           device: torch.device | str | None = "cpu", one_d: str = "skip") -> pd.DataFrame:
+    """Mean DFT amplitude of each task vector in normalised radial shells, per matrix.
+
+    Columns: ``layer, matrix, key, task, radius`` (shell centre, normalised: 0 = DC, 1 = the
+    spectrum's corner) and ``amplitude`` (mean unnormalised ``|F(v)|`` in the shell; 0 for a
+    shell with no bin). Default `keys`: every matrix.
+    """
+    names = task_names(task_vectors)
+    rows = []
+    for key in matrix_keys(task_vectors, one_d) if keys is None else list(keys):
+        stack = stack_key(task_vectors, key, device)
+        view = as_matrix(stack[0], one_d)
+        if view is None:
+            raise ParameterError(f"{key!r} has shape {tuple(stack.shape[1:])}: not a matrix")
+        profile = radial_profile(stack.reshape(stack.shape[0], *view.shape), n_bins=n_bins)
+        layer, matrix = layer_and_matrix(key)
+        centers = profile.centers.cpu().numpy()
+        for name, values in zip(names, profile.values.cpu().numpy()):
+            rows += [{"layer": layer, "matrix": matrix, "key": key, "task": name, "radius": float(r),
+                      "amplitude": float(a)} for r, a in zip(centers, values)]
+    if not rows:
+        raise EmptyInputError("none of the given keys is a matrix")
+    return pd.DataFrame(rows)
+
+
+def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
+    """Draw Fig. 2a on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.spectra.write_figures` (its
+    docstring states the settings); returns the paths written."""
+    from ..plots.spectra import write_figures as draw
+
+    return draw(zoo, out_dir, quick=quick, formats=formats)

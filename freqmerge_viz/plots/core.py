@@ -1,17 +1,21 @@
 """Figures: matplotlib for static export, plotly for interactive HTML.
 
 Every figure function takes plain arrays or tidy tables and returns a figure; the
-``save_*`` helpers write files atomically (temporary name, then rename).
+``save_*`` helpers write files atomically (temporary name, then rename). The topic modules'
+``write_figures`` share :func:`write_all` (CSV + static + HTML), :func:`scope` and the quick
+settings, and run with one torch thread (:func:`torch_threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..io import write_atomically
 
@@ -44,8 +48,11 @@ def save_html(fig, path: str | os.PathLike, div_id: str = "freqmerge-figure") ->
 
 
 def spectra_grid(log_amplitudes: Sequence[np.ndarray], titles: Sequence[str], suptitle: str = "",
-                 masks: Sequence[np.ndarray] | None = None):
-    """Matplotlib grid of centred log-amplitude spectra (one panel per task), mask outline optional."""
+                 masks: Sequence[np.ndarray] | None = None, limits: tuple[float, float] | None = None):
+    """Matplotlib grid of centred log-amplitude spectra (one panel per task), mask outline optional.
+
+    `limits` fixes the shared colour range (default: the smallest and largest value shown).
+    """
     import matplotlib.pyplot as plt
 
     n = len(log_amplitudes)
@@ -53,8 +60,8 @@ def spectra_grid(log_amplitudes: Sequence[np.ndarray], titles: Sequence[str], su
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.0, 3.0 * rows), squeeze=False,
                              constrained_layout=True)
-    low = min(float(np.min(a)) for a in log_amplitudes)
-    high = max(float(np.max(a)) for a in log_amplitudes)
+    low = min(float(np.min(a)) for a in log_amplitudes) if limits is None else limits[0]
+    high = max(float(np.max(a)) for a in log_amplitudes) if limits is None else limits[1]
     height, width = np.shape(log_amplitudes[0])[-2:]
     extent = (-(width // 2) - 0.5, (width - 1) // 2 + 0.5, (height - 1) // 2 + 0.5, -(height // 2) - 0.5)
     for i, ax in enumerate(axes.flat):
@@ -130,3 +137,66 @@ def interference_figure(table: pd.DataFrame, title: str = ""):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- shared by the topic modules
+QUICK_TASKS = 3
+"""Tasks (the zoo's first ones) that the topic modules' ``quick=True`` runs use."""
+QUICK_LIMIT = 48
+"""Images per task and split that ``quick=True`` runs evaluate."""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run with `n` torch intra-op threads, restoring the previous count after (also a decorator).
+
+    The analyses run many small ops (64×64 matrices, a 214k-parameter ViT); on a busy 2-core
+    machine two threads mostly wait on each other and were measured 5–8× slower than one. The
+    setting is process-wide while it lasts.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def scope(zoo, quick: bool) -> list[str]:
+    """The tasks a topic module analyses: all of the zoo's, or its first :data:`QUICK_TASKS` when quick."""
+    return list(zoo.tasks[:QUICK_TASKS] if quick else zoo.tasks)
+
+
+def save_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV atomically (index kept only when it is not a plain range)."""
+    from ..io import write_text_atomically
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    keep_index = not isinstance(table.index, pd.RangeIndex)
+    write_text_atomically(target, table.to_csv(index=keep_index, float_format="%.6g"))
+    return target
+
+
+def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0),
+               layout: str | None = "constrained", **kwargs):
+    """A pyplot-free matplotlib figure (safe in threads, nothing to close) and its axes array;
+    `kwargs` go to ``Figure.subplots`` (sharex, width_ratios, ...). Large grids render much faster
+    with ``layout=None`` (then place them with ``fig.subplots_adjust``)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout=layout)
+    axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def write_all(stem: str | os.PathLike, table: pd.DataFrame, static=None, interactive=None,
+              div_id: str = "freqmerge-figure", formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """``stem.csv``, the matplotlib figure `static` as ``stem.<fmt>`` and the plotly figure
+    `interactive` as ``stem.html`` (each skipped when None); returns the paths written."""
+    written = [save_csv(table, f"{stem}.csv")]
+    if static is not None:
+        written += save_figure(static, stem, formats)
+    if interactive is not None:
+        written.append(save_html(interactive, f"{stem}.html", div_id=div_id))
+    return written

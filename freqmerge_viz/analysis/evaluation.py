@@ -1,0 +1,100 @@
+"""Shared zoo plumbing for the analyses: task vectors, materialised states, per-task evaluation.
+
+Every plain (non-routed) evaluation goes through :func:`~freqmerge_viz.engine.evaluate_on_zoo`;
+the helpers here only arrange which states are evaluated on which tasks, so that each call
+hands the engine as many states as possible at once.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ..engine import evaluate_on_zoo, zoo_backbone_keys
+from ..errors import EmptyInputError, ParameterError
+from ..io import load_state
+from ..metrics import common_keys, stack_key, task_names
+from ..taskvector import TaskVector
+
+
+def zoo_tasks(zoo, tasks: Sequence[str] | None = None) -> list[str]:
+    """`tasks` (default: all of the zoo's, in zoo order), each checked to be a zoo task."""
+    chosen = list(zoo.tasks) if tasks is None else list(tasks)
+    if not chosen:
+        raise EmptyInputError("need at least one zoo task, got none")
+    unknown = [t for t in chosen if t not in zoo.tasks]
+    if unknown:
+        raise ParameterError(f"unknown zoo task(s) {unknown}; this zoo has: {', '.join(zoo.tasks)}")
+    return chosen
+
+
+def zoo_task_vectors(zoo, tasks: Sequence[str] | None = None) -> list[TaskVector]:
+    """The task vectors ``θ_t − θ_pre`` of `tasks`, named by task and held in memory (float32, CPU)."""
+    return [TaskVector.from_states(zoo.pretrained, zoo.finetuned[t], name=t, device="cpu").materialize()
+            for t in zoo_tasks(zoo, tasks)]
+
+
+def transformed(task_vectors, step) -> list[TaskVector]:
+    """The task vectors after a per-task step ``step(stack[K, *shape], key)`` (e.g.
+    :func:`~freqmerge_viz.method_transform`), held in memory, so several measures share one pass."""
+    keys = common_keys(task_vectors)
+    names = task_names(task_vectors)
+    entries: list[dict[str, torch.Tensor]] = [{} for _ in names]
+    for key in keys:
+        stack = step(stack_key(task_vectors, key, "cpu"), key)
+        for i in range(len(names)):
+            entries[i][key] = stack[i]
+    return [TaskVector.from_tensors(e, name=n) for e, n in zip(entries, names)]
+
+
+def finetuned_subset(zoo, tasks: Sequence[str] | None = None) -> dict[str, Mapping[str, torch.Tensor]]:
+    """``{task: fine-tuned backbone}`` for `tasks` (what the merges take, task names kept)."""
+    return {t: zoo.finetuned[t] for t in zoo_tasks(zoo, tasks)}
+
+
+def materialize(state: Mapping[str, torch.Tensor], keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every key of `state` (or `keys`) read once into a plain dict, so a lazy merge is computed once."""
+    return {k: state[k] for k in (state.keys() if keys is None else keys)}
+
+
+def backbone_numel(zoo) -> int:
+    """Entries of one backbone of the zoo (the "one model" of storage counts)."""
+    pretrained = load_state(zoo.pretrained)
+    return sum(math.prod(pretrained.shape_of(k)) for k in zoo_backbone_keys(zoo))
+
+
+def evaluate_per_task(zoo, states_by_task: Mapping[str, Sequence[Mapping[str, torch.Tensor]]], *,
+                      split: str = "test", limit: int | None = None) -> pd.DataFrame:
+    """Each task's own list of states evaluated on that task only, one engine call per task.
+
+    Returns columns ``task, state, loss, accuracy`` (``state``: position in that task's list;
+    accuracy in [0, 1] on the first `limit` images of `split`).
+    """
+    frames = []
+    for task, states in states_by_task.items():
+        if len(states) == 0:
+            continue
+        frames.append(evaluate_on_zoo(zoo, list(states), [task], split=split, limit=limit))
+    if not frames:
+        raise EmptyInputError("no states to evaluate")
+    return pd.concat(frames, ignore_index=True)[["task", "state", "loss", "accuracy"]]
+
+
+def individual_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+                          limit: int | None = None) -> dict[str, float]:
+    """Accuracy of each fine-tuned backbone on its own task, measured on the same images as the merges."""
+    table = evaluate_per_task(zoo, {t: [zoo.finetuned[t]] for t in zoo_tasks(zoo, tasks)},
+                              split=split, limit=limit)
+    return dict(zip(table["task"], table["accuracy"].astype(float)))
+
+
+def device_label(device: torch.device | str = "cpu") -> str:
+    """What a timing was measured on: device, torch threads and processor, e.g. ``cpu (2 threads, x86_64)``."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(target)})"
+    return f"{target.type} ({torch.get_num_threads()} threads, {platform.machine() or 'unknown cpu'})"

@@ -1,0 +1,118 @@
+"""Routed merges under routing errors (paper Fig. 5c): accuracy against router accuracy p.
+
+The router is :class:`~freqmerge_viz.routing.RandomRouter` (the paper's "random router"): each
+input goes to its true task with probability p, otherwise to a uniformly drawn other task,
+from a seeded generator. Because a route never depends on the input, each routed merge is run
+once per (task state, evaluated task, image) — :func:`correctness` — and every p is then a
+gather over those outcomes (:func:`robustness_table`): exactly what routing the same inputs
+through the merge would give, for any number of p values. Every method sees the same routes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ParameterError
+from ..routed import RoutedMerge
+from ..routing import RandomRouter
+from .evaluation import zoo_tasks
+from .selection import VALIDATION_LIMIT, build_chosen, choose
+
+ROUTED_ROWS = {"FREE": "free_oracle", "EMR": "emr", "Twin": "twin"}
+"""Display name -> row of the zoo comparison whose validation-chosen settings are used."""
+
+ROUTER_ACCURACIES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+"""p grid of the full figure (router accuracy, fraction of inputs sent to their own task)."""
+
+
+@torch.no_grad()
+def correctness(zoo, routed: RoutedMerge, tasks: Sequence[str], *, split: str = "test",
+                limit: int | None = 300, batch_size: int = 500) -> torch.Tensor:
+    """``correct[s, t, i]``: whether `routed`'s state of task ``s`` classifies image ``i`` of task ``t``
+    right (task ``t``'s head). Bool ``[K, K, N]`` over the first `limit` images (N: the fewest any
+    task has).
+    """
+    if routed.n_tasks != len(tasks):
+        raise ParameterError(f"the routed merge has {routed.n_tasks} tasks, {len(tasks)} task names given")
+    data = []
+    for task in tasks:
+        images, labels = zoo.data(task, split)
+        data.append((images[:limit], labels[:limit]) if limit is not None else (images, labels))
+    n = min(len(labels) for _, labels in data)
+    out = torch.zeros(len(tasks), len(tasks), n, dtype=torch.bool)
+    for s in range(len(tasks)):
+        state = routed.task_state(s)
+        for t, (task, (images, labels)) in enumerate(zip(tasks, data)):
+            for lo in range(0, n, batch_size):
+                hi = min(n, lo + batch_size)
+                logits = zoo.forward(state, images[lo:hi], task)
+                out[s, t, lo:hi] = logits.argmax(1) == labels[lo:hi]
+    return out
+
+
+def routed_outcomes(correct: torch.Tensor, routes: torch.Tensor, task: int) -> torch.Tensor:
+    """Outcome of each input of task `task` sent along `routes` (``[N]`` task indices): bool ``[N]``."""
+    return correct[routes, task, torch.arange(correct.shape[-1])]
+
+
+def robustness_table(correct_by_method: Mapping[str, torch.Tensor], tasks: Sequence[str],
+                     ps: Sequence[float] = ROUTER_ACCURACIES, seed: int = 0) -> pd.DataFrame:
+    """Per method, p and task: accuracy of the routed merge, and the measured router accuracy.
+
+    For each p one ``RandomRouter(K, p, seed)`` routes the inputs of every task in task order
+    (the same routes for every method). Columns ``method, p, task, accuracy, router_accuracy``
+    (``router_accuracy``: share of that task's inputs sent to their own task).
+    """
+    k = len(tasks)
+    if not correct_by_method:
+        raise ParameterError("need the outcomes of at least one routed merge")
+    n = next(iter(correct_by_method.values())).shape[-1]
+    for method, correct in correct_by_method.items():
+        if tuple(correct.shape) != (k, k, n):
+            raise ParameterError(f"{method}: outcomes of shape {tuple(correct.shape)}, expected {(k, k, n)} "
+                                 f"({k} tasks, {n} inputs each)")
+    rows = []
+    for p in ps:
+        router = RandomRouter(k, float(p), seed)
+        routes = [router.route(None, torch.full((n,), t, dtype=torch.long)) for t in range(k)]
+        for method, correct in correct_by_method.items():
+            for t, task in enumerate(tasks):
+                outcome = routed_outcomes(correct, routes[t], t)
+                rows.append({"method": method, "p": float(p), "task": task,
+                             "accuracy": float(outcome.double().mean()),
+                             "router_accuracy": float((routes[t] == t).double().mean())})
+    return pd.DataFrame(rows)
+
+
+def router_robustness(zoo, routed_by_method: Mapping[str, RoutedMerge], *, tasks: Sequence[str] | None = None,
+                      ps: Sequence[float] = ROUTER_ACCURACIES, seed: int = 0, split: str = "test",
+                      limit: int | None = 300) -> pd.DataFrame:
+    """:func:`robustness_table` of the given routed merges (built over `tasks`, in that order) on the zoo."""
+    tasks = zoo_tasks(zoo, tasks)
+    outcomes = {name: correctness(zoo, routed, tasks, split=split, limit=limit)
+                for name, routed in routed_by_method.items()}
+    table = robustness_table(outcomes, tasks, ps, seed)
+    table.attrs.update({"split": split, "limit": limit, "seed": seed})
+    return table
+
+
+def chosen_routed_merges(zoo, *, tasks: Sequence[str] | None = None, quick: bool = False,
+                         validation_limit: int | None = VALIDATION_LIMIT) -> dict[str, RoutedMerge]:
+    """FREE, EMR and Twin over `tasks` with the settings the zoo comparison chooses on validation
+    (oracle routes; :mod:`.selection`): FREE's FR backbone and expert scale, Twin's rank and
+    task-arithmetic scaling; EMR has no settings."""
+    tasks = zoo_tasks(zoo, tasks)
+    choices = choose(zoo, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick)
+    return {label: build_chosen(zoo, choices, row, tasks) for label, row in ROUTED_ROWS.items()}
+
+
+def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
+    """Draw Fig. 5c on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.robustness.write_figures` (its
+    docstring states the settings); returns the paths written."""
+    from ..plots.robustness import write_figures as draw
+
+    return draw(zoo, out_dir, quick=quick, formats=formats)

@@ -1,0 +1,161 @@
+"""Spectra of task vectors (paper Fig. 2a): one matrix's centred log amplitude per task, and
+each task's radial amplitude profile for every layer and matrix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.evaluation import zoo_task_vectors
+from ..analysis.spectra import radial_profiles_by_key, spectra_of_key, spectra_table
+from ..analysis.table1 import reference_filter
+from .core import new_figure, scope, spectra_grid, torch_threads, write_all
+
+N_BINS = 16
+"""Radial shells between normalised radius 0 (DC) and 1 (the spectrum's corner)."""
+PERCENTILES = (0.5, 99.5)
+"""Percentiles of the log amplitudes that bound the spectra's colour scale."""
+
+
+def panel_rows(keys_by_layer: dict[str, list[str]]) -> list[list[str]]:
+    """Rows of panels: one row per numbered block (its matrices in order), then the other keys
+    packed into rows of the same width."""
+    blocks = {layer: keys for layer, keys in keys_by_layer.items() if layer.split(".")[-1].isdigit()}
+    width = max((len(keys) for keys in blocks.values()), default=4)
+    others = [k for layer, keys in keys_by_layer.items() if layer not in blocks for k in keys]
+    return list(blocks.values()) + [others[i:i + width] for i in range(0, len(others), width)]
+
+
+def radial_profiles_grid(profiles: pd.DataFrame, cutoff: float | None = None, title: str = ""):
+    """Matplotlib small multiples: one panel per matrix (a row per block, then the other matrices),
+    one line per task.
+
+    `profiles` columns: ``layer, key, task, radius`` (normalised), ``amplitude``.
+    """
+    keys_by_layer: dict[str, list[str]] = {}
+    for layer, key in dict.fromkeys(zip(profiles["layer"], profiles["key"])):
+        keys_by_layer.setdefault(layer, []).append(key)
+    rows = panel_rows(keys_by_layer)
+    cols = max(len(r) for r in rows)
+    fig, axes = new_figure(len(rows), cols, (2.5 * cols + 1.6, 1.9 * len(rows) + 0.8), layout=None, sharex=True)
+    fig.subplots_adjust(left=0.07, right=0.86, bottom=0.07, top=0.92, wspace=0.35, hspace=0.5)
+    for r, keys in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            if c >= len(keys):
+                ax.axis("off")
+                continue
+            for task, group in profiles[profiles["key"] == keys[c]].groupby("task", sort=False):
+                ax.plot(group["radius"], group["amplitude"], lw=1.0, label=task)
+            if cutoff is not None:
+                ax.axvline(cutoff, color="grey", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_title(keys[c], fontsize=7)
+            ax.tick_params(which="both", labelsize=6)
+            ax.xaxis.set_tick_params(labelbottom=True)
+            if c == 0:
+                ax.set_ylabel("mean |F(v)|", fontsize=7)
+    axes[-1, 0].set_xlabel("normalised radius ρ (0 = DC, 1 = corner)", fontsize=7)
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.lines), ([], []))
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def colour_limits(log_amplitudes, percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
+    """Shared colour range of log-amplitude spectra: the given percentiles of the values, leaving out
+    bins at numerical zero (amplitude below 1e-6 of the largest; e.g. the η = 0 row of a matrix whose
+    columns sum to zero), which would otherwise flatten the rest of the scale."""
+    values = np.asarray(log_amplitudes, dtype=np.float64).reshape(-1)
+    values = values[values > values.max() - np.log(1e6)]
+    low, high = np.percentile(values, percentiles)
+    return float(low), float(high)
+
+
+def spectra_plotly(table: pd.DataFrame, key: str, title: str = ""):
+    """Plotly heatmaps of one matrix's centred log amplitude, one panel per task (shared colour
+    scale clipped as in :func:`colour_limits`).
+
+    `table` columns: ``key, task, eta, gamma, log_amplitude`` (from :func:`spectra_table`).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    data = table[table["key"] == key]
+    tasks = list(dict.fromkeys(data["task"]))
+    cols = min(4, len(tasks))
+    rows = int(np.ceil(len(tasks) / cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=tasks, horizontal_spacing=0.03, vertical_spacing=0.08)
+    low, high = colour_limits(data["log_amplitude"])
+    for i, task in enumerate(tasks):
+        grid = data[data["task"] == task].pivot(index="eta", columns="gamma", values="log_amplitude")
+        fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=grid.index, zmin=low, zmax=high,
+                                 colorscale="Magma", showscale=i == 0, colorbar={"title": "ln|F(v)|"},
+                                 hovertemplate="γ=%{x} η=%{y}<br>ln|F|=%{z:.2f}<extra>" + task + "</extra>"),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, template="plotly_white", height=300 * rows + 80)
+    return fig
+
+
+def radial_profiles_dropdown(profiles: pd.DataFrame, cutoff: float | None = None, title: str = ""):
+    """Plotly radial profiles, one line per task, with a menu to pick the layer and matrix."""
+    import plotly.graph_objects as go
+
+    keys = list(dict.fromkeys(profiles["key"]))
+    fig = go.Figure()
+    owner = []
+    for key in keys:
+        for task, group in profiles[profiles["key"] == key].groupby("task", sort=False):
+            fig.add_trace(go.Scatter(x=group["radius"], y=group["amplitude"], mode="lines", name=str(task),
+                                     visible=key == keys[0], legendgroup=str(task)))
+            owner.append(key)
+    buttons = [{"label": key, "method": "update",
+                "args": [{"visible": [o == key for o in owner]}, {"title": f"{title} — {key}"}]} for key in keys]
+    if cutoff is not None:
+        fig.add_vline(x=cutoff, line_dash="dash", line_color="grey")
+    fig.update_layout(title=f"{title} — {keys[0]}", template="plotly_white", yaxis_type="log",
+                      xaxis_title="normalised radius ρ (0 = DC, 1 = corner)", yaxis_title="mean |F(v)| in shell",
+                      updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.15, "xanchor": "right"}])
+    return fig
+
+
+@torch_threads(1)
+def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Fig. 2a on the zoo: ``spectra.*`` (the report's matrix, :func:`~freqmerge_viz.report.spectrum_key`,
+    with FR's default ideal high-pass ρ = 0.1 outlined) and ``radial_profiles_by_key.*`` (every
+    matrix, :data:`N_BINS` shells). No evaluation; ``quick`` uses the first three tasks.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..report import spectrum_key
+
+    out = Path(out_dir)
+    vectors = zoo_task_vectors(zoo, scope(zoo, quick))
+    key = spectrum_key(vectors[0])
+    spec = reference_filter()
+    table = spectra_table(vectors, [key])
+    spectra = spectra_of_key(vectors, key, device="cpu")
+    outline = spec.mask(spectra.shape[-2:]).numpy()
+    title = (f"{key}: centred log amplitude of each task vector (cyan: ideal high-pass ρ ≥ {spec.cutoffs[0]:g}; "
+             f"colours: percentiles {PERCENTILES[0]:g}–{PERCENTILES[1]:g} of the non-zero bins)")
+    static = spectra_grid(list(spectra), [tv.name for tv in vectors], title, masks=[outline] * len(vectors),
+                          limits=colour_limits(spectra))
+    written = write_all(out / "spectra", table, static, spectra_plotly(table, key, title), "fig2a-spectra", formats)
+    plt.close(static)
+    profiles = radial_profiles_by_key(vectors, n_bins=N_BINS)
+    written += write_all(out / "radial_profiles_by_key", profiles,
+                         radial_profiles_grid(profiles, spec.cutoffs[0], "Radial amplitude profile per layer and "
+                                                                          "matrix (one line per task)"),
+                         radial_profiles_dropdown(profiles, spec.cutoffs[0], "Radial amplitude profile"),
+                         "fig2a-radial-profiles", formats)
+    return written
+
+
+__all__ = ["colour_limits", "panel_rows", "radial_profiles_dropdown", "radial_profiles_grid", "spectra_plotly", "write_figures"]

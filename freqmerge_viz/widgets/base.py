@@ -1,0 +1,297 @@
+"""What every explorer shares: debounced controls, one update path, error display, export.
+
+An explorer holds its settings in ``values`` (name -> value) and a set of ipywidgets
+``controls`` bound to those names. Moving a control queues the change; a
+:class:`Debouncer` applies the queued changes once the control has been still for
+``debounce`` seconds. :meth:`Explorer.set` applies changes at once through the same
+:meth:`Explorer._apply`, so a script or test drives the explorer exactly as a person does.
+
+An update first computes everything it will show (:meth:`Explorer._compute`, which must
+not touch the display), then draws it (:meth:`Explorer._draw`). If either step raises, the
+settings and controls go back to the last state that was shown, and the exception is shown
+in the red status line and kept in ``last_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import ParameterError
+
+DEBOUNCE_S = 0.15
+"""Default quiet time (seconds) after the last control event before an update runs."""
+
+STATIC_SUFFIXES = (".png", ".svg", ".pdf")
+EXPORT_SUFFIXES = STATIC_SUFFIXES + (".html",)
+
+Schedule = Callable[[float, Callable[[], None]], Any]
+"""``schedule(delay_s, callback) -> handle``; the handle has ``cancel()``."""
+
+
+def default_schedule(delay: float, callback: Callable[[], None]):
+    """``loop.call_later`` on the running asyncio loop (a Jupyter kernel's), else a started
+    daemon ``threading.Timer`` (the callback then runs in the timer's thread)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        timer = threading.Timer(delay, callback)
+        timer.daemon = True
+        timer.start()
+        return timer
+    return loop.call_later(delay, callback)
+
+
+class Debouncer:
+    """Run `fn()` once, `delay` seconds after the last :meth:`trigger` of a burst.
+
+    Each trigger cancels the call scheduled by the one before; a call whose turn comes
+    after a newer trigger does nothing, so a late timer can never run a superseded update.
+    `schedule` defaults to :func:`default_schedule`; tests pass a fake clock's.
+    ``calls`` counts the runs of `fn`.
+    """
+
+    def __init__(self, fn: Callable[[], None], delay: float = DEBOUNCE_S, schedule: Schedule | None = None):
+        if not delay >= 0:
+            raise ParameterError(f"debounce delay must be >= 0 seconds, got {delay!r}")
+        self.fn = fn
+        self.delay = float(delay)
+        self.calls = 0
+        self._schedule = schedule or default_schedule
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._handle = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a call is scheduled and has not run."""
+        return self._handle is not None
+
+    def trigger(self) -> None:
+        """(Re)start the quiet period; `fn` runs when it ends."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._generation += 1
+            generation = self._generation
+            self._handle = self._schedule(self.delay, lambda: self._fire(generation))
+
+    def flush(self) -> bool:
+        """Run a pending call now (returns whether there was one)."""
+        with self._lock:
+            if self._handle is None:
+                return False
+            self._handle.cancel()
+            self._generation += 1
+            self._handle = None
+        self._run()
+        return True
+
+    def cancel(self) -> None:
+        """Drop a pending call."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._generation += 1
+            self._handle = None
+
+    def _fire(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._handle = None
+        self._run()
+
+    def _run(self) -> None:
+        self.calls += 1
+        self.fn()
+
+
+class Explorer:
+    """Base of the interactive explorers (see the module docstring).
+
+    Subclasses fill ``values`` and ``controls`` (via :meth:`_bind`), build ``figure`` (a
+    plotly ``FigureWidget``) and ``widget``, and implement :meth:`_check`, :meth:`_compute`,
+    :meth:`_draw`, :meth:`_displayed` and :meth:`static_figure`.
+    """
+
+    export_div_id = "freqmerge-explorer"
+    default_export = "explorer.html"
+
+    def __init__(self, *, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+        import ipywidgets as w
+
+        self.values: dict[str, Any] = {}
+        self.controls: dict[str, Any] = {}
+        self.last_error: BaseException | None = None
+        self.last_timings: dict[str, float] = {}
+        self.updates = 0
+        self.figure = None
+        self._pending: dict[str, Any] = {}
+        self._syncing = False
+        self._lock = threading.RLock()
+        self._debouncer = Debouncer(self._apply_pending, debounce, schedule)
+        self.status = w.HTML(value="", layout=w.Layout(min_height="1.6em"))
+        self.status.add_class("fmv-status")
+        self.export_path = w.Text(value=self.default_export, description="file", tooltip=(
+            "export target: .png / .svg / .pdf (static) or .html (interactive)"))
+        self.export_path.add_class("fmv-export-path")
+        self.export_button = w.Button(description="Export", icon="download",
+                                      tooltip="write the current view to the file named beside")
+        self.export_button.add_class("fmv-export")
+        self.export_button.on_click(lambda _: self._export_clicked())
+
+    # ------------------------------------------------------------------ public API
+    def set(self, **values) -> None:
+        """Apply `values` (names of ``values``) now, without debounce, through the controls' update path.
+
+        Raises what the update raised (after showing it in the status line); the explorer
+        then keeps showing, and its controls hold, the last good settings.
+        """
+        unknown = sorted(set(values) - set(self.values))
+        if unknown:
+            raise ParameterError(f"{type(self).__name__}: unknown setting(s) {unknown}; "
+                                 f"settable: {sorted(self.values)}")
+        self._apply(values, raise_errors=True)
+
+    def shown(self) -> dict:
+        """The settings and the numbers currently displayed."""
+        with self._lock:
+            return {**self.values, **self._displayed()}
+
+    def flush(self) -> bool:
+        """Apply queued control changes now (returns whether there were any)."""
+        return self._debouncer.flush()
+
+    @property
+    def debouncer(self) -> Debouncer:
+        return self._debouncer
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the current view: ``.png``/``.svg``/``.pdf`` as a matplotlib rendering
+        (:meth:`static_figure`), ``.html`` as the plotly figure, self-contained, with a fixed
+        div id and no random trace ids (the same view gives the same bytes)."""
+        from ..plots.core import save_figure, save_html
+
+        target = Path(path)
+        suffix = target.suffix.lower()
+        if suffix not in EXPORT_SUFFIXES:
+            raise ParameterError(f"export to {', '.join(EXPORT_SUFFIXES)}; got {str(path)!r}")
+        with self._lock:
+            if suffix == ".html":
+                return save_html(self.plotly_figure(), target, div_id=self.export_div_id)
+            figure = self.static_figure()
+        stem = target.with_suffix("")
+        written = save_figure(figure, stem, formats=(suffix[1:],))[0]
+        if written != target:
+            os.replace(written, target)
+        return target
+
+    def plotly_figure(self):
+        """A static copy (``go.Figure``) of the displayed figure, without plotly's random trace uids."""
+        import plotly.graph_objects as go
+
+        spec = self.figure.to_dict()
+        for trace in spec["data"]:
+            trace.pop("uid", None)
+        return go.Figure(spec)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _check(self, values: Mapping[str, Any]) -> None:
+        """Raise :class:`ParameterError` if `values` cannot be shown (cheap checks)."""
+
+    def _compute(self, values: Mapping[str, Any]):
+        """Everything to show for `values` (no display change); passed to :meth:`_draw`."""
+        raise NotImplementedError
+
+    def _draw(self, view) -> None:
+        """Show `view` (update figure data in place)."""
+        raise NotImplementedError
+
+    def _displayed(self) -> dict:
+        """The numbers on display, read back from the figure."""
+        raise NotImplementedError
+
+    def static_figure(self):
+        """A matplotlib figure of the current view."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ update path
+    def _bind(self, name: str, control) -> None:
+        self.controls[name] = control
+        control.observe(lambda change: self._on_control(name, change["new"]), names="value")
+
+    def _on_control(self, name: str, value) -> None:
+        if self._syncing:
+            return
+        with self._lock:
+            self._pending[name] = value
+        self._debouncer.trigger()
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            changes, self._pending = self._pending, {}
+        if changes:
+            self._apply(changes, raise_errors=False)
+
+    def _apply(self, changes: Mapping[str, Any], raise_errors: bool) -> None:
+        with self._lock:
+            start = time.perf_counter()
+            candidate = {**self.values, **changes}
+            self.last_timings = {}
+            try:
+                self._check(candidate)
+                view = self._compute(candidate)
+                self._draw(view)
+            except Exception as exc:
+                self._sync_controls(self.values)
+                self._show_error(exc)
+                if raise_errors:
+                    raise
+                return
+            self.values = candidate
+            self._sync_controls(candidate)
+            self.updates += 1
+            self.last_error = None
+            self.last_timings["total_ms"] = 1e3 * (time.perf_counter() - start)
+            self._show_ok()
+
+    def _sync_controls(self, values: Mapping[str, Any]) -> None:
+        self._syncing = True
+        try:
+            for name, control in self.controls.items():
+                value = values.get(name)
+                if name not in values or control.value == value:
+                    continue
+                if isinstance(value, (int, float)) and hasattr(control, "max"):
+                    control.max = max(control.max, value)
+                    control.min = min(control.min, value)
+                control.value = value
+        finally:
+            self._syncing = False
+
+    def _show_ok(self) -> None:
+        parts = ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms" for k, v in self.last_timings.items())
+        self.status.value = f'<span class="fmv-status-ok" style="color:#555">updated ({parts})</span>'
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.last_error = exc
+        message = html.escape(f"{type(exc).__name__}: {exc}")
+        self.status.value = f'<span class="fmv-status-error" style="color:#c00">{message}</span>'
+
+    def _export_clicked(self) -> None:
+        try:
+            target = self.export(self.export_path.value)
+        except Exception as exc:
+            self._show_error(exc)
+            return
+        self.status.value = (f'<span class="fmv-status-ok" style="color:#555">exported '
+                             f'{html.escape(str(target))}</span>')

@@ -1,0 +1,281 @@
+"""The widget layer without a browser: CutoffExplorer driven through its Python API and controls."""
+
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import freqmerge_viz as fmv
+from freqmerge_viz.errors import ParameterError
+from freqmerge_viz.widgets import CutoffExplorer, Debouncer, cutoff_methods
+from freqmerge_viz.widgets.cutoff import ACCURACY, MASK, SPECTRUM, VARIANCE
+
+N_EVAL = 8
+
+
+class FakeClock:
+    """A scheduler for :class:`Debouncer` whose time only moves on :meth:`advance`."""
+
+    class Job:
+        def __init__(self, due, fn):
+            self.due, self.fn, self.cancelled = due, fn, False
+
+        def cancel(self):
+            self.cancelled = True
+
+    def __init__(self):
+        self.now = 0.0
+        self.jobs = []
+
+    def schedule(self, delay, fn):
+        job = self.Job(self.now + delay, fn)
+        self.jobs.append(job)
+        return job
+
+    def advance(self, seconds):
+        self.now += seconds
+        due = [j for j in self.jobs if not j.cancelled and j.due <= self.now]
+        self.jobs = [j for j in self.jobs if not j.cancelled and j.due > self.now]
+        for job in due:
+            job.fn()
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return fmv.zoo.load()
+
+
+@pytest.fixture(scope="module")
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def explorer(zoo, clock):
+    return CutoffExplorer(zoo, eval_per_task=N_EVAL, device="cpu", schedule=clock.schedule)
+
+
+def independent_accuracy(zoo, merged):
+    return zoo.evaluate(merged, split="val", limit=N_EVAL)
+
+
+def test_controls_come_from_the_registry(explorer):
+    methods = cutoff_methods()
+    assert "fr" in methods and "task_arithmetic" not in methods
+    assert all(any(p.name == "cutoff" for p in fmv.get_method(m).params) for m in methods)
+    assert list(explorer.controls["method"].options) == methods
+    cutoff = explorer.controls["cutoff"]
+    assert "normalised radius" in cutoff.description
+    assert "fmv-cutoff" in cutoff._dom_classes
+    assert "fmv-summary" in explorer.summary._dom_classes
+    assert "first 8 val images of each task" in explorer.figure.layout.annotations[2].text
+    assert all(len(explorer._vectors[0].shape_of(k)) >= 2 for k in explorer.controls["key"].options)
+    assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
+
+
+def test_cutoff_change_updates_numbers_and_figure_in_place(explorer):
+    explorer.set(method="fr", kind="ideal", band="high", scaling=1.0, cutoff=0.1)
+    figure, traces = explorer.figure, list(explorer.figure.data)
+    before = explorer.shown()
+    accuracy_before = np.array(traces[ACCURACY].y, dtype=float)
+    mask_before = np.array(traces[MASK].z, dtype=float)
+    spectrum_before = np.array(traces[SPECTRUM].z, dtype=float)
+    explorer.set(cutoff=0.6)
+    after = explorer.shown()
+    assert explorer.figure is figure and list(explorer.figure.data) == traces
+    assert all(a is b for a, b in zip(explorer.figure.data, traces))
+    assert after["cutoff"] == 0.6 and explorer.controls["cutoff"].value == 0.6
+    assert after["accuracy"] != before["accuracy"]
+    assert not np.array_equal(np.array(traces[ACCURACY].y, dtype=float), accuracy_before)
+    assert list(after["accuracy"].values()) == list(np.array(traces[ACCURACY].y, dtype=float))
+    assert not np.array_equal(np.array(traces[MASK].z, dtype=float), mask_before)
+    assert set(np.unique(np.array(traces[MASK].z, dtype=float))) == {0.0, 1.0}
+    assert np.array_equal(np.array(traces[SPECTRUM].z, dtype=float), spectrum_before)
+    assert after["kept_fraction"] < before["kept_fraction"]
+    variance = after["amplitude_variance"]
+    assert variance["all_bins"] < variance["unfiltered"]
+    assert list(variance.values()) == list(np.array(traces[VARIANCE].y, dtype=float))
+    assert f'data-value="{after["mean_accuracy"]:.6f}"' in explorer.summary.value
+
+
+def test_shown_accuracy_equals_an_independent_merge(explorer, zoo):
+    explorer.set(method="fr", kind="butterworth", band="high", cutoff=0.35, scaling=0.8)
+    merged = fmv.merge("fr", zoo.pretrained, zoo.finetuned_list(), cutoff=0.35, kind="butterworth", scaling=0.8)
+    assert explorer.shown()["accuracy"] == independent_accuracy(zoo, merged)
+
+
+def test_cutoff_zero_is_task_arithmetic_with_fr_coefficients(explorer, zoo):
+    explorer.set(method="fr", kind="ideal", band="high", cutoff=0.0, scaling=1.0)
+    fr = fmv.merge("fr", zoo.pretrained, zoo.finetuned_list(), cutoff=0.0)
+    weights = fr.statistics["lambda"]
+    assert abs(sum(weights) - 1) < 1e-9 and len(set(np.round(weights, 6))) > 1
+    ta = fmv.merge("task_arithmetic", zoo.pretrained, zoo.finetuned_list(), weights=weights, scaling=1.0)
+    shown = explorer.shown()
+    assert shown["accuracy"] == independent_accuracy(zoo, ta)
+    assert shown["kept_fraction"] == 1.0
+    assert shown["amplitude_variance"]["all_bins"] == pytest.approx(shown["amplitude_variance"]["unfiltered"])
+
+
+def test_error_through_set_is_shown_and_kept(explorer):
+    explorer.set(method="fr", kind="ideal", band="high", cutoff=0.2)
+    before = explorer.shown()
+    with pytest.raises(ParameterError, match="normalized cutoff"):
+        explorer.set(cutoff=1.5)
+    assert isinstance(explorer.last_error, ParameterError)
+    assert "fmv-status-error" in explorer.status.value and "ParameterError" in explorer.status.value
+    assert explorer.shown() == before
+    assert explorer.controls["cutoff"].value == 0.2
+    with pytest.raises(ParameterError, match="unknown setting"):
+        explorer.set(cutof=0.3)
+    explorer.set(cutoff=0.25)
+    assert explorer.last_error is None and "fmv-status-ok" in explorer.status.value
+
+
+def test_error_from_a_control_is_shown_not_raised(explorer, clock):
+    explorer.set(method="fr", kind="ideal", band="high", cutoff=0.4, upper_cutoff=0.3)
+    before = explorer.shown()
+    assert explorer.controls["upper_cutoff"].disabled
+    explorer.controls["band"].value = "band"
+    clock.advance(1.0)
+    assert isinstance(explorer.last_error, ParameterError)
+    assert "lower &lt; upper" in explorer.status.value
+    assert explorer.controls["band"].value == "high"
+    assert explorer.shown() == before
+    explorer.controls["upper_cutoff"].value = 0.7
+    explorer.controls["band"].value = "band"
+    clock.advance(1.0)
+    assert explorer.last_error is None and explorer.values["band"] == "band"
+    assert not explorer.controls["upper_cutoff"].disabled
+    explorer.set(band="high")
+
+
+def test_debounced_slider_events_make_one_update(explorer, clock):
+    explorer.set(cutoff=0.3, kind="ideal", band="high")
+    updates, calls = explorer.updates, explorer.debouncer.calls
+    for value in (0.31, 0.32, 0.33, 0.34):
+        explorer.controls["cutoff"].value = value
+        clock.advance(0.05)
+    assert explorer.updates == updates and explorer.values["cutoff"] == 0.3
+    clock.advance(0.2)
+    assert explorer.updates == updates + 1 and explorer.debouncer.calls == calls + 1
+    assert explorer.values["cutoff"] == 0.34 and explorer.shown()["cutoff"] == 0.34
+
+
+def test_debouncer_ignores_a_superseded_call_that_could_not_be_cancelled():
+    callbacks, seen = [], []
+
+    class Late:
+        def cancel(self):
+            pass
+
+    debouncer = Debouncer(lambda: seen.append(len(callbacks)), delay=1.0,
+                          schedule=lambda delay, fn: (callbacks.append(fn), Late())[1])
+    for _ in range(3):
+        debouncer.trigger()
+    for fn in callbacks:
+        fn()
+    assert seen == [3] and debouncer.calls == 1 and not debouncer.pending
+    debouncer.trigger()
+    assert debouncer.flush() and not debouncer.flush()
+    callbacks[-1]()
+    assert debouncer.calls == 2
+
+
+def test_debouncer_with_a_real_timer():
+    fired = threading.Event()
+    seen = []
+    debouncer = Debouncer(lambda: (seen.append(1), fired.set()), delay=0.3)
+    for _ in range(5):
+        debouncer.trigger()
+    assert debouncer.pending
+    assert fired.wait(10)
+    threading.Event().wait(0.5)
+    assert seen == [1] and not debouncer.pending
+
+
+def test_debouncer_uses_the_running_event_loop():
+    seen = []
+
+    async def main():
+        debouncer = Debouncer(lambda: seen.append(threading.get_ident()), delay=0.05)
+        for _ in range(3):
+            debouncer.trigger()
+        await asyncio.sleep(0.3)
+        return debouncer.calls
+
+    assert asyncio.run(main()) == 1
+    assert seen == [threading.get_ident()]
+
+
+def test_caches_are_hit(explorer):
+    keys = explorer.matrix_keys
+    explorer.set(method="fr", kind="ideal", band="high", cutoff=0.15, key=keys[0], task=explorer.tasks[0])
+    stats = dict(explorer.cache_stats)
+    explorer.set(cutoff=0.45)
+    explorer.set(task=explorer.tasks[1], scaling=0.9)
+    assert explorer.cache_stats["spectra"] == stats["spectra"]
+    assert explorer.cache_stats["merges"] == stats["merges"] + 2
+    assert explorer.cache_stats["variances"] == stats["variances"] + 1
+    explorer.set(key=keys[1])
+    assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
+    assert explorer.cache_stats["merges"] == stats["merges"] + 2
+    explorer.set(key=keys[0], cutoff=0.15, scaling=1.0)
+    assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
+    assert explorer.cache_stats["merges"] == stats["merges"] + 2
+    explorer.set(method="fr_ties")
+    assert explorer.cache_stats["merges"] == stats["merges"] + 3
+    assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
+    explorer.set(method="fr")
+
+
+def test_export_formats_and_reproducible_html(explorer, tmp_path):
+    explorer.set(cutoff=0.3, kind="gaussian", band="high")
+    magic = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<svg", ".html": b"<html"}
+    for suffix, start in magic.items():
+        path = explorer.export(tmp_path / f"view{suffix}")
+        assert path == tmp_path / f"view{suffix}"
+        head = path.read_bytes()[:4096]
+        assert start in head, suffix
+    first = (tmp_path / "view.html").read_bytes()
+    explorer.export(tmp_path / "again.html")
+    assert (tmp_path / "again.html").read_bytes() == first
+    assert b'id="freqmerge-cutoff-explorer"' in first and b'"uid"' not in first
+    with pytest.raises(ParameterError):
+        explorer.export(tmp_path / "view.jpg")
+    explorer.export_path.value = str(tmp_path / "button.svg")
+    explorer.export_button.click()
+    assert (tmp_path / "button.svg").is_file() and "exported" in explorer.status.value
+
+
+def test_any_models_with_an_evaluator_function(zoo):
+    tasks = ["digits", "signs"]
+    finetuned = {t: zoo.finetuned[t] for t in tasks}
+
+    def evaluate(state):
+        return zoo.evaluate(state, tasks=tasks, split="val", limit=4)
+
+    explorer = CutoffExplorer((zoo.pretrained, finetuned, evaluate), cutoff=0.3, key="blocks.1.mlp.fc1.weight",
+                              params={"coefficients": "uniform"})
+    shown = explorer.shown()
+    merged = fmv.merge("fr", zoo.pretrained, list(finetuned.values()), cutoff=0.3, coefficients="uniform")
+    assert shown["accuracy"] == evaluate(merged)
+    assert explorer.tasks == tasks and shown["key"] == "blocks.1.mlp.fc1.weight"
+    assert json.loads(json.dumps(shown)) == shown
+    with pytest.raises(ParameterError, match="set by the controls"):
+        CutoffExplorer((zoo.pretrained, finetuned, evaluate), params={"cutoff": 0.2})
+    with pytest.raises(ParameterError, match="method"):
+        CutoffExplorer((zoo.pretrained, finetuned, evaluate), method="task_arithmetic")
+
+
+def test_slider_benchmark_quick(monkeypatch, capsys):
+    from freqmerge_viz.benchmarks import slider
+
+    values = slider.cutoff_walk(50)
+    assert len(set(values)) == 50 and values[24] > values[0] and values[-1] < values[25]
+    result = slider.main(["--quick", "--n", "3"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == result
+    assert {"p50_ms", "p95_ms", "n", "device"} <= set(result) and result["n"] == 3
+    assert result["accuracy_cache_misses"] >= 3
