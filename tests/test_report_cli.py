@@ -101,3 +101,18 @@ def test_every_subcommand_has_help(command):
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "usage: freqmerge-viz" in result.stdout
+
+
+def test_figures_command_writes_every_format_and_an_index(tmp_path, capsys):
+    from freqmerge_viz.figures import INDEX, TOPICS
+
+    assert main(["figures", "--quick", "--only", "table1", "--out", str(tmp_path)]) == 0
+    index = json.loads((tmp_path / INDEX).read_text())
+    files = index["topics"]["table1"]["files"]
+    assert {name.rsplit(".", 1)[1] for name in files} >= {"png", "svg", "html", "csv"}
+    for name in files:
+        assert (tmp_path / name).stat().st_size > 0
+    assert "table1" in capsys.readouterr().out
+    assert main(["figures", "--only", "nonsense", "--out", str(tmp_path)]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert len(TOPICS) == 9
