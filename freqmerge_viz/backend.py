@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import ParameterError
@@ -38,3 +40,19 @@ def as_compute_tensor(x: torch.Tensor, device: torch.device | None = None) -> to
     if x.is_complex() or not x.is_floating_point():
         raise ParameterError(f"expected a real floating tensor, got dtype {x.dtype}")
     return x.to(device=device if device is not None else x.device, dtype=compute_dtype(x.dtype))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run with `n` torch intra-op threads, restoring the previous count after (also a decorator).
+
+    The toolkit's small models and matrices run many small ops; on a busy 2-core machine two
+    threads mostly wait on each other and were measured 5–8× slower than one. The setting is
+    process-wide while it lasts.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -63,7 +63,6 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,7 +71,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_device
+from .backend import resolve_device, torch_threads
 from .errors import MissingKeysError, ParameterError, ShapeMismatchError, check_choice, check_positive_int
 
 Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -356,16 +355,6 @@ def _score_range(forward, batched, params, inputs, labels, batch_size: int, lo: 
     return losses, hits
 
 
-@contextmanager
-def _intra_op_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _run(forward, states, stacked, inputs, labels, keys, batch_size, target, *, vmapped: bool, chunk: int,
          workers: int) -> EvalResult:
     """Every set scored in ranges of `chunk` sets, spread over `workers` threads."""
@@ -383,7 +372,7 @@ def _run(forward, states, stacked, inputs, labels, keys, batch_size, target, *, 
             return _score_range(forward, batched, params, inputs, labels, batch_size, lo, hi)
 
     if workers > 1 and len(ranges) > 1:
-        with _intra_op_threads(1):
+        with torch_threads(1):
             pool = ThreadPoolExecutor(min(workers, len(ranges)), thread_name_prefix="freqmerge-eval")
             try:
                 results = list(pool.map(work, ranges))

@@ -8,15 +8,14 @@ settings, and run with one torch thread (:func:`torch_threads`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ..backend import torch_threads  # noqa: F401  (re-exported for the topic modules)
 from ..io import write_atomically
 
 STATIC_FORMATS = ("png", "svg", "pdf")
@@ -144,22 +143,6 @@ QUICK_TASKS = 3
 """Tasks (the zoo's first ones) that the topic modules' ``quick=True`` runs use."""
 QUICK_LIMIT = 48
 """Images per task and split that ``quick=True`` runs evaluate."""
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1):
-    """Run with `n` torch intra-op threads, restoring the previous count after (also a decorator).
-
-    The analyses run many small ops (64×64 matrices, a 214k-parameter ViT); on a busy 2-core
-    machine two threads mostly wait on each other and were measured 5–8× slower than one. The
-    setting is process-wide while it lasts.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def scope(zoo, quick: bool) -> list[str]:

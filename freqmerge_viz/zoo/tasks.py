@@ -184,15 +184,23 @@ def _gen_digits(rng, labels, size):
     return _finish(rng, img, noise=(0.0, 0.03))
 
 
+def _paint_clutter(rng, img, *, count, length, width, opacity, sat, val):
+    """Paint `count` translucent, randomly coloured bars at random places and angles onto
+    `img` ``[n, 3, size, size]`` (bar length in ``[0.05, length]``, width in `width`, opacity
+    up to `opacity`; fractions of the image)."""
+    n, size = img.shape[0], img.shape[-1]
+    x, y = pixel_grid(size)
+    for _ in range(count):
+        alpha = coverage(box_sdf(x, y, rng.random(n), rng.random(n), rng.uniform(0.05, length, n),
+                                 rng.uniform(*width, n), rng.uniform(0, np.pi, n)), size)
+        paint(img, alpha * col(rng.uniform(0.0, opacity, n)), random_colors(rng, n, sat=sat, val=val))
+
+
 def _gen_housenum(rng, labels, size):
     n = len(labels)
     x, y = pixel_grid(size)
     img = _noisy_background(rng, n, size, amount=(0.05, 0.2), cells=(2, 5))
-    # clutter: a few translucent bars and blobs
-    for _ in range(3):
-        alpha = coverage(box_sdf(x, y, rng.random(n), rng.random(n), rng.uniform(0.05, 0.5, n),
-                                 rng.uniform(0.02, 0.12, n), rng.uniform(0, np.pi, n)), size)
-        paint(img, alpha * col(rng.uniform(0.0, 0.5, n)), random_colors(rng, n, sat=(0, 1), val=(0, 1)))
+    _paint_clutter(rng, img, count=3, length=0.5, width=(0.02, 0.12), opacity=0.5, sat=(0, 1), val=(0, 1))
     base = img.mean(axis=(2, 3))
     ink = contrasting(rng, base, 0.3)
     scale = rng.uniform(0.62, 0.78, n)
@@ -337,10 +345,7 @@ def _gen_signs(rng, labels, size):
     n = len(labels)
     x, y = pixel_grid(size)
     img = _noisy_background(rng, n, size, amount=(0.05, 0.3), cells=(2, 5))
-    for _ in range(2):
-        alpha = coverage(box_sdf(x, y, rng.random(n), rng.random(n), rng.uniform(0.05, 0.3, n),
-                                 rng.uniform(0.05, 0.3, n), rng.uniform(0, np.pi, n)), size)
-        paint(img, alpha * col(rng.uniform(0.0, 0.6, n)), random_colors(rng, n, sat=(0, 0.8), val=(0.1, 0.9)))
+    _paint_clutter(rng, img, count=2, length=0.3, width=(0.05, 0.3), opacity=0.6, sat=(0, 0.8), val=(0.1, 0.9))
     cx, cy = 0.5 + rng.uniform(-0.08, 0.08, n), 0.5 + rng.uniform(-0.08, 0.08, n)
     r = rng.uniform(0.26, 0.4, n).astype(F32)
     u, v = _rotate(x, y, cx, cy, rng.uniform(-0.15, 0.15, n), rng.uniform(0.8, 1.0, n))
