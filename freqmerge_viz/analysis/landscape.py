@@ -17,6 +17,12 @@ built (a :class:`~freqmerge_viz.FilterSpec`, FR-Merging's parameters as a dict s
 ``{"preset": "official"}`` or ``{"cutoff": 0.2}``, ``True`` for FR's defaults, or any
 ``step(stack[K, *shape], key) -> stack``), so ``(1, 0)`` becomes ``θ_pre + G(τ_A)``.
 
+A grid can be evaluated in blocks of rows through any ``concurrent.futures``-style executor
+(``executor=``, anything with ``map``: a thread or process pool, a dask cluster's
+``client.get_executor()``): each block is a :class:`GridBlock`, which pickles and rebuilds the
+zoo's forward where it runs. Every model is scored on its own, so the grid matches the serial
+one (exactly, on CPU, in ``tests/test_executors.py``).
+
 Evaluations are cached as ``.npz`` files in ``cache_dir`` (none by default), named by a
 sha256 of everything that determines them: the content of ``θ_pre``, ``θ_A``, ``θ_B`` (and
 of merged or given points), the plane keys, the filter, the coordinates, and the
@@ -44,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import EvalResult, Evaluator, StackedStates, tensor_digest, zoo_evaluator
+from ..engine import EvalResult, Evaluator, StackedStates, tensor_digest, zoo_evaluator, zoo_forward
 from ..errors import ParameterError, ShapeMismatchError, check_positive_int
 from ..io import load_state, write_atomically
 from ..keys import Patterns, select_keys
@@ -286,6 +292,60 @@ def _cached(cache_dir, kind: str, parts: dict, compute: Callable[[], dict[str, n
     return arrays, path, False
 
 
+# ----------------------------------------------------------------------------- blocks
+
+@dataclass(frozen=True, eq=False)
+class GridBlock:
+    """Grid points to evaluate on their own, anywhere: a picklable task for :func:`evaluate_block`.
+
+    `plane` and `coordinates [S, 2]` fix the models, `evaluator` scores them. A zoo's forward
+    is a closure that does not pickle, so a block of a zoo study carries its evaluator without
+    it and ``zoo_recipe = (zoo directory, task, head)`` to rebuild it; otherwise the
+    evaluator's own forward travels (a process pool or a cluster needs one that pickles).
+    """
+
+    plane: Plane
+    evaluator: Evaluator
+    coordinates: np.ndarray
+    zoo_recipe: tuple[str, str, str] | None = None
+
+    def resolved_evaluator(self) -> Evaluator:
+        """The evaluator, with the zoo's forward rebuilt when the block carries a zoo recipe."""
+        if self.zoo_recipe is None:
+            return self.evaluator
+        from ..zoo import load
+
+        path, task, head = self.zoo_recipe
+        return replace(self.evaluator, forward=zoo_forward(load(path), task, head))
+
+
+def _compact(plane: Plane) -> Plane:
+    """`plane` with every tensor in storage of its own, so that pickling sends no more than its
+    values (a view pickles its whole storage, e.g. a task vector its stack of two)."""
+    return replace(plane, **{name: {k: v.clone() for k, v in getattr(plane, name).items()}
+                             for name in ("origin", "tau_a", "tau_b_perp")})
+
+
+def evaluate_block(block: GridBlock) -> dict[str, np.ndarray]:
+    """Loss, accuracy and how they were computed at the block's coordinates (what
+    :meth:`PlaneStudy.evaluate_coordinates` stores)."""
+    return _result_arrays(block.resolved_evaluator()(block.plane.states(block.coordinates)))
+
+
+def _result_arrays(result: EvalResult) -> dict[str, np.ndarray]:
+    return {"loss": result.loss, "accuracy": result.accuracy, "mode": np.array(result.mode),
+            "chunk": np.array(result.chunk or 0), "workers": np.array(result.workers)}
+
+
+def _joined(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The blocks' results as one: values in order; the modes met, the largest chunk and worker count."""
+    modes = sorted({str(p["mode"]) for p in parts})
+    return {"loss": np.concatenate([p["loss"] for p in parts]),
+            "accuracy": np.concatenate([p["accuracy"] for p in parts]),
+            "mode": np.array("+".join(modes)), "chunk": np.array(max(int(p["chunk"]) for p in parts)),
+            "workers": np.array(max(int(p["workers"]) for p in parts)), "blocks": np.array(len(parts))}
+
+
 # ----------------------------------------------------------------------------- the study
 
 @dataclass(eq=False)
@@ -303,6 +363,7 @@ class PlaneStudy:
     filter_label: str | None
     cache_dir: Path | None = None
     info: dict = field(default_factory=dict)
+    zoo_recipe: tuple[str, str, str] | None = None
     _digests: dict | None = field(default=None, repr=False)
 
     def _inputs(self) -> dict:
@@ -320,30 +381,56 @@ class PlaneStudy:
                 "filtered": self.filter_label, **self.plane.metadata(), **self.info,
                 "samples": int(len(self.evaluator.labels)), "cache": str(path) if path else None,
                 "cache_hit": hit, "mode": str(arrays["mode"]), "chunk": int(arrays["chunk"]) or None,
-                "workers": int(arrays["workers"])}
+                "workers": int(arrays["workers"]), "blocks": int(arrays.get("blocks", 1))}
 
     def _evaluate(self, states) -> dict[str, np.ndarray]:
-        result: EvalResult = self.evaluator(states)
-        return {"loss": result.loss, "accuracy": result.accuracy, "mode": np.array(result.mode),
-                "chunk": np.array(result.chunk or 0), "workers": np.array(result.workers)}
+        return _result_arrays(self.evaluator(states))
 
-    def evaluate_coordinates(self, kind: str, coordinates: np.ndarray, extra: dict | None = None
-                             ) -> tuple[dict[str, np.ndarray], dict]:
-        """Loss and accuracy at ``coordinates [S, 2]`` (cached), and the attrs to attach."""
+    def blocks(self, coordinates: np.ndarray, size: int) -> list[GridBlock]:
+        """``coordinates [S, 2]`` cut into :class:`GridBlock` s of at most `size` points, in order,
+        sharing one copy of the plane and data that pickles compactly. A zoo study with a
+        directory sends the zoo's forward as a recipe (see :class:`GridBlock`)."""
+        size = check_positive_int("block size", size)
+        coordinates = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
+        evaluator = replace(self.evaluator, inputs=self.evaluator.inputs.clone(),
+                            labels=self.evaluator.labels.clone())
+        if self.zoo_recipe is not None:
+            evaluator = replace(evaluator, forward=None)
+        plane = _compact(self.plane)
+        return [GridBlock(plane, evaluator, coordinates[lo:lo + size].copy(), self.zoo_recipe)
+                for lo in range(0, len(coordinates), size)]
+
+    def evaluate_coordinates(self, kind: str, coordinates: np.ndarray, extra: dict | None = None, *,
+                             executor=None, block_size: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """Loss and accuracy at ``coordinates [S, 2]`` (cached), and the attrs to attach. With an
+        `executor` (anything with ``map``), blocks of `block_size` points (default: all) are
+        mapped over it; the values equal the serial ones."""
         coordinates = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
         parts = {**self._inputs(), "coordinates": hashlib.sha256(coordinates.tobytes()).hexdigest(),
                  "count": len(coordinates), **(extra or {})}
-        arrays, path, hit = _cached(self.cache_dir, kind, parts,
-                                    lambda: self._evaluate(self.plane.states(coordinates)))
+
+        def compute() -> dict[str, np.ndarray]:
+            if executor is None:
+                return self._evaluate(self.plane.states(coordinates))
+            blocks = self.blocks(coordinates, block_size or len(coordinates))
+            return _joined(list(executor.map(evaluate_block, blocks)))
+
+        arrays, path, hit = _cached(self.cache_dir, kind, parts, compute)
         return arrays, self._attrs(path, hit, arrays)
 
-    def grid(self, grid=21) -> pd.DataFrame:
+    def grid(self, grid=21, *, executor=None, rows_per_block: int = 1) -> pd.DataFrame:
         """Tidy ``alpha, beta, loss, accuracy`` over the grid (see :func:`grid_axes`); the plane's
-        metadata, the grid axes and the cache file in ``df.attrs``."""
+        metadata, the grid axes and the cache file in ``df.attrs``.
+
+        With an `executor` (anything with ``map``, e.g. ``ProcessPoolExecutor`` or a dask
+        ``client.get_executor()``), the grid is evaluated in blocks of `rows_per_block` rows
+        (one β each), mapped over it; ``df.attrs["blocks"]`` counts them. Default: serially.
+        """
         alphas, betas = grid_axes(grid, self.plane)
         aa, bb = np.meshgrid(alphas, betas, indexing="xy")
         coordinates = np.stack([aa.reshape(-1), bb.reshape(-1)], axis=1)
-        arrays, attrs = self.evaluate_coordinates("grid", coordinates)
+        block_size = check_positive_int("rows_per_block", rows_per_block) * len(alphas)
+        arrays, attrs = self.evaluate_coordinates("grid", coordinates, executor=executor, block_size=block_size)
         frame = pd.DataFrame({"alpha": coordinates[:, 0], "beta": coordinates[:, 1],
                               "loss": arrays["loss"], "accuracy": arrays["accuracy"]})
         frame.attrs.update(attrs, alphas=alphas.tolist(), betas=betas.tolist())
@@ -450,7 +537,7 @@ def plane_study(source, task_a, task_b, *, eval_task: str | None = None, filtere
         evaluator = replace(source, **options)
         pre, fa, fb = (load_state(s) for s in (pretrained, task_a, task_b))
         names = names or (getattr(fa, "name", "A"), getattr(fb, "name", "B"))
-        info = {}
+        info, recipe = {}, None
     elif hasattr(source, "finetuned") and hasattr(source, "pretrained"):
         for task in (task_a, task_b):
             source._check_task(task)
@@ -459,20 +546,23 @@ def plane_study(source, task_a, task_b, *, eval_task: str | None = None, filtere
         pre, fa, fb = source.pretrained, source.finetuned[task_a], source.finetuned[task_b]
         names = names or (task_a, task_b)
         info = {"eval_task": evaluated, "split": split, "limit": limit, "head": head}
+        path = getattr(source, "path", None)
+        recipe = None if path is None else (str(path), evaluated, head)
         if pretrained is not None:
             raise ParameterError("pretrained= is for an Evaluator; a zoo brings its own")
     else:
         raise ParameterError(f"source must be a zoo or an Evaluator, got {type(source).__name__}")
     plane = make_plane(pre, fa, fb, evaluator.keys, include=include, exclude=exclude, step=step)
     return PlaneStudy(plane, evaluator, pre, fa, fb, tuple(names), label,
-                      None if cache_dir is None else Path(cache_dir), info)
+                      None if cache_dir is None else Path(cache_dir), info, recipe)
 
 
 def landscape(source, task_a, task_b, *, eval_task: str | None = None, grid=21, filtered=None,
               split: str = "test", limit: int | None = None, head: str = "finetuned", pretrained=None,
               include: Patterns = None, exclude: Patterns = None, cache_dir=None, mode: str | None = None,
               chunk: int | None = None, device=None, batch_size: int | None = None,
-              memory_budget: int | None = None, workers: int | None = None) -> pd.DataFrame:
+              memory_budget: int | None = None, workers: int | None = None, executor=None,
+              rows_per_block: int = 1) -> pd.DataFrame:
     """Loss and accuracy over a grid of the plane of two task vectors (tidy:
     ``alpha, beta, loss, accuracy``; plane metadata in ``df.attrs``).
 
@@ -483,12 +573,13 @@ def landscape(source, task_a, task_b, *, eval_task: str | None = None, grid=21, 
     `filtered`, `include`/`exclude` and `cache_dir`: see the module docstring. The engine
     options (mode, chunk, device, batch_size, memory_budget, workers; see
     :func:`~freqmerge_viz.engine.evaluate_params`) replace the evaluator's where not ``None``.
+    `executor` and `rows_per_block`: see :meth:`PlaneStudy.grid` (default: serial).
     """
     study = plane_study(source, task_a, task_b, eval_task=eval_task, filtered=filtered, split=split, limit=limit,
                         head=head, pretrained=pretrained, include=include, exclude=exclude, cache_dir=cache_dir,
                         mode=mode, chunk=chunk, device=device, batch_size=batch_size, memory_budget=memory_budget,
                         workers=workers)
-    return study.grid(grid)
+    return study.grid(grid, executor=executor, rows_per_block=rows_per_block)
 
 
 def project_points(source, task_a, task_b, *, methods=None, points=None, references: bool = True,

@@ -126,8 +126,10 @@ def cutoff_sweep(zoo, kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = C
                  **point_fields) -> pd.DataFrame:
     """The sweep over `kinds` × `cutoffs` as one tidy table (rows of :func:`run_point`, grid order).
 
-    `executor` is anything with ``map(fn, iterable)`` (e.g. a ``ThreadPoolExecutor``; a process
-    pool needs `zoo` given as a directory path so that it pickles); default: serial.
+    `executor` is anything with ``map(fn, iterable)`` (a thread or process pool, a dask
+    ``client.get_executor()``); default: serial. For other processes or machines give `zoo` as
+    a directory path they can read: each point then loads it where it runs (a loaded zoo
+    pickles too, but sends its manifest, heads and lazy file readers with every point).
     """
     points = sweep_points(kinds, cutoffs, **point_fields)
     run = partial(run_point, zoo)

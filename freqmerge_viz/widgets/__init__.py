@@ -7,6 +7,8 @@ numbers on display, ``explorer.export(path)`` writes PNG/SVG/PDF (matplotlib) or
 
 from .base import DEBOUNCE_S, Debouncer, Explorer, default_schedule
 from .cutoff import CutoffExplorer, CutoffView, cutoff_methods
+from .experts import ExpertExplorer, ExpertView
+from .landscape import LandscapeView, LandscapeViewer, method_choices
 
-__all__ = ["DEBOUNCE_S", "CutoffExplorer", "CutoffView", "Debouncer", "Explorer", "cutoff_methods",
-           "default_schedule"]
+__all__ = ["DEBOUNCE_S", "CutoffExplorer", "CutoffView", "Debouncer", "ExpertExplorer", "ExpertView", "Explorer",
+           "LandscapeView", "LandscapeViewer", "cutoff_methods", "default_schedule", "method_choices"]
