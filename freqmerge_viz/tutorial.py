@@ -169,4 +169,47 @@ def masks_figure(task_vector, keys, specs: Mapping[str, Any], title: str = ""):
     return fig
 
 
-__all__ = ["FIGURE_DPI", "masks_figure", "percent", "removed_table", "rounded", "setup", "show"]
+def pick(mapping: Mapping[str, Any], keys) -> dict:
+    """The entries `keys` of `mapping`, in that order (a shorter view of a widget's ``shown()``).
+
+    A key missing from `mapping` raises ``KeyError`` naming it, so a notebook cannot silently
+    print less than its prose promises.
+    """
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise KeyError(f"not in the mapping: {missing}; it has {list(mapping)}")
+    return {k: mapping[k] for k in keys}
+
+
+def storage_comparison(routed_by_name: Mapping[str, Any]) -> "pd.DataFrame":
+    """Extra storage per task of routed merges side by side, in % of one float32 model.
+
+    `routed_by_name` maps a label to a :class:`~freqmerge_viz.RoutedMerge`; each column is that
+    merge's ``storage_table()["percent_of_model"]``, one row per task, plus a ``"mean"`` row.
+    """
+    import pandas as pd
+
+    columns = {label: routed.storage_table().set_index("name")["percent_of_model"]
+               for label, routed in routed_by_name.items()}
+    table = pd.DataFrame(columns)
+    table.index.name = "task"
+    table.loc["mean"] = table.mean(axis=0)
+    return table
+
+
+def labelled(tables: Mapping[str, "pd.DataFrame"], column: str = "setting") -> "pd.DataFrame":
+    """The tables of `tables` stacked into one, each row tagged with its label in `column`
+    (e.g. unfiltered and filtered interpolation curves, for one figure with a line style per
+    setting). The index is renumbered; ``attrs`` are dropped."""
+    import pandas as pd
+
+    if not tables:
+        raise ValueError("no tables to stack")
+    parts = [table.assign(**{column: label}) for label, table in tables.items()]
+    stacked = pd.concat(parts, ignore_index=True)
+    stacked.attrs = {}
+    return stacked
+
+
+__all__ = ["FIGURE_DPI", "labelled", "masks_figure", "percent", "pick", "removed_table", "rounded", "setup", "show",
+           "storage_comparison"]

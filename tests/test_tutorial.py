@@ -58,3 +58,33 @@ def test_masks_figure_and_show(tmp_path):
     assert len(fig.axes) >= 4
     written = tutorial.show(fig, tmp_path / "masks")
     assert [p.name for p in written] == ["masks.png"] and written[0].stat().st_size > 0
+
+
+def test_pick_keeps_order_and_names_missing_keys():
+    assert tutorial.pick({"a": 1, "b": 2, "c": 3}, ["c", "a"]) == {"c": 3, "a": 1}
+    with pytest.raises(KeyError, match="'z'"):
+        tutorial.pick({"a": 1}, ["a", "z"])
+
+
+def test_storage_comparison_one_column_per_merge():
+    class Fake:
+        def __init__(self, sizes):
+            self.sizes = sizes
+
+        def storage_table(self):
+            return pd.DataFrame({"name": ["t1", "t2"], "storage_bytes": self.sizes,
+                                 "percent_of_model": [s / 10.0 for s in self.sizes]})
+
+    table = tutorial.storage_comparison({"A": Fake([10, 30]), "B": Fake([5, 5])})
+    assert list(table.columns) == ["A", "B"] and list(table.index) == ["t1", "t2", "mean"]
+    assert table.loc["mean", "A"] == pytest.approx(2.0) and table.loc["t2", "B"] == pytest.approx(0.5)
+
+
+def test_labelled_stacks_with_a_label_column():
+    a = pd.DataFrame({"t": [0.0, 1.0]})
+    a.attrs["x"] = 1
+    table = tutorial.labelled({"plain": a, "filtered": pd.DataFrame({"t": [0.5]})})
+    assert list(table["setting"]) == ["plain", "plain", "filtered"] and list(table.index) == [0, 1, 2]
+    assert table.attrs == {} and "setting" not in a.columns
+    with pytest.raises(ValueError):
+        tutorial.labelled({})

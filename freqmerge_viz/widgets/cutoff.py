@@ -350,7 +350,7 @@ class CutoffExplorer(Explorer):
         base = make_subplots(rows=1, cols=3, column_widths=[0.4, 0.2, 0.4], horizontal_spacing=0.09,
                              subplot_titles=("spectrum", "across-task amplitude variance",
                                              f"merged accuracy ({self.eval_description})"))
-        fig = go.FigureWidget(base)
+        fig = base
         fig.add_trace(go.Heatmap(z=[[0.0]], colorscale="Magma", name="ln|F(v)|",
                                  colorbar=dict(x=0.36, len=0.9, thickness=12, title="ln|F|"),
                                  hovertemplate="γ %{x}, η %{y}: ln|F| %{z:.2f}<extra></extra>"), row=1, col=1)
@@ -359,17 +359,23 @@ class CutoffExplorer(Explorer):
                                  colorscale=[[0.0, "rgba(20,20,20,0.55)"], [1.0, "rgba(0,0,0,0)"]],
                                  line=dict(color="cyan", width=1.5),
                                  hovertemplate="γ %{x}, η %{y}: gain %{z:.2f}<extra></extra>"), row=1, col=1)
-        fig.add_trace(go.Bar(x=list(VARIANCE_LABELS), y=[0.0] * 3, customdata=[0.0] * 3, name="variance",
+        # Bars sit at integer x with the labels as tick text: string-valued trace arrays did not
+        # reach the browser through FigureWidget (seen in the real-browser test), layout ticks do.
+        n_tasks = len(self.eval_tasks)
+        fig.add_trace(go.Bar(x=list(range(3)), y=[0.0] * 3, customdata=[0.0] * 3, name="variance",
                              marker_color=["#9e9e9e", "#4c78a8", "#f58518"], textposition="outside",
-                             hovertemplate="%{x}: %{y:.4g} (÷ mean amplitude: %{customdata:.4g})<extra></extra>"),
+                             hovertemplate="%{y:.4g} (÷ mean amplitude: %{customdata:.4g})<extra></extra>"),
                       row=1, col=2)
-        fig.add_trace(go.Bar(x=self.eval_tasks, y=[0.0] * len(self.eval_tasks), name="merged",
+        fig.add_trace(go.Bar(x=list(range(n_tasks)), y=[0.0] * n_tasks, name="merged",
                              marker_color="#4c78a8", textposition="outside", texttemplate="%{y:.2f}"),
                       row=1, col=3)
-        fig.add_trace(go.Scatter(x=list(self.finetuned_accuracy), y=list(self.finetuned_accuracy.values()),
+        fig.add_trace(go.Scatter(x=[self.eval_tasks.index(t) for t in self.finetuned_accuracy],
+                                 y=list(self.finetuned_accuracy.values()),
                                  mode="markers", name="fine-tuned", marker=dict(symbol="line-ew-open", size=18,
                                                                                 color="black")),
                       row=1, col=3)
+        fig.update_xaxes(tickvals=list(range(3)), ticktext=list(VARIANCE_LABELS), row=1, col=2)
+        fig.update_xaxes(tickvals=list(range(n_tasks)), ticktext=list(self.eval_tasks), row=1, col=3)
         fig.update_xaxes(title_text="column frequency γ (bins)", row=1, col=1)
         fig.update_yaxes(title_text="row frequency η (bins)", row=1, col=1)
         fig.update_xaxes(tickangle=30, row=1, col=2)
@@ -377,7 +383,7 @@ class CutoffExplorer(Explorer):
         fig.update_yaxes(title_text="accuracy", range=[0, 1.08], row=1, col=3)
         fig.update_layout(height=440, template="plotly_white", showlegend=False, bargap=0.25,
                           margin=dict(l=60, r=20, t=60, b=90))
-        self.figure = fig
+        self.figure = go.FigureWidget(fig)
 
     def _build_widget(self) -> None:
         import ipywidgets as w
@@ -423,7 +429,7 @@ class CutoffExplorer(Explorer):
 
     def _displayed(self) -> dict:
         d = self.figure.data
-        accuracy = {str(t): float(a) for t, a in zip(d[ACCURACY].x, d[ACCURACY].y)}
+        accuracy = {str(t): float(a) for t, a in zip(self.eval_tasks, d[ACCURACY].y)}
         return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
                 "amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"), map(float, d[VARIANCE].y))),
                 "normalized_amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
