@@ -271,15 +271,19 @@ class ExpertExplorer(Explorer):
                                              "(c) extra storage per task"))
         fig = go.FigureWidget(base)
         self._trace = {}
+        # Category bars sit at integer x with the names as tick text: string-valued x arrays did
+        # not reach the browser through FigureWidget (seen in the real-browser test of the
+        # cutoff explorer), layout ticks do.
+        task_x = list(range(len(self.tasks)))
         for i, kind in enumerate(self.kinds):
-            fig.add_trace(go.Bar(x=self.tasks, y=[0.0] * len(self.tasks), name=KIND_LABELS[kind],
+            fig.add_trace(go.Bar(x=task_x, y=[0.0] * len(self.tasks), name=KIND_LABELS[kind],
                                  marker_color=COLOURS[i % len(COLOURS)], legendgroup="experts",
-                                 hovertemplate=f"{KIND_LABELS[kind]} · %{{x}}: %{{y:.3f}}<extra></extra>"),
+                                 hovertemplate=f"{KIND_LABELS[kind]}: %{{y:.3f}}<extra></extra>"),
                           row=1, col=1)
             self._trace[("expert", kind)] = len(fig.data) - 1
         for name, reference, symbol in (("fine-tuned", self.finetuned_accuracy, "line-ew-open"),
                                         ("pretrained", self.pretrained_accuracy, "x-thin-open")):
-            fig.add_trace(go.Scatter(x=self.tasks, y=[reference[t] for t in self.tasks], mode="markers",
+            fig.add_trace(go.Scatter(x=task_x, y=[reference[t] for t in self.tasks], mode="markers",
                                      name=name, marker=dict(symbol=symbol, size=16, color="black",
                                                             line=dict(width=2))), row=1, col=1)
         for i, method in enumerate(self.methods):
@@ -296,10 +300,10 @@ class ExpertExplorer(Explorer):
         self._trace["at_p"] = len(fig.data) - 1
         fig.add_trace(go.Bar(x=[], y=[], name="storage", marker_color="#9e9e9e", showlegend=False,
                              texttemplate="%{y:.2f}%", textposition="outside",
-                             hovertemplate="%{x}: %{y:.3f}% of one float32 model<extra></extra>"), row=1, col=3)
+                             hovertemplate="%{y:.3f}% of one float32 model<extra></extra>"), row=1, col=3)
         self._trace["storage"] = len(fig.data) - 1
         fig.update_yaxes(title_text="accuracy", range=[0, 1.08], row=1, col=1)
-        fig.update_xaxes(tickangle=30, row=1, col=1)
+        fig.update_xaxes(tickangle=30, tickvals=task_x, ticktext=list(self.tasks), row=1, col=1)
         fig.update_xaxes(title_text="router accuracy p", range=[-0.03, 1.03], row=1, col=2)
         fig.update_yaxes(title_text="mean accuracy over tasks", range=[0, 1.05], row=1, col=2)
         fig.update_xaxes(tickangle=30, row=1, col=3)
@@ -332,8 +336,10 @@ class ExpertExplorer(Explorer):
                 for kind in self.kinds:
                     d[self._trace[("expert", kind)]].y = [view.expert_accuracy[kind][t] for t in self.tasks]
                 labels = list(view.storage_percent)
-                d[self._trace["storage"]].x = labels
+                d[self._trace["storage"]].x = list(range(len(labels)))
                 d[self._trace["storage"]].y = [view.storage_percent[k] for k in labels]
+                self.figure.layout.xaxis3.tickvals = list(range(len(labels)))
+                self.figure.layout.xaxis3.ticktext = labels
             for method in self.methods:
                 d[self._trace[("curve", method)]].y = view.routed_curve[METHOD_LABELS[method]]
             labels = [METHOD_LABELS[m] for m in self.methods]
@@ -349,8 +355,7 @@ class ExpertExplorer(Explorer):
     def _displayed(self) -> dict:
         d = self.figure.data
         view = self._view
-        expert = {kind: {str(t): float(a) for t, a in zip(d[self._trace[("expert", kind)]].x,
-                                                           d[self._trace[("expert", kind)]].y)}
+        expert = {kind: {str(t): float(a) for t, a in zip(self.tasks, d[self._trace[("expert", kind)]].y)}
                   for kind in self.kinds}
         marker = d[self._trace["at_p"]]
         storage = d[self._trace["storage"]]
@@ -360,7 +365,8 @@ class ExpertExplorer(Explorer):
                 "routed_mean_accuracy": {str(m): float(a) for m, a in zip(marker.text or (), marker.y or ())},
                 "routed_accuracy": {m: dict(v) for m, v in view.routed_accuracy.items()},
                 "measured_router_accuracy": view.measured_router_accuracy,
-                "storage_percent": {str(k): float(v) for k, v in zip(storage.x, storage.y)},
+                "storage_percent": {str(k): float(v) for k, v in zip(self.figure.layout.xaxis3.ticktext,
+                                                                     storage.y)},
                 "finetuned_accuracy": dict(self.finetuned_accuracy),
                 "pretrained_accuracy": dict(self.pretrained_accuracy)}
 
