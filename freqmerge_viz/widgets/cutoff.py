@@ -347,12 +347,12 @@ class CutoffExplorer(Explorer):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        base = make_subplots(rows=1, cols=3, column_widths=[0.4, 0.2, 0.4], horizontal_spacing=0.09,
-                             subplot_titles=("spectrum", "across-task amplitude variance",
-                                             f"merged accuracy ({self.eval_description})"))
+        base = make_subplots(rows=1, cols=3, column_widths=[0.4, 0.2, 0.4], horizontal_spacing=0.12,
+                             subplot_titles=("spectrum", "amplitude variance", "merged accuracy"))
         fig = base
         fig.add_trace(go.Heatmap(z=[[0.0]], colorscale="Magma", name="ln|F(v)|",
-                                 colorbar=dict(x=0.36, len=0.9, thickness=12, title="ln|F|"),
+                                 colorbar=dict(orientation="h", x=0.16, xanchor="center", y=-0.34, len=0.32,
+                                               thickness=10, title=dict(text="ln|F|", side="right")),
                                  hovertemplate="γ %{x}, η %{y}: ln|F| %{z:.2f}<extra></extra>"), row=1, col=1)
         fig.add_trace(go.Contour(z=[[1.0]], zmin=0.0, zmax=1.0, showscale=False, name="filter gain",
                                  contours=dict(start=0.5, end=0.5, size=1.0, coloring="fill"),
@@ -380,9 +380,10 @@ class CutoffExplorer(Explorer):
         fig.update_yaxes(title_text="row frequency η (bins)", row=1, col=1)
         fig.update_xaxes(tickangle=30, row=1, col=2)
         fig.update_yaxes(title_text="mean variance over bins", row=1, col=2)
-        fig.update_yaxes(title_text="accuracy", range=[0, 1.08], row=1, col=3)
-        fig.update_layout(height=440, template="plotly_white", showlegend=False, bargap=0.25,
-                          margin=dict(l=60, r=20, t=60, b=90))
+        fig.update_yaxes(title_text=f"accuracy, {self.eval_description}", title_font_size=10, range=[0, 1.08],
+                         row=1, col=3)
+        fig.update_layout(height=460, template="plotly_white", showlegend=False, bargap=0.25,
+                          margin=dict(l=60, r=20, t=80, b=130), title=dict(text="", font=dict(size=12)))
         self.figure = go.FigureWidget(fig)
 
     def _build_widget(self) -> None:
@@ -421,7 +422,7 @@ class CutoffExplorer(Explorer):
             if old is None or old.accuracy is not view.accuracy:
                 d[ACCURACY].y = [view.accuracy[t] for t in self.eval_tasks]
             if old is None or old.title != view.title:
-                self.figure.layout.annotations[0].text = html.escape(view.title)
+                self.figure.layout.title.text = html.escape(view.title)
         self.controls["upper_cutoff"].disabled = view.band != "band"
         self.summary.value = _summary_html(view, self.eval_tasks, self.eval_description)
         self._view = view
