@@ -12,36 +12,11 @@ from freqmerge_viz.widgets import experts as experts_module
 from freqmerge_viz.widgets.experts import DENSITY_STEPS, METHOD_LABELS
 from freqmerge_viz.widgets.landscape import CONTOUR, MERGED_POINTS, REFERENCE_POINTS
 from freqmerge_viz.zoo.compare import evaluate_routed
+from widget_support import FakeClock
 
 N_EVAL = 8
 LIMIT = 24
 MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<svg", ".html": b"<html"}
-
-
-class FakeClock:
-    """A scheduler for the debouncer whose time only moves on :meth:`advance`."""
-
-    class Job:
-        def __init__(self, due, fn):
-            self.due, self.fn, self.cancelled = due, fn, False
-
-        def cancel(self):
-            self.cancelled = True
-
-    def __init__(self):
-        self.now, self.jobs = 0.0, []
-
-    def schedule(self, delay, fn):
-        job = self.Job(self.now + delay, fn)
-        self.jobs.append(job)
-        return job
-
-    def advance(self, seconds):
-        self.now += seconds
-        due = [j for j in self.jobs if not j.cancelled and j.due <= self.now]
-        self.jobs = [j for j in self.jobs if not j.cancelled and j.due > self.now]
-        for job in due:
-            job.fn()
 
 
 @pytest.fixture(scope="module")

@@ -11,35 +11,9 @@ import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.widgets import CutoffExplorer, Debouncer, cutoff_methods
 from freqmerge_viz.widgets.cutoff import ACCURACY, MASK, SPECTRUM, VARIANCE
+from widget_support import FakeClock
 
 N_EVAL = 8
-
-
-class FakeClock:
-    """A scheduler for :class:`Debouncer` whose time only moves on :meth:`advance`."""
-
-    class Job:
-        def __init__(self, due, fn):
-            self.due, self.fn, self.cancelled = due, fn, False
-
-        def cancel(self):
-            self.cancelled = True
-
-    def __init__(self):
-        self.now = 0.0
-        self.jobs = []
-
-    def schedule(self, delay, fn):
-        job = self.Job(self.now + delay, fn)
-        self.jobs.append(job)
-        return job
-
-    def advance(self, seconds):
-        self.now += seconds
-        due = [j for j in self.jobs if not j.cancelled and j.due <= self.now]
-        self.jobs = [j for j in self.jobs if not j.cancelled and j.due > self.now]
-        for job in due:
-            job.fn()
 
 
 @pytest.fixture(scope="module")
