@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import freqmerge_viz as fmv
 from freqmerge_viz import engine as E
 from freqmerge_viz.errors import MissingKeysError, ParameterError, ShapeMismatchError
 
@@ -38,11 +37,6 @@ def tiny():
 def _direct(forward, state, inputs, labels):
     logits = forward(state, inputs)
     return float(F.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return fmv.zoo.load()
 
 
 def test_vmap_and_loop_agree_and_match_direct_forward(tiny):

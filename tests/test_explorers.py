@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import freqmerge_viz as fmv
 from freqmerge_viz.engine import evaluate_on_zoo
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.routing import OracleRouter, RandomRouter
@@ -12,21 +11,10 @@ from freqmerge_viz.widgets import experts as experts_module
 from freqmerge_viz.widgets.experts import DENSITY_STEPS, METHOD_LABELS
 from freqmerge_viz.widgets.landscape import CONTOUR, MERGED_POINTS, REFERENCE_POINTS
 from freqmerge_viz.zoo.compare import evaluate_routed
-from widget_support import FakeClock
 
 N_EVAL = 8
 LIMIT = 24
 MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<svg", ".html": b"<html"}
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return fmv.zoo.load()
-
-
-@pytest.fixture(scope="module")
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,6 @@ LIMIT = 48
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    return fmv.zoo.load()
-
-
-@pytest.fixture(scope="module")
 def table(zoo):
     return G.generalisation_matrix(zoo, tasks=TASKS, filtered=fmv.FilterSpec(0.3), limit=LIMIT)
 

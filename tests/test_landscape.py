@@ -18,11 +18,6 @@ LIMIT = 40
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    return fmv.zoo.load()
-
-
-@pytest.fixture(scope="module")
 def flat(zoo):
     """The task vectors flattened into single vectors: an independent check of the per-key maths."""
     keys = E.zoo_backbone_keys(zoo)

@@ -11,19 +11,8 @@ import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.widgets import CutoffExplorer, Debouncer, cutoff_methods
 from freqmerge_viz.widgets.cutoff import ACCURACY, MASK, SPECTRUM, VARIANCE
-from widget_support import FakeClock
 
 N_EVAL = 8
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return fmv.zoo.load()
-
-
-@pytest.fixture(scope="module")
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture(scope="module")
