@@ -21,6 +21,7 @@ TOPICS: dict[str, str] = {
     "table1": "freqmerge_viz.analysis.table1",
     "interference_vs_performance": "freqmerge_viz.analysis.correlation",
     "generalisation": "freqmerge_viz.analysis.generalisation",
+    "disentanglement": "freqmerge_viz.analysis.disentanglement",
     "landscape": "freqmerge_viz.analysis.landscape",
     "cutoff_sweep": "freqmerge_viz.analysis.sweeps",
     "expert_sparsity": "freqmerge_viz.analysis.experts_curves",
