@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "one checkpoint per task in OUT/<task>/)")
     merge.add_argument("--pretrained", help="pretrained checkpoint")
     merge.add_argument("--finetuned", nargs="+", metavar="CKPT", help="fine-tuned checkpoints")
-    merge.add_argument("--out", required=True, help="output directory")
+    merge.add_argument("--out", required=True,
+                       help="output folder (model.safetensors or shards + merge.json; replaced whole, never "
+                            "partly), or X.safetensors for one file with its record in X.merge.json")
     merge.add_argument("--config", help="YAML file: method, preset, parameters, pretrained, finetuned, "
                                         "include, exclude, max_shard_size, dtype")
     merge.add_argument("--preset", help="method preset (e.g. paper, official)")
@@ -116,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_eval.add_argument("--limit", type=int, default=None,
                           help="evaluate only the first N images of every split (a quick look)")
 
+    verify = sub.add_parser("verify", help="check a merged output against its merge.json (sha256 of every file)",
+                            description="Recompute the sha256 of every output file and every input file "
+                                        "recorded in a merge record and compare. Exit status 0 when all match, "
+                                        "1 when a file changed or is missing.")
+    verify.add_argument("path", help="output folder, X.safetensors output, or the merge.json itself")
+    verify.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
     methods = sub.add_parser("methods", help="list merge methods with their parameters",
                              description="Every registered merge method, its parameters and presets.")
     methods.add_argument("name", nargs="?", help="show one method only")
@@ -128,23 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_params(pairs) -> dict:
-    import yaml
-
-    params = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise FreqMergeError(f"--param takes NAME=VALUE, got {pair!r}")
-        params[name] = yaml.safe_load(value)
-    return params
-
-
 def _cmd_merge(args) -> None:
-    from .merge_job import load_config, merge_to_disk
+    from .merge_job import load_config, merge_to_disk, parse_param, record_path
 
     config = load_config(args.config) if args.config else {}
-    params = {**(config.get("parameters") or {}), **_parse_params(args.param)}
+    params = {**(config.get("parameters") or {}), **dict(parse_param(pair) for pair in args.param)}
     settings = {name: getattr(args, name) if getattr(args, name) is not None else config.get(name)
                 for name in ("method", "pretrained", "finetuned", "preset", "include", "exclude",
                              "max_shard_size", "dtype")}
@@ -155,7 +152,26 @@ def _cmd_merge(args) -> None:
                            parameters=params, preset=settings["preset"], include=settings["include"],
                            exclude=settings["exclude"], max_shard_size=settings["max_shard_size"],
                            dtype=settings["dtype"], device=args.device)
-    print(f"merged with {record['method']} into {args.out}/ ({', '.join(record['files'])}, merge.json)")
+    if Path(args.out).suffix.lower() == ".safetensors":
+        print(f"merged with {record['method']} into {args.out} (record: {record_path(args.out)})")
+    else:
+        print(f"merged with {record['method']} into {args.out}/ ({', '.join(record['files'])}, merge.json)")
+
+
+def _cmd_verify(args) -> int:
+    from .merge_job import verify_merge
+
+    rows = verify_merge(args.path)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['status']:<10} {row['role']:<14} {row['path']}")
+    bad = [row for row in rows if row["status"] != "ok"]
+    if not args.json:
+        print(f"{len(rows) - len(bad)} of {len(rows)} files match the record" + ("" if not bad else
+              f"; {len(bad)} do not ({', '.join(sorted({r['status'] for r in bad}))})"))
+    return 1 if bad else 0
 
 
 def _cmd_methods(args) -> None:
@@ -252,7 +268,7 @@ def _cmd_interference(args) -> None:
 
 def _cmd_zoo(args) -> None:
     from . import zoo
-    from .io import write_text_atomically
+    from .outputs import prepare_file_output, source_paths, write_text_atomically
     from .zoo.compare import CANDIDATES, compare_methods, markdown_table, with_needs
 
     if args.zoo_command == "build":
@@ -265,7 +281,10 @@ def _cmd_zoo(args) -> None:
     rows = [m for m in args.methods or [] if m not in ("individual", "pretrained_probe")]
     candidates = with_needs(rows) if args.methods else CANDIDATES
     progress = None if args.json else (lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
-    result = compare_methods(zoo.load(args.path), candidates, limit=args.limit, progress=progress)
+    loaded = zoo.load(args.path)
+    if args.out:
+        prepare_file_output(args.out, protect=source_paths([loaded]), what="zoo eval output")
+    result = compare_methods(loaded, candidates, limit=args.limit, progress=progress)
     text = json.dumps(result, indent=2)
     if args.out:
         write_text_atomically(Path(args.out), text + "\n")
@@ -286,18 +305,18 @@ def _cmd_bench(args) -> None:
 
 COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
             "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
-            "bench": _cmd_bench}
+            "bench": _cmd_bench, "verify": _cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for input errors the toolkit recognises)."""
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except FreqMergeError as exc:
         print(f"freqmerge-viz {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,16 @@ class CheckpointError(FreqMergeError):
         super().__init__(f"cannot read checkpoint {self.path}: {reason}")
 
 
+class OutputError(FreqMergeError):
+    """An output cannot be written where asked (it would touch an input, the folder is not
+    writable, the disk is full, ...). Nothing has been written when it is raised."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot write {self.path}: {reason}")
+
+
 class MissingKeysError(FreqMergeError, KeyError):
     """Keys present in one state are absent from another (also a KeyError, for Mapping)."""
 

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from .errors import ParameterError
 from .io import write_text_atomically
+from .outputs import check_output, make_folder, source_paths
 
 TOPICS: dict[str, str] = {
     "spectra": "freqmerge_viz.analysis.spectra",
@@ -44,7 +45,8 @@ def write_all(zoo, out_dir: str | Path, *, topics: Sequence[str] | None = None, 
     if unknown:
         raise ParameterError(f"unknown figure topic(s) {unknown}; choose from {list(TOPICS)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, source_paths([zoo]), what="figures folder")
+    make_folder(out)
     index = {"zoo": str(zoo.path), "quick": quick, "formats": list(formats), "topics": {}}
     for topic in chosen:
         if progress:

@@ -8,15 +8,13 @@ at a time, on access. ``save_state`` writes any such mapping back as safetensors
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import secrets
 import struct
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,10 +23,12 @@ from typing import Callable
 import torch
 
 from .errors import CheckpointError, MissingKeysError, ParameterError
+from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
 
 __all__ = [
     "LazyState", "SafetensorsState", "ShardedState", "TorchFileState", "InMemoryState",
-    "load_state", "save_state", "parse_size", "write_safetensors",
+    "load_state", "save_state", "parse_size", "write_safetensors", "ShardPlan", "plan_shards",
+    "write_shards", "write_file", "write_atomically", "write_text_atomically", "is_own_weight_file",
 ]
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -58,11 +58,28 @@ class LazyState(Mapping):
     fresh_tensors: bool = False
     """True when every read returns a new tensor that nothing else refers to (safe to modify)."""
 
-    def __init__(self, name: str, keys: Sequence[str]):
+    def __init__(self, name: str, keys: Sequence[str], origins: Iterable[str | os.PathLike] = ()):
         self.name = name
         self._keys = tuple(keys)
         self._key_set = frozenset(self._keys)
         self._bytes_read = 0
+        self._origins = tuple(Path(p) for p in origins)
+
+    @property
+    def origins(self) -> tuple[Path, ...]:
+        """Every path this state reads from (files, shards, index, the folder given), in order.
+
+        Writers refuse an output that overlaps any of them (:func:`freqmerge_viz.outputs.check_output`).
+        """
+        return tuple(dict.fromkeys(self._origins + self._file_origins()))
+
+    def with_origins(self, *paths: str | os.PathLike) -> LazyState:
+        """This state, also claiming `paths` as origins (e.g. the folder it was opened from)."""
+        self._origins = tuple(Path(p) for p in paths) + self._origins
+        return self
+
+    def _file_origins(self) -> tuple[Path, ...]:
+        return ()
 
     @property
     def bytes_read(self) -> int:
@@ -135,6 +152,9 @@ class SafetensorsState(LazyState):
         self.path = Path(path)
         self._entries, self.metadata, self._data_start, self._stat = _parse_safetensors_header(self.path)
         super().__init__(str(self.path), sorted(self._entries))
+
+    def _file_origins(self) -> tuple[Path, ...]:
+        return (self.path,)
 
     def _shape(self, key: str) -> tuple[int, ...]:
         return self._entries[key].shape
@@ -252,6 +272,9 @@ class ShardedState(LazyState):
     def bytes_read(self) -> int:
         return sum(shard.bytes_read for shard in self.shards)
 
+    def _file_origins(self) -> tuple[Path, ...]:
+        return tuple(path for shard in self.shards for path in shard.origins)
+
     def _load(self, key: str) -> torch.Tensor:
         return self._shard_of[key][key]
 
@@ -308,6 +331,7 @@ class TorchFileState(InMemoryState):
         loaded, mapped = _torch_load(self.path)
         tensors = _unwrap_torch_checkpoint(self.path, loaded)
         super().__init__(tensors, name=str(self.path))
+        self._origins = (self.path,)
         if not mapped:
             self._bytes_read = sum(t.nbytes for t in tensors.values())
 
@@ -354,10 +378,23 @@ def load_state(source) -> LazyState:
         raise ParameterError(f"cannot load a state from a {type(source).__name__}")
     path = Path(source)
     if not path.exists():
-        raise CheckpointError(path, "path does not exist")
+        raise CheckpointError(path, _why_missing(path))
     if path.is_dir():
-        return _load_directory(path)
+        return _load_directory(path).with_origins(path)
     return _load_file(path)
+
+
+def _why_missing(path: Path) -> str:
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "symlink loop (the link points back to itself)"
+        except OSError as exc:
+            if exc.errno == 40:
+                return "symlink loop (the link points back to itself)"
+            return f"dangling symlink to {os.readlink(path)}"
+    return "path does not exist"
 
 
 def _load_file(path: Path) -> LazyState:
@@ -408,7 +445,8 @@ def _load_index(index_path: Path, open_shard: Callable[[Path], LazyState],
         if key not in shards[filename]:
             raise CheckpointError(index_path, f"index maps {key!r} to {filename!r}, "
                                               "which does not hold it")
-    return ShardedState(list(shards.values()), name=str(index_path.parent), sort_keys=sort_keys)
+    return ShardedState(list(shards.values()), name=str(index_path.parent),
+                        sort_keys=sort_keys).with_origins(index_path)
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -436,64 +474,123 @@ def parse_size(size: int | str) -> int:
 
 
 def save_state(state, path: str | os.PathLike, *, max_shard_size: int | str | None = None,
-               dtype: torch.dtype | None = None,
-               metadata: Mapping[str, str] | None = None) -> list[Path]:
+               dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None,
+               protect: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Write ``state`` as safetensors; return the files written (shards, then the index).
 
-    ``path`` ending in ``.safetensors`` is one file; otherwise a directory receiving
+    ``path`` ending in ``.safetensors`` is one file; otherwise a folder receiving
     ``model.safetensors`` or, when the data exceeds ``max_shard_size`` (bytes of tensor
     data per shard), ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``.
-    ``dtype`` casts floating tensors only. Each file is written atomically; tensors are read
-    one shard at a time. Saving into a directory removes stale ``model*.safetensors`` files
-    and index left by an earlier save there.
+    ``dtype`` casts floating tensors only. Tensors are read one shard at a time.
+
+    Nothing is lost (see :mod:`freqmerge_viz.outputs`): `path` may not be, contain or lie
+    inside any file the state reads from (``state.origins``) or any path in `protect`; a
+    folder output is written into a temporary sibling folder that replaces `path` whole
+    once complete, so a folder from an earlier save is either kept or fully replaced, and
+    an existing folder holding anything but weight files of our naming is refused. Both
+    checks, and free space, are made before any tensor is read.
     """
-    if not isinstance(state, LazyState):
-        if not isinstance(state, (Mapping, torch.nn.Module)):
-            raise ParameterError(f"cannot save a {type(state).__name__}; expected a mapping of tensors")
-        state = load_state(state)
-    limit = None if max_shard_size is None else parse_size(max_shard_size)
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ParameterError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    state = _as_state(state)
+    plan = plan_shards(state, max_shard_size, dtype)
+    file_metadata = _file_metadata(metadata)
+    path = Path(path)
+    guard = [*state.origins, *protect]
+    if path.suffix.lower() == ".safetensors":
+        plan.require_single_file(path)
+        prepare_file_output(path, protect=guard, expected_bytes=plan.total_bytes)
+        _write_shard(state, plan.shards[0] if plan.shards else [], path, plan.dtype, file_metadata)
+        return [path]
+    with staged_folder(path, protect=guard, expected_bytes=plan.total_bytes,
+                       own=lambda name: is_own_weight_file(name) or name == "merge.json") as staging:
+        names = write_shards(state, plan, staging, file_metadata)
+    return [path / name for name in names]
+
+
+def is_own_weight_file(name: str) -> bool:
+    """Whether `name` is one of the weight or index file names :func:`save_state` writes."""
+    return _OWN_WEIGHT_FILE.fullmatch(name) is not None
+
+
+def _as_state(state) -> LazyState:
+    if isinstance(state, LazyState):
+        return state
+    if not isinstance(state, (Mapping, torch.nn.Module)):
+        raise ParameterError(f"cannot save a {type(state).__name__}; expected a mapping of tensors")
+    return load_state(state)
+
+
+def _file_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     file_metadata = {"format": "pt"}
     if metadata is not None:
         if not isinstance(metadata, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ParameterError("metadata must be a dict of str -> str")
         file_metadata.update(metadata)
+    return file_metadata
 
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which keys go to which file of a safetensors output, and the bytes each needs."""
+
+    shards: tuple[tuple[str, ...], ...]
+    sizes: Mapping[str, int]
+    limit: int | None
+    dtype: torch.dtype | None
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of tensor data in the whole output (headers not counted)."""
+        return sum(self.sizes.values())
+
+    @property
+    def names(self) -> list[str]:
+        """File names in a folder output: ``model.safetensors`` or ``model-0000i-of-0000N...``."""
+        if len(self.shards) <= 1:
+            return ["model.safetensors"]
+        return [f"model-{i:05d}-of-{len(self.shards):05d}.safetensors" for i in range(1, len(self.shards) + 1)]
+
+    def require_single_file(self, path: Path) -> None:
+        """:class:`ParameterError` if the data does not fit one file under the shard limit."""
+        if len(self.shards) > 1 or (self.limit is not None and self.total_bytes > self.limit):
+            raise ParameterError(f"{self.total_bytes} bytes of tensors exceed max_shard_size "
+                                 f"{self.limit} for single file {path}; save to a folder to shard")
+
+
+def plan_shards(state: LazyState, max_shard_size: int | str | None = None,
+                dtype: torch.dtype | None = None) -> ShardPlan:
+    """Plan a safetensors output of `state` from shapes and dtypes alone (no tensor is read)."""
+    limit = None if max_shard_size is None else parse_size(max_shard_size)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ParameterError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     sizes = {key: _saved_nbytes(state, key, dtype) for key in state}
-    shards = _plan_shards(list(state), sizes, limit)
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        if len(shards) > 1 or (limit is not None and sum(sizes.values()) > limit):
-            raise ParameterError(f"{sum(sizes.values())} bytes of tensors exceed max_shard_size "
-                                 f"{limit} for single file {path}; save to a directory to shard")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_shard(state, list(state), path, dtype, file_metadata)
-        return [path]
+    shards = tuple(tuple(keys) for keys in _plan_shards(list(state), sizes, limit))
+    return ShardPlan(shards, sizes, limit, dtype)
 
-    if path.exists() and not path.is_dir():
-        raise ParameterError(f"{path} exists and is not a directory (use a .safetensors suffix "
-                             "to write a single file)")
-    path.mkdir(parents=True, exist_ok=True)
-    if len(shards) <= 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    written = []
-    for keys, name in zip(shards or [[]], names):
-        _write_shard(state, keys, path / name, dtype, file_metadata)
-        written.append(path / name)
+
+def write_shards(state: LazyState, plan: ShardPlan, folder: Path,
+                 metadata: Mapping[str, str] | None = None) -> list[str]:
+    """Write `plan`'s files (and index, when sharded) into the existing `folder`; return their names.
+
+    Each file is written atomically; together they are not: use :func:`save_state`, or
+    write into a :func:`~freqmerge_viz.outputs.staged_folder`, for an all-or-nothing output.
+    """
+    file_metadata = dict(metadata) if metadata is not None else {"format": "pt"}
+    names = plan.names
+    for keys, name in zip(plan.shards or ((),), names):
+        _write_shard(state, list(keys), folder / name, plan.dtype, file_metadata)
     if len(names) > 1:
-        index = {"metadata": {"total_size": sum(sizes.values())},
-                 "weight_map": {key: name for keys, name in zip(shards, names) for key in keys}}
-        index_path = path / "model.safetensors.index.json"
-        write_atomically(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n"))
-        written.append(index_path)
-    for stale in path.iterdir():
-        if _OWN_WEIGHT_FILE.fullmatch(stale.name) and stale not in written:
-            stale.unlink()
-    return written
+        index = {"metadata": {"total_size": plan.total_bytes},
+                 "weight_map": {key: name for keys, name in zip(plan.shards, names) for key in keys}}
+        write_text_atomically(folder / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        names = names + ["model.safetensors.index.json"]
+    return names
+
+
+def write_file(state: LazyState, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write every tensor of `state` into one safetensors file, atomically (no other checks:
+    :func:`save_state` makes them)."""
+    _write_shard(state, list(state), Path(path), None, dict(metadata) if metadata is not None else {"format": "pt"})
 
 
 def _saved_nbytes(state: LazyState, key: str, dtype: torch.dtype | None) -> int:
@@ -574,23 +671,3 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
             tensor = tensors[key]
             if tensor.numel():
                 handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Write via ``write(temporary path)`` in the same directory, fsync, then rename over
-    ``target``; on failure the temporary file is removed and ``target`` is untouched."""
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-
-
-def write_text_atomically(target: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `target` by :func:`write_atomically`."""
-    write_atomically(Path(target), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,7 +1,16 @@
-"""Merging to disk: a merged checkpoint plus a JSON record of how it was made."""
+"""Merging to disk: a merged checkpoint plus a record of how it was made, and its verification.
+
+Guarantees (see :mod:`freqmerge_viz.outputs`): inputs are never written to; an output
+folder is replaced whole or not at all; every check (overlap with inputs, writability,
+free space, parameters) happens before any tensor is read. The record (``merge.json``)
+holds the sha256 of every input file as read before the merge, the toolkit version, the
+method with its resolved parameters, and the sha256 of every output file;
+:func:`verify_merge` recomputes and compares them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,35 +19,52 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import ParameterError
-from .io import save_state, write_text_atomically
-from .methods import merge
-from .routed import list_routed_methods, routed_merge
+from .errors import FreqMergeError, OutputError, ParameterError
+from .io import LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
+from .outputs import prepare_file_output, staged_folder, write_text_atomically
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
                  "max_shard_size", "dtype")
+RECORD_NAME = "merge.json"
+RECORD_FORMAT = "freqmerge-viz merge record"
+RECORD_VERSION = 2
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file in a directory (sorted by name), as hex."""
+    """sha256 of a file, or of every file in a folder (sorted by name, names included), as hex."""
     path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 
 
+def _yaml_error(where: str, exc: yaml.YAMLError) -> str:
+    return f"{where} is not valid YAML ({' '.join(str(exc).split())})"
+
+
 def load_config(path: str | os.PathLike) -> dict:
     """Read a mergekit-like YAML merge configuration (fields: see ``CONFIG_FIELDS``)."""
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ParameterError(f"cannot read merge config {path}: {exc}") from None
+    except OSError as exc:
+        raise ParameterError(f"cannot read merge config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ParameterError(_yaml_error(f"merge config {path}", exc)) from None
     if not isinstance(config, dict):
         raise ParameterError(f"merge config {path} must be a mapping, got {type(config).__name__}")
     unknown = sorted(set(config) - set(CONFIG_FIELDS))
@@ -47,52 +73,222 @@ def load_config(path: str | os.PathLike) -> dict:
     return config
 
 
+def parse_param(pair: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as plain YAML (numbers, lists, mappings; no tags)."""
+    name, sep, value = pair.partition("=")
+    if not sep or not name:
+        raise ParameterError(f"--param takes NAME=VALUE, got {pair!r}")
+    try:
+        return name, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ParameterError(_yaml_error(f"--param {name}'s value {value!r}", exc)) from None
+
+
+def record_path(out: str | os.PathLike) -> Path:
+    """Where the record of output `out` lives: ``out/merge.json``, or ``X.merge.json`` beside ``X.safetensors``."""
+    out = Path(out)
+    if out.suffix.lower() == ".safetensors":
+        return out.with_name(out.name[: -len(".safetensors")] + ".merge.json")
+    return out / RECORD_NAME
+
+
+def describe_input(source, state: LazyState) -> dict:
+    """Path, resolved path and sha256 of every file `state` reads, plus one digest over them."""
+    if not isinstance(source, (str, os.PathLike)):
+        return {"path": f"<{type(source).__name__} in memory>", "sha256": None, "files": []}
+    given = Path(source)
+    base = given if given.is_dir() else given.parent
+    files = []
+    for path in state.origins:
+        if path.is_file():
+            resolved = path.resolve()
+            name = os.path.relpath(path, base)
+            files.append({"path": name, "resolved": str(resolved), "bytes": resolved.stat().st_size,
+                          "sha256": file_sha256(resolved)})
+    if len(files) == 1 and not given.is_dir():
+        combined = files[0]["sha256"]
+    else:
+        digest = hashlib.sha256()
+        for entry in sorted(files, key=lambda e: e["path"]):
+            digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
+        combined = digest.hexdigest()
+    return {"path": str(source), "resolved": str(given.resolve()), "sha256": combined, "files": files}
+
+
+def _previous_record(out: Path) -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(record_path(out).read_text(encoding="utf-8"))
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def _own_entries(out: Path):
+    listed = {str(name).split("/")[0] for name in _previous_record(out).get("files", [])}
+    return lambda name: name == RECORD_NAME or is_own_weight_file(name) or name in listed
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if dtype is None:
+        return None
+    torch_dtype = getattr(torch, str(dtype), None)
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise ParameterError(f"unknown dtype {dtype!r} (e.g. float32, float16, bfloat16)")
+    return torch_dtype
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.PathLike, *,
                   parameters: Mapping[str, Any] | None = None, preset: str | None = None,
                   include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
                   device=None) -> dict:
-    """Merge and write ``out/model.safetensors`` (sharded past `max_shard_size`) and ``out/merge.json``.
+    """Merge and write the result with its record; return the record.
 
-    A routed merge (``free``, ``emr``, ``twin``) writes one state per task instead,
-    ``out/<task>/model.safetensors``, and its storage table in the record.
+    `out` is a folder receiving ``model.safetensors`` (sharded past `max_shard_size`) and
+    ``merge.json``, or a file ``X.safetensors`` with its record in ``X.merge.json``. A routed
+    merge (``free``, ``emr``, ``twin``) writes one state per task, ``out/<task>/...``, and
+    its storage table in the record. Before any tensor is read: the parameters are
+    validated, `out` is checked not to overlap any input and to be writable with room for
+    the output, and the inputs are hashed.
     """
-    import torch
+    from .methods import get_method, merge
+    from .routed import list_routed_methods, routed_merge
 
     params = dict(parameters or {})
     if preset is not None:
         params["preset"] = preset
-    torch_dtype = None
-    if dtype is not None:
-        torch_dtype = getattr(torch, str(dtype), None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise ParameterError(f"unknown dtype {dtype!r} (e.g. float32, float16, bfloat16)")
+    torch_dtype = _torch_dtype(dtype)
     out = Path(out)
-    metadata = {"freqmerge_viz.method": method}
-    if method in list_routed_methods():
-        routed = routed_merge(method, pretrained, finetuned, include=include, exclude=exclude,
-                              device=device or "cpu", **params)
-        files = []
-        for task in routed.task_names:
-            state = routed.task_state(task)
-            if torch_dtype is not None:
-                state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
-            written = save_state(state, out / task, max_shard_size=max_shard_size,
-                                 metadata={**metadata, "freqmerge_viz.task": task})
-            files += [f"{task}/{p.name}" for p in written]
-        parameters, statistics = routed.settings, {"storage": routed.storage_table().to_dict("records")}
+    routed = method in list_routed_methods()
+    single_file = out.suffix.lower() == ".safetensors"
+    if routed and single_file:
+        raise ParameterError(f"{method} writes one checkpoint per task: give a folder for --out, not {out.name}")
+    finetuned = list(finetuned)
+    pre_state = load_state(pretrained)
+    ft_states = [load_state(item) for item in finetuned]
+    if not routed:
+        get_method(method).resolve(params, len(finetuned))
+    protect = [p for p in (pretrained, *finetuned) if isinstance(p, (str, os.PathLike))]
+    protect += [p for state in (pre_state, *ft_states) for p in state.origins]
+    plan = plan_shards(pre_state, max_shard_size, torch_dtype)
+    expected = plan.total_bytes * (len(finetuned) if routed else 1)
+
+    if single_file:
+        plan.require_single_file(out)
+        prepare_file_output(out, protect=protect, expected_bytes=expected)
+        prepare_file_output(record_path(out), protect=protect, what="merge record")
+        target = contextlib.nullcontext(out.parent)
     else:
-        state = merge(method, pretrained, finetuned, include=include, exclude=exclude, device=device,
-                      dtype=torch_dtype, **params)
-        written = save_state(state, out, max_shard_size=max_shard_size, metadata=metadata)
-        files, parameters, statistics = [p.name for p in written], state.params, state.statistics
-    record = {
-        "method": method,
-        "parameters": parameters,
-        "statistics": statistics,
-        "inputs": {"pretrained": {"path": str(pretrained), "sha256": file_digest(pretrained)},
-                   "finetuned": [{"path": str(f), "sha256": file_digest(f)} for f in finetuned]},
-        "include": include, "exclude": exclude, "dtype": dtype,
-        "files": files,
-    }
-    write_text_atomically(out / "merge.json", json.dumps(record, indent=2) + "\n")
+        target = staged_folder(out, protect=protect, expected_bytes=expected, own=_own_entries(out))
+
+    with target as folder:
+        record = {
+            "format": RECORD_FORMAT, "record_version": RECORD_VERSION,
+            "freqmerge_viz_version": _version(), "method": method,
+            "inputs": {"pretrained": describe_input(pretrained, pre_state),
+                       "finetuned": [describe_input(f, s) for f, s in zip(finetuned, ft_states)]},
+            "include": include, "exclude": exclude, "dtype": dtype, "max_shard_size": max_shard_size,
+        }
+        metadata = {"format": "pt", "freqmerge_viz.method": method, "freqmerge_viz.version": _version(),
+                    "freqmerge_viz.inputs": json.dumps({"pretrained": record["inputs"]["pretrained"]["sha256"],
+                                                        "finetuned": [i["sha256"] for i in record["inputs"]["finetuned"]]})}
+        if routed:
+            merged = routed_merge(method, pre_state, ft_states, include=include, exclude=exclude,
+                                  device=device or "cpu", **params)
+            files = []
+            for task in merged.task_names:
+                state = merged.task_state(task)
+                if torch_dtype is not None:
+                    state = load_state({k: v.to(torch_dtype) if v.is_floating_point() else v
+                                        for k, v in state.items()})
+                (folder / task).mkdir()
+                names = write_shards(state, plan_shards(state, max_shard_size), folder / task,
+                                     {**metadata, "freqmerge_viz.task": task})
+                files += [f"{task}/{name}" for name in names]
+            record["parameters"] = merged.settings
+            record["statistics"] = {"storage": merged.storage_table().to_dict("records")}
+        else:
+            state = merge(method, pre_state, ft_states, include=include, exclude=exclude, device=device,
+                          dtype=torch_dtype, **params)
+            metadata["freqmerge_viz.parameters"] = json.dumps(state.params, sort_keys=True, default=str)
+            output_plan = plan_shards(state, max_shard_size)
+            if single_file:
+                output_plan.require_single_file(out)
+                write_file(state, out, metadata)
+                files = [out.name]
+            else:
+                files = write_shards(state, output_plan, folder, metadata)
+            record["parameters"], record["statistics"] = state.params, state.statistics
+        record["files"] = files
+        record["outputs"] = [{"path": name, "bytes": (folder / name).stat().st_size,
+                              "sha256": file_sha256(folder / name)} for name in files]
+        text = json.dumps(record, indent=2, default=str) + "\n"
+        write_text_atomically(record_path(out) if single_file else folder / RECORD_NAME, text)
     return record
+
+
+def verify_merge(path: str | os.PathLike) -> list[dict]:
+    """Recompute the sha256 of every output and input file named in a merge record.
+
+    `path` is an output folder, an ``X.safetensors`` output or the record itself. Returns
+    one row per file: ``role`` (output / pretrained / finetuned[i]), ``path``, ``recorded``,
+    ``actual`` sha256 and ``status``: ``ok``, ``changed``, ``missing`` or ``unrecorded``
+    (a record from an older version, without the file's hash).
+    """
+    path = Path(path)
+    if path.is_dir():
+        record_file = path / RECORD_NAME
+    elif path.suffix.lower() == ".json":
+        record_file = path
+    else:
+        record_file = record_path(path)
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OutputError(record_file, "no merge record here (merge.json, or X.merge.json beside X.safetensors)") from None
+    except (OSError, ValueError) as exc:
+        raise FreqMergeError(f"cannot read merge record {record_file}: {exc}") from None
+    base = record_file.parent
+    rows = []
+    outputs = record.get("outputs") or [{"path": name, "sha256": None} for name in record.get("files", [])]
+    for entry in outputs:
+        rows.append(_check_file("output", base / entry["path"], entry.get("sha256")))
+    inputs = record.get("inputs", {})
+    described = [("pretrained", inputs.get("pretrained"))]
+    described += [(f"finetuned[{i}]", entry) for i, entry in enumerate(inputs.get("finetuned", []))]
+    for role, entry in described:
+        if not entry:
+            continue
+        files = entry.get("files")
+        if files:
+            rows += [_check_file(role, Path(f["resolved"]), f["sha256"]) for f in files]
+        elif entry.get("sha256"):
+            rows.append(_check_digest(role, Path(entry.get("resolved") or entry["path"]), entry["sha256"]))
+    return rows
+
+
+def _check_file(role: str, file: Path, recorded: str | None) -> dict:
+    if not file.is_file():
+        return {"role": role, "path": str(file), "recorded": recorded, "actual": None, "status": "missing"}
+    actual = file_sha256(file)
+    status = "unrecorded" if recorded is None else ("ok" if actual == recorded else "changed")
+    return {"role": role, "path": str(file), "recorded": recorded, "actual": actual, "status": status}
+
+
+def _check_digest(role: str, path: Path, recorded: str) -> dict:
+    if not path.exists():
+        return {"role": role, "path": str(path), "recorded": recorded, "actual": None, "status": "missing"}
+    actual = file_digest(path)
+    return {"role": role, "path": str(path), "recorded": recorded, "actual": actual,
+            "status": "ok" if actual == recorded else "changed"}
+
+
+__all__ = ["merge_to_disk", "verify_merge", "load_config", "parse_param", "record_path", "file_digest",
+           "file_sha256", "describe_input"]

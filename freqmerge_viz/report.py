@@ -16,6 +16,7 @@ from .analysis import FilterSetting, interference_table, radial_profiles_table, 
 from .backend import resolve_device
 from .errors import EmptyInputError
 from .io import load_state, write_text_atomically
+from .outputs import check_output, make_folder, source_paths
 from .keys import Patterns
 from .metrics import cosine_similarity_matrix, low_frequency_energy, low_frequency_energy_by_task, sign_conflicts
 from .spectral import FilterSpec
@@ -36,6 +37,9 @@ class ReportInputs:
     exclude: Patterns = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    generated: bool = False
+    """True for inputs the report generated itself into its output folder (the synthetic set);
+    all others are protected: the output may not be, contain or lie inside them."""
 
 
 def synthetic_inputs(directory: str | os.PathLike, n_tasks: int = 4, seed: int = 0) -> ReportInputs:
@@ -47,7 +51,7 @@ def synthetic_inputs(directory: str | os.PathLike, n_tasks: int = 4, seed: int =
     return ReportInputs(paths["pretrained"], [paths[n] for n in names], names,
                         description=f"synthetic model set (seed {seed}, {n_tasks} tasks); its "
                                     "low-frequency task differences are planted by the generator",
-                        extra={"seed": seed})
+                        extra={"seed": seed}, generated=True)
 
 
 def zoo_inputs(path: str | os.PathLike | None = None) -> ReportInputs:
@@ -92,7 +96,9 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
     from . import plots
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not inputs.generated:
+        check_output(out, source_paths([inputs.pretrained, *inputs.finetuned]), what="report folder")
+    make_folder(out)
     target = resolve_device(device)
     pretrained = load_state(inputs.pretrained)
     names = list(inputs.names) if inputs.names else None

@@ -19,8 +19,8 @@ class DerivedState(LazyState):
 
     def __init__(self, name: str, keys: Sequence[str], load: Callable[[str], torch.Tensor],
                  shape: Callable[[str], tuple[int, ...]], dtype: Callable[[str], torch.dtype],
-                 source: Callable[[str], str] | None = None):
-        super().__init__(name, keys)
+                 source: Callable[[str], str] | None = None, origins: Sequence = ()):
+        super().__init__(name, keys, origins)
         self._load_fn, self._shape_fn, self._dtype_fn = load, shape, dtype
         self._source_fn = source
 
@@ -63,7 +63,7 @@ class TaskVector(Mapping):
     def __init__(self, keys: Sequence[str], compute: Callable[[str], torch.Tensor],
                  shapes: Mapping[str, tuple[int, ...]], name: str = "task",
                  skipped: Mapping[str, str] | None = None,
-                 sources: Mapping[str, str] | None = None):
+                 sources: Mapping[str, str] | None = None, origins: Sequence = ()):
         self._keys = tuple(keys)
         self._compute = compute
         self._shapes = {k: tuple(shapes[k]) for k in self._keys}
@@ -71,6 +71,8 @@ class TaskVector(Mapping):
         self.skipped: dict[str, str] = dict(skipped or {})
         """Keys left out because they are not floating point, with the reason."""
         self._sources = dict(sources or {})
+        self.origins: tuple = tuple(dict.fromkeys(origins))
+        """Paths of the checkpoints this task vector is computed from (protected from writes)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -115,7 +117,7 @@ class TaskVector(Mapping):
         shapes = {k: pre.shape_of(k) for k in keys}
         sources = {k: f"{ft.source_of(k)} − {pre.source_of(k)}" for k in keys}
         return cls(keys, compute, shapes, name=name or _short_name(ft.name), skipped=skipped,
-                   sources=sources)
+                   sources=sources, origins=pre.origins + ft.origins)
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], name: str = "task") -> TaskVector:
@@ -165,12 +167,14 @@ class TaskVector(Mapping):
                 keys: Sequence[str] | None = None) -> TaskVector:
         keys = self._keys if keys is None else keys
         return TaskVector(keys, compute, {k: self._shapes[k] for k in keys}, name=name,
-                          skipped=self.skipped, sources=self._sources)
+                          skipped=self.skipped, sources=self._sources, origins=self.origins)
 
     def _combine(self, other: TaskVector, op: Callable, symbol: str) -> TaskVector:
         require_same_keys(list(self), list(other), self.name, other.name)
-        return self._derive(lambda k: op(self[k], other[k].to(self[k].device)),
-                            f"({self.name} {symbol} {other.name})")
+        combined = self._derive(lambda k: op(self[k], other[k].to(self[k].device)),
+                                f"({self.name} {symbol} {other.name})")
+        combined.origins = tuple(dict.fromkeys(self.origins + other.origins))
+        return combined
 
     def __add__(self, other):
         if not isinstance(other, TaskVector):
@@ -239,7 +243,7 @@ class TaskVector(Mapping):
             return dtype if (dtype is not None and key in self._shapes) else pre.dtype_of(key)
 
         return DerivedState(f"{pre.name} + {scale:g}·{self.name}", list(pre), load, pre.shape_of,
-                            out_dtype, pre.source_of)
+                            out_dtype, pre.source_of, origins=pre.origins + self.origins)
 
     # ------------------------------------------------------------------ geometry
     def norms(self) -> dict[str, float]:

@@ -10,7 +10,7 @@ import torch
 
 import freqmerge_viz.io
 
-from freqmerge_viz.errors import CheckpointError, MissingKeysError, ParameterError
+from freqmerge_viz.errors import CheckpointError, MissingKeysError, OutputError, ParameterError
 from freqmerge_viz.io import LazyState, load_state, parse_size, save_state
 
 
@@ -301,13 +301,13 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(freqmerge_viz.io, "write_safetensors", broken_writer)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="keep.safetensors: cannot write it: disk full"):
         save_state({"a": torch.zeros(4), "b": torch.ones(2)}, target)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["keep.safetensors"]
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         save_state({"a": torch.zeros(4)}, tmp_path / "dir")
-    assert os.listdir(tmp_path / "dir") == []
+    assert os.listdir(tmp_path) == ["keep.safetensors"]
 
 
 def test_file_replaced_after_open_is_detected(tmp_path):

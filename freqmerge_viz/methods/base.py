@@ -277,7 +277,9 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     def out_dtype(key: str) -> torch.dtype:
         return dtype if (dtype is not None and key in merged_keys) else pre.dtype_of(key)
 
-    state = DerivedState(f"{name}({pre.name})", list(pre), load, pre.shape_of, out_dtype, pre.source_of)
+    origins = pre.origins + tuple(path for tv in vectors for path in getattr(tv, "origins", ()))
+    state = DerivedState(f"{name}({pre.name})", list(pre), load, pre.shape_of, out_dtype, pre.source_of,
+                         origins=origins)
     state.method = name
     state.params = dict(ctx.params)
     state.statistics = ctx.statistics

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import ParameterError
+from ..outputs import check_output, source_paths
 
 DEBOUNCE_S = 0.15
 """Default quiet time (seconds) after the last control event before an update runs."""
@@ -182,6 +183,7 @@ class Explorer:
         suffix = target.suffix.lower()
         if suffix not in EXPORT_SUFFIXES:
             raise ParameterError(f"export to {', '.join(EXPORT_SUFFIXES)}; got {str(path)!r}")
+        check_output(target, self.input_paths(), what="export")
         with self._lock:
             if suffix == ".html":
                 return save_html(self.plotly_figure(), target, div_id=self.export_div_id)
@@ -191,6 +193,10 @@ class Explorer:
         if written != target:
             os.replace(written, target)
         return target
+
+    def input_paths(self) -> list[Path]:
+        """Files and folders the explorer reads (its zoo or checkpoints); exports never touch them."""
+        return source_paths(getattr(self, "_sources", None) or [getattr(self, "zoo", None)])
 
     def plotly_figure(self):
         """A static copy (``go.Figure``) of the displayed figure, without plotly's random trace uids."""

@@ -207,6 +207,7 @@ class CutoffExplorer(Explorer):
             raise ParameterError("CutoffExplorer needs at least one fine-tuned model")
         if not (callable(evaluator) or isinstance(evaluator, Mapping)):
             raise ParameterError("evaluator must be {task: Evaluator} or a function state -> {task: accuracy}")
+        self._sources = [source] if not isinstance(source, tuple) else [pretrained, *finetuned.values()]
         pre = load_state(pretrained)
         self.tasks = [str(t) for t in finetuned]
         self._pretrained = {k: pre[k].to(self.device) for k in pre}
