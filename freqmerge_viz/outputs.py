@@ -258,7 +258,7 @@ def prepare_file_output(target: str | os.PathLike, *, protect: Iterable = (), ex
 
     Creates the folder when missing and removes stale temporaries of `target`.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     check_output(target, protect, what=what)
     if target.is_dir():
         raise OutputError(target, "is a folder; give a file name")
@@ -334,7 +334,7 @@ def staged_folder(target: str | os.PathLike, *, protect: Iterable = (), expected
     temporaries of earlier, killed writes are removed. If the body raises, the temporary
     folder is removed and `target` is untouched.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     check_output(target, protect, what=what)
     if os.path.lexists(target) and not target.is_dir():
         raise OutputError(target, "exists and is not a folder (give a new folder, or a .safetensors "
