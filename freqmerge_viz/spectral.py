@@ -19,16 +19,22 @@ Row frequency ``η`` and column frequency ``γ`` are DFT bin indices measured fr
     frequency of a single axis of a matrix lies at ``1/√2``. A cutoff therefore removes
     about the same share of bins whatever the shape.
 ``convention="official"``
-    the authors' published code: distance from the array index ``(H//2, W//2)`` of the
-    *unshifted* spectrum, cutoff = their ``filter_ratio`` as a fraction of ``min(H, W)``;
-    bins with distance ``<= ratio * min(H, W)`` are kept. DC sits in the corners, so this is
-    a high-pass, but an anisotropic one (see METHOD_NOTES.md).
+    the authors' published code: distance ``d`` from the array index ``(H//2, W//2)`` of the
+    *unshifted* spectrum, cutoff = their ``filter_ratio`` as a fraction of ``min(H, W)``. The
+    code adds a disc ``d <= min(H, W)//10`` and a band ``min(H, W)//10 <= d <= ratio·min(H, W)``,
+    so it keeps ``d <= max(min(H, W)//10, ratio·min(H, W))`` (the disc whatever the ratio), and
+    with ``ring="twice"`` (default) the bins at ``d = min(H, W)//10`` count twice whenever the
+    band is not empty. Distances are computed as the code does: the float32 square root of
+    the integer squared distance, compared with ``ratio·min(H, W)`` in float32. DC sits in the
+    corners, so this is a high-pass, but an anisotropic one (docs/methods.md).
 
 Gains
 -----
-A mask holds the gain ``g ∈ [0, 1]`` of each bin. Low-pass gain is ``1 - high-pass gain`` of
-the same specification, so low + high reproduces the input exactly (up to rounding).
-Cutoff 0 gives a high-pass of gain 1 everywhere (the identity) for every kind.
+A mask holds the gain ``g`` of each bin, in ``[0, 1]`` except the official convention's doubled
+ring (gain 2). Low-pass gain is ``1 - high-pass gain`` of the same specification, so
+low + high reproduces the input exactly (up to rounding); the official low-pass therefore
+has gain −1 on that ring. Cutoff 0 gives a high-pass of gain 1 everywhere (the identity)
+for every kind.
 
 Filter paths
 ------------
@@ -46,13 +52,15 @@ with the symmetrised half mask of ``rfft2``. Two exact ways to apply it
     ``k → −k``) by half-spectrum columns ``C``. For the paper's ideal high-pass it is the
     bounding box of the removed disc, ``|η| < D0·√m·H/2`` by ``|γ| < D0·√m·W/2`` (normalised;
     ``|η|, |γ| < D0`` in bins). For the official convention the removed bins lie farther than
-    ``ratio·min(H, W)`` from index ``(H//2, W//2)``, i.e. around the corners of the unshifted
-    spectrum (around DC): row ``i`` holds one iff ``(i − H//2)² + (W//2)² > (ratio·min)²``
-    (plus the mirrored rows, as the symmetrised mask also has the bins ``(−i, −j)``), the
-    columns likewise; when ``ratio·min(H, W) < max(H, W)//2`` every row or column holds one
-    and the band is the whole spectrum. Each axis of the rectangle is transformed either by
-    the FFT along it, cut to the band, or by a product with its ``|R|``- or ``|C|``-row DFT
-    matrix (cosine/sine pairs for the real first axis; real-input symmetry halves the columns).
+    ``R = max(min(H, W)//10, ratio·min(H, W))`` from index ``(H//2, W//2)``, i.e. around the
+    corners of the unshifted spectrum (around DC): row ``i`` holds one iff
+    ``(i − H//2)² + (W//2)² > R²`` (plus the mirrored rows, as the symmetrised mask also has
+    the bins ``(−i, −j)``), the columns likewise; the doubled ring ``d = min(H, W)//10``
+    (gain 2, so ``1 − g ≠ 0``) adds its few rows and columns; when ``R < max(H, W)//2``
+    every row or column holds a removed bin and the band is the whole spectrum. Each axis of
+    the rectangle is transformed either by the FFT along it, cut to the band, or by a product
+    with its ``|R|``- or ``|C|``-row DFT matrix (cosine/sine pairs for the real first axis;
+    real-input symmetry halves the columns).
 ``"auto"``
     :func:`filter_path`: the cheaper by a cost model (:data:`FILTER_COST`, fitted to
     timings) for ideal filters, whose band is a set of whole bins; the FFT for soft ones.
@@ -74,6 +82,7 @@ KINDS = ("ideal", "butterworth", "gaussian")
 BANDS = ("high", "low", "band")
 UNITS = ("normalized", "bins")
 CONVENTIONS = ("paper", "official")
+RINGS = ("twice", "once")
 ONE_D_MODES = ("skip", "fft")
 
 
@@ -102,10 +111,28 @@ def _radius_unshifted(shape: tuple[int, int], units: str, rows: torch.Tensor | N
 
 def _official_distance_unshifted(shape: tuple[int, int], rows: torch.Tensor | None = None,
                                  cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance of bins ``rows × cols`` from index ``(H//2, W//2)``, float32 as the authors' code
+    computes it: the float32 square root of the integer squared distance."""
     h, w = shape
     rows = torch.arange(h) if rows is None else rows
     cols = torch.arange(w) if cols is None else cols
-    return torch.sqrt((rows.double()[:, None] - h // 2) ** 2 + (cols.double()[None, :] - w // 2) ** 2)
+    squared = (rows.long()[:, None] - h // 2) ** 2 + (cols.long()[None, :] - w // 2) ** 2
+    return squared.to(torch.float32).sqrt()
+
+
+def _official_high_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None = None,
+                        cols: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' kept set as a gain (float64): disc ``d <= min//10`` plus band
+    ``min//10 <= d <= ratio·min``; the ring ``d = min//10`` has gain 2 with ``ring="twice"``
+    when the band is not empty, 1 with ``ring="once"``."""
+    distance = _official_distance_unshifted((h, w), rows, cols)
+    inner = min(h, w) // 10
+    outer = torch.tensor(spec.cutoffs[0] * min(h, w), dtype=torch.float32)
+    disc = distance <= inner
+    band = (distance >= inner) & (distance <= outer)
+    if spec.ring == "twice":
+        return disc.to(torch.float64) + band.to(torch.float64)
+    return (disc | band).to(torch.float64)
 
 
 def radial_frequency(shape: Sequence[int], units: str = "normalized",
@@ -140,6 +167,10 @@ class FilterSpec:
     band
         ``"high"`` keeps radii ``>= cutoff``; ``"low"`` is its complement; ``"band"`` keeps
         ``lower <= radius < upper`` (the product of a high-pass and a low-pass).
+    ring
+        Official convention only: ``"twice"`` (the authors' code, default) counts the bins at
+        distance exactly ``min(H, W)//10`` twice when ``ratio·min(H, W) >= min(H, W)//10``,
+        because the code adds its disc and its band; ``"once"`` keeps every bin once.
     """
 
     cutoff: float | tuple[float, float]
@@ -148,6 +179,7 @@ class FilterSpec:
     units: str = "normalized"
     convention: str = "paper"
     order: int = 2
+    ring: str = "twice"
 
     def __post_init__(self) -> None:
         if isinstance(self.cutoff, list):
@@ -156,6 +188,7 @@ class FilterSpec:
         check_choice("band", self.band, BANDS)
         check_choice("units", self.units, UNITS)
         check_choice("convention", self.convention, CONVENTIONS)
+        check_choice("ring", self.ring, RINGS)
         if self.kind == "butterworth" and (not isinstance(self.order, int) or self.order < 1):
             raise ParameterError(f"butterworth order must be an integer >= 1, got {self.order!r}")
         if self.convention == "official":
@@ -197,6 +230,9 @@ class FilterSpec:
              dtype: torch.dtype = torch.float32, centered: bool = True) -> torch.Tensor:
         """Gain of every bin of an ``H × W`` spectrum (``[H, W]``), centred unless asked not to be.
 
+        In ``[0, 1]``, except the bins the official convention counts twice (``ring="twice"``):
+        gain 2 for a high-pass, −1 for its low-pass complement.
+
         The returned tensor is cached and shared: do not modify it in place.
         """
         h, w = _matrix_shape(shape)
@@ -237,8 +273,7 @@ def _unshifted_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None 
                     cols: torch.Tensor | None = None) -> torch.Tensor:
     """Gain (float64) of the bins ``rows × cols`` (default: all) of an unshifted ``h × w`` spectrum."""
     if spec.convention == "official":
-        kept = _official_distance_unshifted((h, w), rows, cols) <= spec.cutoffs[0] * min(h, w)
-        high = kept.to(torch.float64)
+        high = _official_high_gain(spec, h, w, rows, cols)
     else:
         distance = _radius_unshifted((h, w), spec.units, rows, cols)
         if spec.band == "band":
@@ -310,21 +345,22 @@ def apply_filter(x: torch.Tensor, spec: FilterSpec, path: str | LowbandPlan = "a
 
 def frequency_filter(x: torch.Tensor, cutoff, kind: str = "ideal", band: str = "high",
                      units: str = "normalized", convention: str = "paper",
-                     order: int = 2) -> torch.Tensor:
+                     order: int = 2, ring: str = "twice") -> torch.Tensor:
     """Filter real ``x[..., H, W]`` in the 2-D frequency domain: ``F⁻¹{H · F{x}}``.
 
     Parameters are those of :class:`FilterSpec` (cutoff units are explained in the module
     docstring). Returns a real tensor of ``x``'s shape, on ``x``'s device, float32 unless
     ``x`` is float64.
     """
-    return apply_filter(x, FilterSpec(cutoff, kind, band, units, convention, order))
+    return apply_filter(x, FilterSpec(cutoff, kind, band, units, convention, order, ring))
 
 
 def frequency_mask(shape: Sequence[int], cutoff, kind: str = "ideal", band: str = "high",
                    units: str = "normalized", convention: str = "paper", order: int = 2,
-                   device: torch.device | str | None = None, centered: bool = True) -> torch.Tensor:
+                   device: torch.device | str | None = None, centered: bool = True,
+                   ring: str = "twice") -> torch.Tensor:
     """Gain ``[H, W]`` of the filter :func:`frequency_filter` would apply (centred: DC in the middle)."""
-    spec = FilterSpec(cutoff, kind, band, units, convention, order)
+    spec = FilterSpec(cutoff, kind, band, units, convention, order, ring)
     return spec.mask(shape, device=device, centered=centered)
 
 

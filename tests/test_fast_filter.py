@@ -18,6 +18,7 @@ import freqmerge_viz.spectral as spectral
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.spectral import (FilterSpec, LowbandPlan, apply_filter, clear_mask_cache, fft_path_cost,
                                     filter_costs, filter_path, filter_stack, lowband_plans, lowband_terms)
+from reference import authors_disc_and_band
 
 SHAPES = [(7, 5), (33, 17), (64, 48), (96, 384), (127, 255), (300, 21), (19, 310), (5, 1), (2, 2)]
 SPECS = {
@@ -140,35 +141,42 @@ def test_blocks_cross_matrix_and_row_boundaries(monkeypatch):
 
 
 def _support_counts(gain: np.ndarray) -> tuple[int, int]:
-    """Rows of the full spectrum and columns of its half (0..W/2) holding a bin of gain < 1,
+    """Rows of the full spectrum and columns of its half (0..W/2) holding a bin of gain ≠ 1,
     after symmetrising the gain over (k, l) -> (-k, -l)."""
     h, w = gain.shape
     symmetric = 0.5 * (gain + gain[(-np.arange(h)) % h][:, (-np.arange(w)) % w])
-    band = symmetric < 1
+    band = symmetric != 1
     return int(band.any(axis=1).sum()), int(band[:, : w // 2 + 1].any(axis=0).sum())
 
 
 @pytest.mark.parametrize("shape", [(768, 768), (2304, 768), (3072, 768), (45, 31), (31, 45)], ids=str)
 @pytest.mark.parametrize("ratio", [0.7, 0.6, 0.45])
-def test_official_band_is_the_corner_rectangle(shape, ratio):
+@pytest.mark.parametrize("ring", ["twice", "once"])
+def test_official_band_is_the_corner_rectangle(shape, ratio, ring):
     # Removed bins lie farther than ratio·min(H, W) from index (H//2, W//2), i.e. near the
     # corners of the unshifted spectrum (near DC): row i holds one iff
     # (i - H//2)² + (W//2)² > (ratio·min)², and the same for columns with the roles swapped.
+    # The authors' doubled ring d = min(H, W)//10 (gain 2) adds its rows and columns.
     h, w = shape
     radius = ratio * min(h, w)
-    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
-    kept = np.sqrt((i - h // 2) ** 2 + (j - w // 2) ** 2) <= radius
-    rows, half_cols = _support_counts(kept.astype(float))
+    disc, band = authors_disc_and_band(h, w, ratio)
+    gain = disc.astype(float) + band if ring == "twice" else (disc | band).astype(float)
+    rows, half_cols = _support_counts(gain)
     row_formula = int(((np.arange(h) - h // 2) ** 2 + (w // 2) ** 2 > radius**2).sum())
     assert rows >= row_formula
-    subtract = [p for p in lowband_plans(shape, FilterSpec(ratio, convention="official")) if p.mode == "subtract"]
+    spec = FilterSpec(ratio, convention="official", ring=ring)
+    subtract = [p for p in lowband_plans(shape, spec) if p.mode == "subtract"]
     assert {(p.full_bins, p.half_bins) for p in subtract if not p.transposed} == {(rows, half_cols)}
 
 
 def test_official_band_of_a_square_is_tiny_and_of_a_tall_matrix_is_not():
-    # METHOD_NOTES: at ratio 0.7 the authors' filter removes 0.02% of a 768x768 matrix, 58% of 2304x768.
+    # docs/methods.md: at ratio 0.7 the authors' filter removes 0.02% of a 768x768 matrix, 58% of
+    # 2304x768. On 768x768 the band is the 15 rows x 8 half columns around DC plus the doubled
+    # ring's rows 308, 384, 460 and half columns 308, 384.
     best = lowband_plans((768, 768), FilterSpec(0.7, convention="official"))[0]
-    assert (best.mode, best.full_bins, best.half_bins) == ("subtract", 15, 8)
+    assert (best.mode, best.full_bins, best.half_bins) == ("subtract", 18, 10)
+    once = lowband_plans((768, 768), FilterSpec(0.7, convention="official", ring="once"))[0]
+    assert (once.mode, once.full_bins, once.half_bins) == ("subtract", 15, 8)
     assert filter_path((768, 768), FilterSpec(0.7, convention="official")) == "lowband"
     # 2304x768: both the removed and the kept set reach every column of the half spectrum,
     # so no band saves a transform and the full spectrum is cheapest whatever the constants.
