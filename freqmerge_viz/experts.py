@@ -11,7 +11,10 @@ entries of ``v`` by magnitude and zeroes the rest, and
 * ``rescale=None``: ``μ_i = 1``.
 
 Both formulas give ``μ = 0`` at ``d = 1`` (``log 1 = 0``). Density ``d`` is always a fraction in
-``(0, 1]``. Experts are extracted key by key: only one key's K tensors are in memory at once,
+``(0, 1]``. Ties at the k-th largest magnitude go to the lowest flat index (``ties="index"``), or
+are broken by ``torch.topk`` along the last dimension exactly as the authors' code calls it
+(``ties="torch_topk"``; agrees entry for entry with ``torch.topk`` on the same device).
+Definitions: docs/methods.md. Experts are extracted key by key: only one key's K tensors are in memory at once,
 in float32 (float64 stays float64). For comparison (paper Fig. 5b) experts can also be drawn
 at random (``selection="bernoulli"``) or as truncated SVDs (:func:`svd_experts`).
 """
@@ -35,6 +38,7 @@ from .spectral import as_matrix
 RESCALES = ("paper", "official", None)
 SELECTIONS = ("topk", "bernoulli")
 COUNT_RULES = ("ceil", "floor")
+TIE_RULES = ("index", "torch_topk")
 
 
 # --------------------------------------------------------------------------- validation
@@ -93,34 +97,50 @@ def _as_rows(stack: torch.Tensor, per_row: bool) -> torch.Tensor:
     return stack.reshape(k, 1, -1)
 
 
-def _stack_top_mask(stack: torch.Tensor, density: float, per_row: bool, count: str) -> torch.Tensor:
+def _torch_topk_mask(tensor: torch.Tensor, k: int, per_row: bool) -> torch.Tensor:
+    """The authors' selection: ``torch.topk(|x|, k)`` along the last dimension of `tensor` in its
+    own shape (flattened first unless `per_row`), scattered into a boolean mask."""
+    values = tensor if per_row else tensor.reshape(-1)
+    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    if k > 0:
+        mask.scatter_(-1, torch.topk(values.abs(), k).indices, True)
+    return mask.reshape(tensor.shape)
+
+
+def _stack_top_mask(stack: torch.Tensor, density: float, per_row: bool, count: str,
+                    ties: str = "index") -> torch.Tensor:
     if stack.ndim == 1:
         return torch.ones_like(stack, dtype=torch.bool)
     if stack[0].numel() == 0:
         return torch.zeros_like(stack, dtype=torch.bool)
     rows = _as_rows(stack, per_row)
-    mask = _top_rows_mask(rows.abs(), kept_count(rows.shape[-1], density, count))
+    k = kept_count(rows.shape[-1], density, count)
+    if ties == "torch_topk":
+        return torch.stack([_torch_topk_mask(stack[task], k, per_row) for task in range(stack.shape[0])])
+    mask = _top_rows_mask(rows.abs(), k)
     return mask.reshape(stack.shape)
 
 
 def top_magnitude_mask(tensor: torch.Tensor, density: float, per_row: bool = False,
-                       count: str = "floor") -> torch.Tensor:
+                       count: str = "floor", ties: str = "index") -> torch.Tensor:
     """Boolean mask (same shape) of the top-`density` fraction of `tensor`'s entries by magnitude.
 
     Per tensor by default; ``per_row=True`` keeps that fraction of each row along the last
     dimension (the authors' code; a 1-D tensor is one row). The count per tensor or row is
-    :func:`kept_count`. Ties at the threshold go to the lowest flat (row-major) index.
-    0-d scalars are kept whole.
+    :func:`kept_count`. Ties at the threshold go to the lowest flat (row-major) index
+    (``ties="index"``) or wherever ``torch.topk`` puts them (``"torch_topk"``, the authors'
+    code). 0-d scalars are kept whole.
     """
     check_density(density)
-    return _stack_top_mask(as_compute_tensor(tensor).unsqueeze(0), density, per_row, count)[0]
+    check_choice("ties", ties, TIE_RULES)
+    return _stack_top_mask(as_compute_tensor(tensor).unsqueeze(0), density, per_row, count, ties)[0]
 
 
 def magnitude_prune(tensor: torch.Tensor, density: float, per_row: bool = False,
-                    count: str = "floor") -> torch.Tensor:
+                    count: str = "floor", ties: str = "index") -> torch.Tensor:
     """``M(v, d)``: `tensor` (compute dtype) with all but its top-`density` entries zeroed."""
     x = as_compute_tensor(tensor)
-    return torch.where(top_magnitude_mask(x, density, per_row, count), x, torch.zeros_like(x))
+    return torch.where(top_magnitude_mask(x, density, per_row, count, ties), x, torch.zeros_like(x))
 
 
 def bernoulli_mask(shape: Sequence[int], density: float, seed: int, key: str, task: int) -> torch.Tensor:
@@ -250,25 +270,27 @@ class Expert(_ExpertBase):
         out.view(-1)[self.indices[key].long()] = self.scale * values
         return out
 
-    def add_to(self, key: str, tensor: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """``tensor + weight · scale · M(v, d)[key]`` ("add", paper), in `tensor`'s compute dtype."""
+    def add_to(self, key: str, tensor: torch.Tensor, weight: float = 1.0, scaled: bool = True) -> torch.Tensor:
+        """``tensor + weight · scale · M(v, d)[key]`` ("add", paper), in `tensor`'s compute dtype
+        (without ``scale`` when ``scaled=False``)."""
         out = self._target(key, tensor)
         index = self.indices[key].to(out.device, torch.int64)
-        out.view(-1).index_add_(0, index, (weight * self.scale) * self.values[key].to(out))
+        out.view(-1).index_add_(0, index, (weight * (self.scale if scaled else 1.0)) * self.values[key].to(out))
         return out
 
-    def replace_in(self, key: str, tensor: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    def replace_in(self, key: str, tensor: torch.Tensor, weight: float = 1.0, scaled: bool = True) -> torch.Tensor:
         """`tensor` with the expert's entries put in place of its own ("replace", official code).
 
         At every stored position whose scaled value ``scale · value`` is non-zero the result is
         ``weight · scale · value``; elsewhere it is `tensor` (compute dtype). As in the authors'
-        code, a zero expert entry leaves the tensor's entry alone.
+        code, a zero expert entry leaves the tensor's entry alone. ``scaled=False`` uses the
+        values without ``scale`` (the authors' code applies μ to attn/mlp weights only).
         """
         out = self._target(key, tensor)
-        scaled = self.scale * self.values[key].to(out)
-        nonzero = scaled != 0
+        entries = (self.scale if scaled else 1.0) * self.values[key].to(out)
+        nonzero = entries != 0
         index = self.indices[key].to(out.device, torch.int64)[nonzero]
-        out.view(-1)[index] = weight * scaled[nonzero]
+        out.view(-1)[index] = weight * entries[nonzero]
         return out
 
 
@@ -325,7 +347,7 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
                     include: Patterns = None, exclude: Patterns = None,
                     coefficients: Sequence[float] | None = None,
                     scale_reference: TaskVectors | None = None, count: str = "floor",
-                    device: torch.device | str | None = None) -> list[Expert]:
+                    ties: str = "index", device: torch.device | str | None = None) -> list[Expert]:
     """One sparse expert per task vector: ``μ_i · M(v_i, d)`` over the selected keys.
 
     density
@@ -342,11 +364,16 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
     scale_reference
         task vectors whose mean |v| enters μ (and λ) instead of `task_vectors`', one per task,
         same keys and shapes. The authors' code uses the FR-filtered task vectors here.
+    ties
+        ``"index"``: entries tying the k-th largest magnitude are taken lowest flat index
+        first; ``"torch_topk"``: ``torch.topk`` of each task's tensor along its last dimension
+        decides, as in the authors' code (selection ``"topk"`` only).
     """
     density = check_density(density)
     check_choice("rescale", rescale, RESCALES)
     check_choice("selection", selection, SELECTIONS)
     check_choice("count", count, COUNT_RULES)
+    check_choice("ties", ties, TIE_RULES)
     if selection == "bernoulli" and per_row:
         raise ParameterError("per_row applies to selection='topk' only; bernoulli selection is per entry")
     keys = common_keys(task_vectors, include, exclude)
@@ -379,7 +406,7 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
         if selection == "bernoulli":
             mask = torch.stack([bernoulli_mask(shape, density, seed, key, i) for i in range(n_tasks)]).to(target)
         else:
-            mask = _stack_top_mask(stack, density, per_row, count)
+            mask = _stack_top_mask(stack, density, per_row, count, ties)
         flat, flat_mask = stack.reshape(n_tasks, -1), mask.reshape(n_tasks, -1)
         for i in range(n_tasks):
             position = flat_mask[i].nonzero().squeeze(1)
@@ -399,7 +426,7 @@ def extract_experts(task_vectors: TaskVectors, density: float, *, per_row: bool 
 
     scales = _scales(rescale, density, kept_abs, total_abs, entries, kept_key_means,
                      total_key_means, coefficients)
-    settings = {"per_row": per_row, "rescale": rescale, "selection": selection, "count": count,
+    settings = {"per_row": per_row, "rescale": rescale, "selection": selection, "count": count, "ties": ties,
                 "seed": seed if selection == "bernoulli" else None}
     return [Expert(names[i], indices[i], values[i], dict(shapes), scales[i], density, dict(settings))
             for i in range(n_tasks)]

@@ -9,7 +9,8 @@ per-task part:
 * **EMR-Merging** (Huang et al. 2024): one elected vector ``τ_uni`` (sign of ``Σ τ_t``; at each
   entry the largest magnitude among the tasks that agree with it), a boolean mask
   ``M_t = (τ_t ⊙ τ_uni > 0)`` and a rescaler ``λ_t = Σ|τ_t| / Σ|M_t ⊙ τ_uni|`` per task;
-  ``δ_t = λ_t · M_t ⊙ τ_uni``.
+  ``δ_t = λ_t · M_t ⊙ τ_uni``. Two readings (``preset="paper"``, default, or ``"official"``,
+  the EMR authors' code and fusion-bench's ``emr_merge``); see docs/methods.md.
 * **Twin-Merging** (Lu et al. 2024): a shared merge (task arithmetic by default, any
   registered method) plus each task's residual ``τ_t − τ_shared`` compressed to rank ``r``
   by SVD; ``δ_t = τ_shared + SVD_r(τ_t − τ_shared)``. Routing is hard (one task per input),
@@ -39,6 +40,7 @@ from .io import InMemoryState, LazyState, load_state
 from .keys import Patterns
 from .methods import list_methods, merge, method_transform
 from .methods.base import Param, as_task_vectors, resolve_params
+from .methods.fr import is_attn_mlp_weight
 from .metrics import common_keys, stack_key, task_names
 from .routing import Router, as_task_ids, routed_apply
 from .taskvector import TaskVector
@@ -97,7 +99,6 @@ class RoutedMerge:
                 base = (as_compute_tensor(base, target) + delta.to(target)).to(base.dtype)
             tensors[key] = base
         state = InMemoryState(tensors, name=f"{self.method}[{self.task_names[index]}]")
-        state.with_origins(*self.pretrained.origins)
         self._states[index] = state
         if len(self._states) > self.cache_size:
             self._states.popitem(last=False)
@@ -157,17 +158,26 @@ FREE_PARAMS = (
     Param("expert_scale", 1.0, "w, the factor on every expert entry", low=0.0),
     Param("expert_scope", "all", "keys the experts change: every expert key, or only keys with "
                                  "'attn'/'mlp' (official)", choices=("all", "attn_mlp")),
+    Param("mu_scope", "all", "keys whose expert entries μ multiplies: all, or only keys with 'weight' and "
+                             "'attn'/'mlp' (official: the other keys, e.g. attn/mlp biases, use μ = 1)",
+          choices=("all", "attn_mlp_weights")),
+    Param("ties", "index", "entries tying the k-th largest magnitude: lowest flat index first (index), or "
+                           "as torch.topk along the last dimension picks them (torch_topk, official)",
+          choices=("index", "torch_topk")),
     Param("backbone", {}, "parameters of the FR backbone merge (method 'fr'), e.g. {'cutoff': 0.2}",
           kind=dict),
 )
 FREE_PRESETS = {
     "paper": {},
     "official": {"per_row": True, "rescale": "official", "scale_reference": "filtered", "mode": "replace",
-                 "expert_scale": 0.5, "expert_scope": "attn_mlp",
-                 "backbone": {"preset": "official", "coefficients": "none", "scaling": 0.25}},
+                 "expert_scale": 0.5, "expert_scope": "attn_mlp", "mu_scope": "attn_mlp_weights",
+                 "ties": "torch_topk",
+                 "backbone": {"preset": "official", "coefficients": "none", "scaling": 0.5, "weight_scaling": 0.5}},
 }
-"""The official backbone is ``θ_pre + 0.5 · 0.5 · Σ G(v_i)`` (config ViT-B-32_8_FREE: no align,
-scaling_coef 0.5 applied in ``sum_two`` and again in ``apply_to``); its experts are scaled by 0.5."""
+"""The official backbone (config ViT-B-32_8_FREE: no align) is ``θ_pre + 0.5 · 0.5 · Σ G(v_i)`` on
+attn/mlp weights (scaling_coef 0.5 applied by ``TaskVector.__mul__``, which scales only those,
+and again by ``apply_to``) and ``θ_pre + 0.5 · v_0`` on attn/mlp biases (the first task's, by
+the authors' task-vector addition); experts replace the backbone's entries, scaled by 0.5."""
 
 
 class FreeMerging(RoutedMerge):
@@ -186,9 +196,10 @@ class FreeMerging(RoutedMerge):
         if key not in expert or not _in_scope(key, self.settings["expert_scope"]):
             return shared
         weight = self.settings["expert_scale"]
+        scaled = self.settings["mu_scope"] == "all" or is_attn_mlp_weight(key)
         if self.settings["mode"] == "add":
-            return expert.add_to(key, shared, weight)
-        return expert.replace_in(key, shared, weight)
+            return expert.add_to(key, shared, weight, scaled=scaled)
+        return expert.replace_in(key, shared, weight, scaled=scaled)
 
     def storage_bytes_per_task(self):
         return [expert.storage_bytes() for expert in self.experts]
@@ -219,20 +230,39 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
     lambdas = backbone.statistics.get("lambda") if settings["rescale"] == "paper" else None
     experts = extract_experts(vectors, settings["density"], per_row=settings["per_row"],
                               rescale=None if settings["rescale"] == "none" else settings["rescale"],
-                              coefficients=lambdas, scale_reference=reference, device=target)
+                              coefficients=lambdas, scale_reference=reference, ties=settings["ties"],
+                              device=target)
     settings["backbone"] = dict(backbone.params)
     settings["expert_scales"] = [expert.scale for expert in experts]
     return FreeMerging(pre, shared, task_names(vectors), settings, experts, backbone, router, cache_size)
 
 
 # --------------------------------------------------------------------------- EMR-Merging
-def emr_elect(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+EMR_PARAMS = (
+    Param("zero_sign", "zero", "elected sign where Σ_t τ_t = 0: zero (sign(0) = 0, so τ_uni = 0 there; EMR "
+                               "paper) or negative (−1: τ_uni is the largest negative entry; authors' code, "
+                               "fusion-bench)", choices=("zero", "negative")),
+    Param("rescaler", "pooled", "λ_t: pooled = Σ|τ_t| / Σ|M_t ⊙ τ_uni| over every selected entry (EMR "
+                                "paper); per_key_mean = Σ_keys mean|τ_t| / Σ_keys mean|M_t ⊙ τ_uni| (authors' "
+                                "code, fusion-bench); 1 where the denominator is 0",
+          choices=("pooled", "per_key_mean")),
+)
+EMR_PRESETS = {"paper": {}, "official": {"zero_sign": "negative", "rescaler": "per_key_mean"}}
+"""EMR readings. The paper's is the default: its λ_t does not depend on how the entries are split
+into keys (the per-key reading weighs a 768-entry bias as much as a 2.4M-entry matrix), and
+negating every task vector negates the merge (the code's −1 at a zero sum breaks that
+symmetry). ``preset="official"`` reproduces the published EMR numbers' code and fusion-bench."""
+
+
+def emr_elect(stack: torch.Tensor, zero_sign: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
     """EMR's unified vector and masks for one key's ``stack[K, *shape]``.
 
-    ``τ_uni = σ ⊙ max_{t: σ·τ_t > 0} |τ_t|`` with ``σ = sign(Σ_t τ_t)`` (0 where the sum is 0),
-    and ``M_t = (τ_t ⊙ τ_uni > 0)``. Returns ``(τ_uni [*shape], masks [K, *shape] bool)``.
+    ``τ_uni = σ ⊙ max_{t: σ·τ_t > 0} |τ_t|`` with ``σ = sign(Σ_t τ_t)``; where the sum is 0, σ is 0
+    (``zero_sign="zero"``) or −1 (``"negative"``, the authors' code). ``M_t = (τ_t ⊙ τ_uni > 0)``.
+    Returns ``(τ_uni [*shape], masks [K, *shape] bool)``.
     """
-    sign = stack.sum(dim=0).sign_()
+    total = stack.sum(dim=0)
+    sign = (total > 0).to(stack.dtype).mul_(2).sub_(1) if zero_sign == "negative" else total.sign_()
     magnitude = torch.zeros_like(sign)
     for task in range(stack.shape[0]):
         agrees = stack[task] * sign > 0
@@ -264,30 +294,34 @@ class EMRMerging(RoutedMerge):
 
 def emr_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None = None,
                 include: Patterns = None, exclude: Patterns = None, device: str | torch.device | None = "cpu",
-                cache_size: int = 8) -> EMRMerging:
+                cache_size: int = 8, **params) -> EMRMerging:
     """EMR-Merging (tuning-free): ``θ_t = θ_pre + λ_t · M_t ⊙ τ_uni`` over the selected keys.
 
-    ``λ_t = Σ|τ_t| / Σ|M_t ⊙ τ_uni|`` with sums over every selected entry of the model (1 when
-    the masked unified vector is all zero).
+    Parameters (``preset="paper"`` or ``"official"``, then keyword overrides) are listed in
+    :data:`EMR_PARAMS`: the sign elected where ``Σ_t τ_t = 0`` and whether λ_t pools every
+    entry (paper) or sums per-key means (the authors' code and fusion-bench).
     """
+    settings = resolve_params("emr", EMR_PARAMS, EMR_PRESETS, params)
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
     keys = [k for k in common_keys(vectors) if k in pre]
     if not keys:
         raise EmptyInputError("EMR-Merging: the task vectors share no key with the pretrained model")
+    per_key = settings["rescaler"] == "per_key_mean"
     shared, masks = {}, {}
     task_total = torch.zeros(len(vectors), dtype=torch.float64)
     masked_total = torch.zeros(len(vectors), dtype=torch.float64)
     for key in keys:
         stack = stack_key(vectors, key, target)
-        unified, mask = emr_elect(stack)
-        task_total += stack.abs().reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu()
-        masked_total += (mask * unified.abs()).reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu()
+        unified, mask = emr_elect(stack, settings["zero_sign"])
+        entries = max(unified.numel(), 1) if per_key else 1
+        task_total += stack.abs().reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu() / entries
+        masked_total += (mask * unified.abs()).reshape(len(vectors), -1).sum(dim=1, dtype=torch.float64).cpu() / entries
         shared[key], masks[key] = unified, mask
         del stack
     rescalers = [float(a / b) if b > 0 else 1.0 for a, b in zip(task_total.tolist(), masked_total.tolist())]
-    settings = {"rescalers": rescalers}
+    settings["rescalers"] = rescalers
     return EMRMerging(pre, shared, task_names(vectors), settings, masks, rescalers, router, cache_size)
 
 
@@ -351,7 +385,7 @@ def routed_merge(name: str, pretrained, finetuned_or_task_vectors, **params) -> 
         raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
     build = ROUTED_METHODS[name]
     accepted = [p for p in inspect.signature(build).parameters if p not in ("pretrained", "finetuned_or_task_vectors")]
-    if build is not free_merging:
+    if build is twin_merging:
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise ParameterError(f"{name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}")
@@ -364,8 +398,10 @@ def routed_doc(name: str) -> str:
         raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
     build = ROUTED_METHODS[name]
     lines = [f"{name} (routed: one state per task): {build.__doc__.strip().splitlines()[0]}"]
-    if build is free_merging:
-        lines += [f"  {p.describe()}" for p in FREE_PARAMS] + [f"  presets: {', '.join(sorted(FREE_PRESETS))}"]
+    declared = {free_merging: (FREE_PARAMS, FREE_PRESETS), emr_merging: (EMR_PARAMS, EMR_PRESETS)}
+    if build in declared:
+        params, presets = declared[build]
+        lines += [f"  {p.describe()}" for p in params] + [f"  presets: {', '.join(sorted(presets))}"]
     else:
         skip = {"pretrained", "finetuned_or_task_vectors", "router", "include", "exclude", "device", "cache_size"}
         lines += [f"  {p.name} (default {p.default!r})" for p in inspect.signature(build).parameters.values()

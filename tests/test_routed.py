@@ -13,7 +13,6 @@ import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.routed import emr_elect
 from freqmerge_viz.synthetic import make_model_set
-from reference import official_filter_numpy
 
 
 @pytest.fixture(scope="module")
@@ -61,35 +60,6 @@ def test_free_paper_preset_is_backbone_plus_mu_times_top_d(vit_like):
             expected = backbone[key].double() + mu * kept[key]
             torch.testing.assert_close(state[key].double(), expected, rtol=1e-5, atol=1e-6)
         assert torch.equal(state["pos_embed_index"], pre["pos_embed_index"])
-
-
-def test_free_official_preset_follows_method_notes(vit_like):
-    pre, fts = vit_like
-    d = 0.1
-    free = fmv.free_merging(pre, fts, preset="official", density=d)
-    keys = float_keys(pre)
-    vectors = vectors64(pre, fts)
-
-    def filtered(k, v):
-        matrix = v.numpy()
-        if "weight" in k and ("attn" in k or "mlp" in k) and matrix.ndim == 2:
-            return torch.from_numpy(official_filter_numpy(matrix, 0.7))
-        return v
-
-    backbone = {k: 0.25 * sum(filtered(k, v[k]) for v in vectors) for k in keys}
-    for t, v in enumerate(vectors):
-        kept = {k: v[k] * top_mask(v[k], d, per_row=True) for k in keys}
-        kept_mean = np.mean([float(kept[k].abs().mean()) for k in keys])
-        filtered_mean = np.mean([float(filtered(k, v[k]).abs().mean()) for k in keys])
-        mu = -math.log10(d) * kept_mean / (d * filtered_mean)
-        assert free.experts[t].scale == pytest.approx(mu, rel=1e-5)
-        state = free.task_state(t)
-        for key in keys:
-            if "attn" not in key and "mlp" not in key:
-                assert torch.equal(state[key], pre[key]), key
-                continue
-            expected = torch.where(kept[key] != 0, 0.5 * mu * kept[key], backbone[key]) + pre[key].double()
-            torch.testing.assert_close(state[key].double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_free_with_every_entry_replaced_is_the_finetuned_model(vit_like):
@@ -241,7 +211,12 @@ def test_merge_cli_writes_one_checkpoint_per_task_for_routed_merges(tmp_path, ca
         written = fmv.load_state(tmp_path / "out" / task)
         for key in written:
             assert torch.equal(written[key], expected.task_state(task)[key]), (task, key)
-    assert main(["merge", "--method", "emr", "--preset", "paper", "--pretrained", str(paths["pretrained"]),
-                 "--finetuned", *finetuned, "--out", str(tmp_path / "emr")]) == 2
-    assert "emr: unknown parameter(s) ['preset']" in capsys.readouterr().err
+    assert main(["merge", "--method", "twin", "--preset", "paper", "--pretrained", str(paths["pretrained"]),
+                 "--finetuned", *finetuned, "--out", str(tmp_path / "twin")]) == 2
+    assert "twin: unknown parameter(s) ['preset']" in capsys.readouterr().err
+    assert main(["merge", "--method", "emr", "--preset", "official", "--pretrained", str(paths["pretrained"]),
+                 "--finetuned", *finetuned, "--out", str(tmp_path / "emr")]) == 0
+    record = json.loads((tmp_path / "emr" / "merge.json").read_text())
+    assert record["parameters"]["rescaler"] == "per_key_mean" and record["parameters"]["zero_sign"] == "negative"
+    assert main(["methods", "emr"]) == 0 and "presets: official, paper" in capsys.readouterr().out
     assert main(["methods", "twin"]) == 0 and "rank (default 8)" in capsys.readouterr().out

@@ -1,32 +1,39 @@
 """FR-Merging (high-pass filtered task vectors) and its compositions with TIES and Breadcrumbs.
 
-Two readings, as presets (METHOD_NOTES.md):
+Three readings, as presets (definitions and every quirk of the authors' code: docs/methods.md):
 
-========================  ===============================  =====================================
-parameter                 ``preset="paper"`` (default)     ``preset="official"`` (authors' code)
-========================  ===============================  =====================================
-filter                    ideal high-pass, centred,        unshifted ``fft2``, keep distance from
-                          normalised radius ``cutoff``     ``(H//2, W//2)`` ≤ ratio·min(H, W)
-cutoff                    0.1 (normalised radius)          0.7 (``filter_ratio``)
-filtered keys             every matrix                     keys with ``weight`` and ``attn``/``mlp``
-merged keys               every selected key               keys with ``attn`` or ``mlp``
-coefficients              ``mean_abs``: λ_i = E(v_i)/ΣE    ``align``: per key, each task scaled so
-                          (Eq. 3, E = mean |v| over the    its mean |G(v_i)| equals the largest
-                          task vector)                     over tasks
-scaling                   1.0                              0.7
-========================  ===============================  =====================================
-
-Not reproduced: in the authors' sum, attn/mlp biases take the first task's values only.
+=================  ==========================  ==============================  ==============================
+parameter          ``preset="paper"``          ``preset="official"``           ``preset="official_lm"``
+                   (default)                   (authors' ViT code)             (authors' LLM code)
+=================  ==========================  ==============================  ==============================
+filter_convention  ``paper``: centred ideal    ``official``: unshifted         ``official``, as for the ViT
+                   high-pass, normalised       ``fft2``, keep the authors'     code (its ``fftshift`` is
+                   radius                      disc + band around              commented out: the filter
+                                               ``(H//2, W//2)``                is the same)
+cutoff             0.1                         0.7 (``filter_ratio``)          0.9 (``high_ratio``)
+ring               (no effect)                 ``twice``                       ``twice``
+filter_scope       ``matrices``                ``attn_mlp_weights``            ``two_d``
+merge_scope        ``all``                     ``attn_mlp``                    ``all``
+sum_keys           ``all``                     ``attn_mlp_weights``: other     ``all``
+                                               merged keys take the first
+                                               task's term
+coefficients       ``mean_abs`` (Eq. 3)        ``align`` (per key)             ``none``
+consensus          ``none``                    ``none``                        ``sign`` (mergekit ``sum``
+                                                                               consensus, no division)
+scaling            1.0                         0.7                             0.88 (weight 0.8 × λ 1.1)
+=================  ==========================  ==============================  ==============================
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
 from ..errors import ParameterError
 from ..spectral import FilterSpec, filter_stack
 from .base import MergeContext, MergeMethod, Param, register
-from .linear import weighted_sum
+from .linear import WEIGHTS, weighted_sum
 from .sparse import BREADCRUMB_PARAMS, CONVENTION, DENSITY, MAJORITY, disjoint_mean, drop_largest_and_smallest_, \
     keep_agreeing_, keep_top_magnitude_
 
@@ -42,8 +49,13 @@ FILTER_PARAMS = (
     Param("units", "normalized", "cutoff units", choices=("normalized", "bins")),
     Param("filter_convention", "paper", "paper: centred isotropic filter; official: the authors' code",
           choices=("paper", "official")),
-    Param("filter_scope", "matrices", "which keys are filtered: every matrix, or only keys with "
-                                      "'weight' and 'attn'/'mlp' (official)", choices=("matrices", "attn_mlp_weights")),
+    Param("ring", "twice", "official convention: twice = bins at distance min(H, W)//10 count twice, as the "
+                           "authors' code adds its disc and its band; once = every kept bin once",
+          choices=("twice", "once")),
+    Param("filter_scope", "matrices", "which keys are filtered: every tensor of 2 or more dimensions "
+                                      "(matrices), only keys with 'weight' and 'attn'/'mlp' (official), or "
+                                      "only 2-D tensors (two_d, the authors' LLM code)",
+          choices=("matrices", "attn_mlp_weights", "two_d")),
     Param("one_d", "skip", "1-D tensors: left unfiltered, or filtered with a 1-D FFT", choices=("skip", "fft")),
 )
 
@@ -56,19 +68,27 @@ def filter_spec(params: dict) -> FilterSpec:
     if params["band"] == "band":
         cutoff = (cutoff, params["upper_cutoff"])
     return FilterSpec(cutoff, params["kind"], params["band"], params["units"], params["filter_convention"],
-                      params["order"])
+                      params["order"], params["ring"])
 
 
-def filters_key(key: str, params: dict) -> bool:
-    """Whether `key` is filtered under the ``filter_scope`` parameter."""
-    if params["filter_scope"] == "matrices":
-        return True
+def is_attn_mlp_weight(key: str) -> bool:
+    """The authors' key rule: the name contains ``weight`` and ``attn`` or ``mlp``."""
     return "weight" in key and any(part in key for part in ATTN_MLP)
+
+
+def filters_key(key: str, params: dict, ndim: int | None = None) -> bool:
+    """Whether `key` (a tensor of `ndim` dimensions, if known) is filtered under ``filter_scope``."""
+    scope = params["filter_scope"]
+    if scope == "matrices":
+        return True
+    if scope == "two_d":
+        return ndim == 2
+    return is_attn_mlp_weight(key)
 
 
 def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
     """FR's per-task step, in place: the filter of :func:`filter_spec` on each task's tensor, where in scope."""
-    if not filters_key(key, params):
+    if not filters_key(key, params, stack.ndim - 1):
         return stack
     return filter_stack(stack, filter_spec(params), params["one_d"], inplace=True)
 
@@ -97,18 +117,42 @@ def fr_coefficients(mean_abs_values) -> list[float]:
 
 
 def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> list[float]:
-    """Per-task coefficients on the filtered stack, by the ``coefficients`` rule."""
+    """Per-task coefficients on the filtered stack, by the ``coefficients`` rule, times ``weights``.
+
+    ``align`` scales each task so that its mean |G(v_i)| on this key equals the largest over
+    tasks; a task whose key is all zero gets 0 (the authors' code gives NaN there).
+    """
     rule = ctx.params["coefficients"]
     k = stack.shape[0]
     if rule == "mean_abs":
-        return list(ctx.statistics["lambda"])
-    if rule == "uniform":
-        return [1.0 / k] * k
-    if rule == "align":
+        values = list(ctx.statistics["lambda"])
+    elif rule == "uniform":
+        values = [1.0 / k] * k
+    elif rule == "align":
         means = [float(stack[task].abs().mean()) for task in range(k)]
         largest = max(means)
-        return [largest / m if m > 0 else 0.0 for m in means]
-    return [1.0] * k
+        values = [largest / m if m > 0 else 0.0 for m in means]
+    else:
+        values = [1.0] * k
+    weights = ctx.params.get("weights") or [1.0] * k
+    return [float(c) * float(w) for c, w in zip(values, weights)]
+
+
+def fr_combine(stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor:
+    """FR's combine step: ``scaling · Σ c_i G(v_i)`` with the ``consensus``, ``sum_keys`` and
+    ``weight_scaling`` rules (the stack may be modified)."""
+    p = ctx.params
+    coefficients = coefficients_for(stack, ctx)
+    if p["sum_keys"] == "attn_mlp_weights" and not is_attn_mlp_weight(key):
+        total = stack[0].mul(coefficients[0])
+    else:
+        if p["consensus"] == "sign":
+            votes = MergeContext({"weights": coefficients, "convention": "mergekit", "majority": "total"},
+                                 ctx.task_names)
+            keep_agreeing_(stack, votes)
+        total = weighted_sum(stack, ctx, coefficients)
+    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0)
+    return total.mul_(factor)
 
 
 @register
@@ -117,13 +161,28 @@ class FRMerging(MergeMethod):
     summary = "FR-Merging: high-pass filter each task vector, then θ_pre + scaling · Σ λ_i G(v_i)"
     params = FILTER_PARAMS + (
         Param("coefficients", "mean_abs", "mean_abs: λ_i of Eq. 3; uniform: 1/K; align: the authors' "
-                                          "per-key alignment; none: 1", choices=("mean_abs", "uniform", "align", "none")),
+                                          "per-key alignment (a task whose key is all zero gets 0); none: 1",
+              choices=("mean_abs", "uniform", "align", "none")),
+        replace(WEIGHTS, doc="per-task factors multiplying the coefficients (default: all 1); the "
+                             "consensus votes with the weighted filtered vectors"),
+        Param("consensus", "none", "none: sum every entry; sign: keep only entries whose sign agrees with "
+                                   "the sign of Σ c_i G(v_i) (0 counts as +), no division (the authors' LLM "
+                                   "code: mergekit's sum consensus with normalize off)", choices=("none", "sign")),
+        Param("sum_keys", "all", "all: every merged key sums its tasks; attn_mlp_weights: only keys with "
+                                 "'weight' and 'attn'/'mlp' do, other merged keys (the attn/mlp biases) take "
+                                 "the first task's term (the authors' TaskVector addition)",
+              choices=("all", "attn_mlp_weights")),
         Param("scaling", 1.0, "global factor on the merged sum", low=0.0),
+        Param("weight_scaling", 1.0, "extra factor on keys with 'weight' and 'attn'/'mlp' only (the authors' "
+                                     "TaskVector multiplication scales only those)", low=0.0),
         Param("merge_scope", "all", "all selected keys, or only keys with 'attn'/'mlp' (official); "
                                     "others keep θ_pre", choices=("all", "attn_mlp")),
     )
     presets = {"paper": {},
-               "official": {**OFFICIAL_FILTER, "coefficients": "align", "scaling": 0.7, "merge_scope": "attn_mlp"}}
+               "official": {**OFFICIAL_FILTER, "coefficients": "align", "scaling": 0.7, "merge_scope": "attn_mlp",
+                            "sum_keys": "attn_mlp_weights"},
+               "official_lm": {"cutoff": 0.9, "filter_convention": "official", "filter_scope": "two_d",
+                               "coefficients": "none", "consensus": "sign", "scaling": 0.88}}
 
     def merges_key(self, key, ctx):
         return ctx.params["merge_scope"] == "all" or any(part in key for part in ATTN_MLP)
@@ -138,7 +197,7 @@ class FRMerging(MergeMethod):
         return filter_step(stack, key, ctx.params)
 
     def combine(self, stack, key, ctx):
-        return weighted_sum(stack, ctx, coefficients_for(stack, ctx)).mul_(ctx.params["scaling"])
+        return fr_combine(stack, key, ctx)
 
 
 @register

@@ -1,9 +1,12 @@
 """Sparsifying merges: magnitude pruning, TIES, DARE and Model Breadcrumbs.
 
-Density is the fraction of a tensor's entries kept, in (0, 1]; ``k = floor(density · n)``
-entries per task and tensor, as in peft's ``merge_utils`` (so a tiny density may keep none).
-Helpers ending in ``_`` modify the stack they are given (the merge owns it) one task at a
-time, so a key's merge needs about K + 2 tensors of memory.
+Density is the fraction of a tensor's entries kept, in (0, 1]; exactly ``k = floor(density · n)``
+entries per task and tensor, as in peft's ``merge_utils`` and mergekit (so a tiny density may
+keep none). Ranking rule for every top-k here: larger magnitude first, and among equal
+magnitudes the lower flat (row-major) index first, so the entries tying the k-th largest
+magnitude that are kept are those with the lowest flat indices (docs/methods.md, "Density and
+ties"). Helpers ending in ``_`` modify the stack they are given (the merge owns it) one task at
+a time, so a key's merge needs about K + 2 tensors of memory.
 """
 
 from __future__ import annotations
@@ -59,11 +62,64 @@ def kth_largest(magnitude: torch.Tensor, k: int) -> float:
     return kth_smallest_(flat, flat.numel() - k + 1)
 
 
-def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero, in place, all but the ``floor(density · n)`` largest-magnitude entries of each ``stack[i]``.
+def top_k_boundary(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
+    """The top `k` (1 ≤ k ≤ n) of a tensor of non-negative floats by the ranking rule, as a pair.
 
-    Entries tying the threshold magnitude are all kept (peft's ``topk`` breaks such ties
-    arbitrarily). Extra memory: one task's magnitudes plus a boolean mask.
+    Returns ``(t, last)``: the top-k set is every entry ``> t`` plus the entries ``== t`` at flat
+    index ``<= last`` (t is the k-th largest value; ``last`` the flat index of the last tie
+    taken). Found with exact bisection and block-sized counts; `magnitude` stays unchanged.
+    """
+    flat = magnitude.reshape(-1)
+    threshold = kth_largest(flat, k)
+    blocks = [(start, flat[start:start + BLOCK_ENTRIES]) for start in range(0, flat.numel(), BLOCK_ENTRIES)]
+    room = k - sum(int(torch.count_nonzero(block > threshold)) for _, block in blocks)
+    for start, block in blocks:
+        ties = block == threshold
+        count = int(torch.count_nonzero(ties))
+        if room <= count:
+            return threshold, start + int(torch.nonzero(ties)[room - 1])
+        room -= count
+    raise AssertionError("the k-th largest value has fewer ties than counted")  # unreachable
+
+
+def _top_block_mask(block: torch.Tensor, start: int, threshold: float, last: int) -> torch.Tensor:
+    """Which entries of ``block`` (flat positions ``start, start+1, …``) are in a top-k set ``(t, last)``."""
+    if start + block.numel() <= last + 1:
+        return block >= threshold
+    inside = block > threshold
+    if start <= last:
+        ties = block[: last - start + 1] == threshold
+        inside[: last - start + 1] |= ties
+    return inside
+
+
+def keep_top_k_(values: torch.Tensor, magnitude: torch.Tensor, k: int, drop_top: int = 0) -> torch.Tensor:
+    """Zero, in place, every entry of flat `values` outside ranks ``drop_top + 1 … k`` of `magnitude`.
+
+    Ranks follow the module's rule (ties to the lower flat index); ``drop_top = 0`` keeps the
+    top `k`. Works block by block: temporaries are block-sized booleans.
+    """
+    n = values.numel()
+    if k <= drop_top:
+        return values.zero_()
+    keep = top_k_boundary(magnitude, k) if k < n else None
+    drop = top_k_boundary(magnitude, drop_top) if drop_top > 0 else None
+    for start in range(0, n, BLOCK_ENTRIES):
+        part = values[start:start + BLOCK_ENTRIES]
+        size = magnitude[start:start + BLOCK_ENTRIES]
+        if keep is not None:
+            part.masked_fill_(~_top_block_mask(size, start, *keep), 0)
+        if drop is not None:
+            part.masked_fill_(_top_block_mask(size, start, *drop), 0)
+    return values
+
+
+def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero, in place, all but exactly ``floor(density · n)`` largest-magnitude entries of each ``stack[i]``.
+
+    Among entries tying the k-th largest magnitude the lowest flat indices are kept (mergekit's
+    stable descending sort does the same; peft's ``topk`` breaks such ties its own way).
+    Extra memory: one task's magnitudes plus block-sized booleans.
     """
     flat = stack.view(stack.shape[0], -1)
     n = flat.shape[1]
@@ -75,14 +131,14 @@ def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
     magnitude = torch.empty_like(flat[0])
     for task in range(flat.shape[0]):
         torch.abs(flat[task], out=magnitude)
-        flat[task].masked_fill_(magnitude < kth_largest(magnitude, k), 0)
+        keep_top_k_(flat[task], magnitude, k)
     return stack
 
 
 def drop_largest_and_smallest_(stack: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Model Breadcrumbs' mask, in place: per task, drop the ``floor(gamma·n)`` largest-magnitude
-    entries, keep the next ``floor(density·n)``, zero the rest. Entries whose magnitude ties a
-    threshold are all kept."""
+    entries, keep exactly the next ``floor(density·n)``, zero the rest (ranks as in
+    :func:`keep_top_magnitude_`: ties to the lower flat index)."""
     flat = stack.view(stack.shape[0], -1)
     n = flat.shape[1]
     top, kept = int(gamma * n), int(density * n)
@@ -91,9 +147,7 @@ def drop_largest_and_smallest_(stack: torch.Tensor, density: float, gamma: float
     magnitude = torch.empty_like(flat[0])
     for task in range(flat.shape[0]):
         torch.abs(flat[task], out=magnitude)
-        if top > 0:
-            flat[task].masked_fill_(magnitude > kth_largest(magnitude, top + 1), 0)
-        flat[task].masked_fill_(magnitude < kth_largest(magnitude, top + kept), 0)
+        keep_top_k_(flat[task], magnitude, min(n, top + kept), drop_top=top)
     return stack
 
 
@@ -131,27 +185,49 @@ def entry_blocks(stack: torch.Tensor):
         yield flat[:, start:start + BLOCK_ENTRIES]
 
 
+def sign_factors(ctx: MergeContext, n_tasks: int) -> list[float]:
+    """The sign each task's ballot is multiplied by: sign(w_t) for ``convention="mergekit"``
+    (mergekit votes and compares with the signs of the weighted deltas), 1 for peft."""
+    if ctx.params.get("convention") != "mergekit":
+        return [1.0] * n_tasks
+    weights = ctx.params.get("weights") or [1.0] * n_tasks
+    return [float((w > 0) - (w < 0)) for w in weights]
+
+
 def elected_positive(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """Where the elected sign is +1 (boolean ``[*shape]``); ties go to +1.
+    """Where the elected sign is +1 (boolean ``[*shape]``); ties (a vote of 0) go to +1.
 
     ``majority="total"`` votes with the values (weighted for ``convention="mergekit"``),
-    ``"frequency"`` with their signs.
+    ``"frequency"`` counts signs, each task one vote: peft counts the signs of the deltas,
+    mergekit those of the weighted deltas (``count`` consensus: sign(w_t)·sign(δ_t), never
+    |w_t|).
     """
     votes = torch.zeros(stack.shape[1:], dtype=stack.dtype, device=stack.device)
     weights = ctx.params.get("weights") or [1.0] * stack.shape[0]
     weighted = ctx.params.get("convention") == "mergekit"
+    signs = sign_factors(ctx, stack.shape[0])
     for task in range(stack.shape[0]):
-        ballot = stack[task] if ctx.params["majority"] == "total" else stack[task].sign()
-        votes.add_(ballot, alpha=weights[task] if weighted else 1.0)
+        if ctx.params["majority"] == "total":
+            votes.add_(stack[task], alpha=weights[task] if weighted else 1.0)
+        else:
+            votes.add_(stack[task].sign(), alpha=signs[task])
     return votes >= 0
 
 
 def keep_agreeing_(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """TIES step 2, in place: zero the entries whose sign differs from the elected one."""
+    """TIES step 2, in place: zero the entries whose sign differs from the elected one (for
+    mergekit the sign of the weighted entry, so a negative weight flips it and a zero weight
+    drops the task)."""
+    signs = sign_factors(ctx, stack.shape[0])
     for block in entry_blocks(stack):
         positive = elected_positive(block, ctx)
         for task in range(block.shape[0]):
-            block[task].masked_fill_(torch.where(positive, block[task] < 0, block[task] > 0), 0)
+            if signs[task] == 0:
+                block[task].zero_()
+                continue
+            agrees_when_positive = block[task] > 0 if signs[task] > 0 else block[task] < 0
+            agrees_when_negative = block[task] < 0 if signs[task] > 0 else block[task] > 0
+            block[task].masked_fill_(~torch.where(positive, agrees_when_positive, agrees_when_negative), 0)
     return stack
 
 
