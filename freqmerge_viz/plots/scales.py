@@ -109,3 +109,25 @@ def as_percent(fraction) -> float | np.ndarray:
     """A fraction in [0, 1] as a percentage (×100); arrays stay arrays."""
     value = np.asarray(fraction, dtype=np.float64) * 100.0
     return float(value) if value.ndim == 0 else value
+
+
+def within_noise(values, ses) -> bool:
+    """Whether every ±1 SE bar ``[v − se, v + se]`` overlaps every other (equivalently, one value
+    lies inside all of them): a curve this flat shows no difference its sample can resolve.
+    NaN standard errors count as 0; NaN values are ignored."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    s = np.nan_to_num(np.asarray(ses, dtype=np.float64).reshape(-1), nan=0.0)
+    keep = np.isfinite(v)
+    if not keep.any():
+        return True
+    v, s = v[keep], np.abs(s[keep])
+    return bool(np.max(v - s) <= np.min(v + s) + 1e-12)
+
+
+def sample_note(tasks: int, images, split: str = "test", bars: str = "bars") -> str:
+    """What an accuracy error bar rests on, e.g. ``"mean over 8 tasks × 300 test images; bars ±1 SE
+    (binomial)"``; `images` may be one count or one per task (then shown as a range)."""
+    counts = sorted({int(n) for n in np.atleast_1d(np.asarray(images))})
+    shown = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    where = f"mean over {tasks} tasks × {shown} {split} images" if tasks > 1 else f"{shown} {split} images"
+    return f"{where}; {bars} ±1 SE (binomial)"
