@@ -159,7 +159,8 @@ def authors_fr_lm(pre: dict, fts: list[dict], weights: list[float], lam: float, 
 # --------------------------------------------------------------------------- mergekit TIES
 def mergekit_ties(pre: dict, fts: list[dict], weights: list[float], density: float,
                   consensus: str = "sum", lam: float = 1.0) -> dict:
-    """mergekit's ``ties``: per tensor keep the ``int(d·n)`` largest |δ| (``argsort`` descending),
+    """mergekit 0.1.5's ``ties``: per tensor keep the ``max(1, int(d·n))`` largest |δ| (``argsort``
+    descending; none for d ≤ 0, all for d ≥ 1),
     weight, elect by ``sum`` (Σ weighted δ ≥ 0) or ``count`` (Σ sign(weighted δ) ≥ 0), keep the
     weighted deltas whose sign equals it, divide by Σ w·mask (0 → 1), times λ.
 
@@ -173,7 +174,7 @@ def mergekit_ties(pre: dict, fts: list[dict], weights: list[float], density: flo
         for ft in fts:
             delta = ft[key] - pre[key]
             if density < 1:
-                k = int(density * delta.numel())
+                k = max(1, int(density * delta.numel()))
                 mask = torch.zeros_like(delta)
                 mask.view(-1)[torch.argsort(delta.abs().view(-1), descending=True, stable=True)[:k]] = 1
                 delta = delta * mask

@@ -130,7 +130,8 @@ def test_align_gives_a_zero_task_coefficient_where_the_code_gives_nan():
     pre, fts = model_set(clip_layout(), dtype=torch.float64)
     key = "model.visual.transformer.resblocks.1.mlp.c_fc.weight"
     fts[1][key] = pre[key].clone()
-    assert torch.isnan(authors_fr_vit(pre, fts)[key]).all()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert torch.isnan(authors_fr_vit(pre, fts)[key]).all()
     ours = fmv.merge("fr", pre, fts, preset="official")[key]
     without = fmv.merge("fr", pre, [fts[0], fts[2]], preset="official")[key]
     assert torch.isfinite(ours).all()
@@ -240,7 +241,7 @@ def test_emr_readings_differ():
 def test_ties_mergekit_convention_is_mergekit(majority, consensus, weights, grid, dtype):
     # distinct magnitudes: mergekit exactly; ties: its counts with the documented tie rule
     pre, fts = model_set(clip_layout(), dtype=dtype, grid=grid)
-    ours = materialised(fmv.merge("ties", pre, fts, convention="mergekit", majority=majority, weights=weights,
+    ours = materialised(fmv.merge("ties", pre, fts, preset="mergekit", majority=majority, weights=weights,
                                   density=0.3, scaling=0.7))
     floats = {k: v for k, v in pre.items() if v.is_floating_point()}
     reference = mergekit_ties(floats, [{k: ft[k] for k in floats} for ft in fts], weights, 0.3, consensus, lam=0.7)
@@ -255,6 +256,15 @@ def test_count_consensus_counts_each_task_once_whatever_its_weight():
     out = fmv.merge("ties", pre, fts, convention="mergekit", majority="frequency", weights=[10.0, 1.0, 1.0],
                     density=1.0)["w"]
     assert out.tolist() == [-1.0, 1.0, -1.0]
+
+
+def test_mergekit_keeps_at_least_one_entry_and_peft_may_keep_none():
+    pre = {"w": torch.zeros(3), "b": torch.zeros(())}
+    fts = [{"w": torch.tensor([1.0, -3.0, 2.0]), "b": torch.tensor(0.5)}]
+    peft = fmv.merge("ties", pre, fts, density=0.3)
+    mergekit = fmv.merge("ties", pre, fts, preset="mergekit", density=0.3)
+    assert peft["w"].tolist() == [0.0, 0.0, 0.0] and float(peft["b"]) == 0.0
+    assert mergekit["w"].tolist() == [0.0, -3.0, 0.0] and float(mergekit["b"]) == 0.5
 
 
 @pytest.mark.parametrize("name", ["ties", "magnitude_prune", "fr_ties"])

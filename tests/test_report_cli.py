@@ -50,11 +50,15 @@ def test_report_numbers_match_a_direct_computation(report_dir):
 
 
 def test_ideal_filter_leaves_kept_bins_unchanged_but_soft_filters_do_not(report_dir):
-    table = pd.read_csv(report_dir / "interference.csv")
-    assert table["change_kept_pct"].abs().max() < 1e-3
+    table = pd.read_csv(report_dir / "interference.csv").set_index("setting")
+    assert table["change_kept_pct"].drop("official ratio 0.7").abs().max() < 1e-3
+    # the authors' filter counts its ring d = min(H, W)//10 twice (docs/methods.md): gain 2 there
+    assert 1e-3 < abs(table.loc["official ratio 0.7", "change_kept_pct"]) < 1.0
     vectors = [fmv.TaskVector.from_tensors(s) for s in make_model_set(3, seed=1).finetuned.values()]
-    rows = interference_table(vectors, [FilterSetting("gauss", fmv.FilterSpec(0.1, kind="gaussian"))])
+    rows = interference_table(vectors, [FilterSetting("gauss", fmv.FilterSpec(0.1, kind="gaussian")),
+                                        FilterSetting("once", fmv.FilterSpec(0.7, convention="official", ring="once"))])
     assert rows.loc[1, "change_kept_pct"] < -1.0
+    assert abs(rows.loc[2, "change_kept_pct"]) < 1e-3
 
 
 def test_synthetic_set_is_deterministic_and_plants_low_frequency_differences():

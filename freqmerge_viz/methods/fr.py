@@ -34,8 +34,8 @@ from ..errors import ParameterError
 from ..spectral import FilterSpec, filter_stack
 from .base import MergeContext, MergeMethod, Param, register
 from .linear import WEIGHTS, weighted_sum
-from .sparse import BREADCRUMB_PARAMS, CONVENTION, DENSITY, MAJORITY, disjoint_mean, drop_largest_and_smallest_, \
-    keep_agreeing_, keep_top_magnitude_
+from .sparse import BREADCRUMB_PARAMS, CONVENTION, COUNT, DENSITY, MAJORITY, disjoint_mean, \
+    drop_largest_and_smallest_, keep_agreeing_, keep_top_magnitude_
 
 ATTN_MLP = ("attn", "mlp")
 
@@ -205,12 +205,13 @@ class FRTies(MergeMethod):
     name = "fr_ties"
     summary = "FR filter on each task vector, then TIES (trim, elect sign, disjoint mean); paper Table 8"
     params = FILTER_PARAMS + (DENSITY, Param("weights", None, "per-task weights", kind=list, optional=True),
-                              Param("scaling", 1.0, "factor on the merged delta", low=0.0), CONVENTION, MAJORITY)
+                              Param("scaling", 1.0, "factor on the merged delta", low=0.0), CONVENTION, MAJORITY,
+                              COUNT)
     presets = {"paper": {}, "official": OFFICIAL_FILTER}
 
     def transform(self, stack, key, ctx):
         filtered = filter_step(stack, key, ctx.params)
-        return keep_agreeing_(keep_top_magnitude_(filtered, ctx.params["density"]), ctx)
+        return keep_agreeing_(keep_top_magnitude_(filtered, ctx.params["density"], ctx.params["count"]), ctx)
 
     def combine(self, stack, key, ctx):
         return disjoint_mean(stack, ctx).mul_(ctx.params["scaling"])

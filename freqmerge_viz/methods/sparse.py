@@ -21,6 +21,9 @@ from .linear import WEIGHTS, weighted_sum
 
 DENSITY = Param("density", 0.2, "fraction of each task's entries kept, per tensor", low=0.0, high=1.0,
                 low_open=True)
+COUNT = Param("count", "floor", "entries kept per task and tensor: floor = floor(density·n), which can be 0 "
+                                "(peft); at_least_one = max(1, floor(density·n)) (mergekit 0.1.5)",
+              choices=("floor", "at_least_one"))
 SCALING = Param("scaling", 1.0, "factor on the merged delta", low=0.0)
 CONVENTION = Param("convention", "peft", "peft: sign elected on unweighted deltas, mean over agreeing "
                                          "entries; mergekit: elected on weighted deltas, divided by the "
@@ -114,8 +117,15 @@ def keep_top_k_(values: torch.Tensor, magnitude: torch.Tensor, k: int, drop_top:
     return values
 
 
-def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero, in place, all but exactly ``floor(density · n)`` largest-magnitude entries of each ``stack[i]``.
+def kept_entries(n: int, density: float, count: str = "floor") -> int:
+    """How many of `n` entries a top-`density` trim keeps: ``floor(density·n)``, or at least one
+    (``count="at_least_one"``, mergekit 0.1.5) when ``n > 0``."""
+    k = int(density * n)
+    return max(1, k) if count == "at_least_one" and n > 0 else k
+
+
+def keep_top_magnitude_(stack: torch.Tensor, density: float, count: str = "floor") -> torch.Tensor:
+    """Zero, in place, all but exactly :func:`kept_entries` largest-magnitude entries of each ``stack[i]``.
 
     Among entries tying the k-th largest magnitude the lowest flat indices are kept (mergekit's
     stable descending sort does the same; peft's ``topk`` breaks such ties its own way).
@@ -123,7 +133,7 @@ def keep_top_magnitude_(stack: torch.Tensor, density: float) -> torch.Tensor:
     """
     flat = stack.view(stack.shape[0], -1)
     n = flat.shape[1]
-    k = int(density * n)
+    k = kept_entries(n, density, count)
     if k == 0:
         return stack.zero_()
     if k == n:
@@ -257,10 +267,10 @@ def disjoint_mean(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
 class MagnitudePrune(MergeMethod):
     name = "magnitude_prune"
     summary = "keep each task's top-density entries by magnitude, then a weighted sum (peft's magnitude_prune)"
-    params = (DENSITY, WEIGHTS, SCALING)
+    params = (DENSITY, WEIGHTS, SCALING, COUNT)
 
     def transform(self, stack, key, ctx):
-        return keep_top_magnitude_(stack, ctx.params["density"])
+        return keep_top_magnitude_(stack, ctx.params["density"], ctx.params["count"])
 
     def combine(self, stack, key, ctx):
         return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])
@@ -270,10 +280,11 @@ class MagnitudePrune(MergeMethod):
 class Ties(MergeMethod):
     name = "ties"
     summary = "TIES-Merging (Yadav et al. 2023): trim to the top density, elect signs, disjoint mean"
-    params = (DENSITY, WEIGHTS, SCALING, CONVENTION, MAJORITY)
+    params = (DENSITY, WEIGHTS, SCALING, CONVENTION, MAJORITY, COUNT)
+    presets = {"peft": {}, "mergekit": {"convention": "mergekit", "count": "at_least_one"}}
 
     def transform(self, stack, key, ctx):
-        return keep_agreeing_(keep_top_magnitude_(stack, ctx.params["density"]), ctx)
+        return keep_agreeing_(keep_top_magnitude_(stack, ctx.params["density"], ctx.params["count"]), ctx)
 
     def combine(self, stack, key, ctx):
         return disjoint_mean(stack, ctx).mul_(ctx.params["scaling"])
