@@ -43,14 +43,18 @@ def as_compute_tensor(x: torch.Tensor, device: torch.device | None = None) -> to
 
 
 @contextlib.contextmanager
-def torch_threads(n: int = 1):
-    """Run with `n` torch intra-op threads, restoring the previous count after (also a decorator).
+def torch_threads(n: int | None = 1):
+    """Run with `n` torch intra-op threads, restoring the previous count after (also a decorator);
+    ``None`` leaves torch's setting alone.
 
     The toolkit's small models and matrices run many small ops; on a busy 2-core machine two
     threads mostly wait on each other and were measured 5–8× slower than one. The setting is
     process-wide while it lasts.
     """
     before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
     torch.set_num_threads(n)
     try:
         yield

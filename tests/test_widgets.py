@@ -10,7 +10,7 @@ import pytest
 import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.widgets import CutoffExplorer, Debouncer, cutoff_methods
-from freqmerge_viz.widgets.cutoff import ACCURACY, MASK, SPECTRUM, VARIANCE
+from freqmerge_viz.widgets.cutoff import ACCURACY, GAIN, NO_FILTER, NO_MERGE, SPECTRUM, VARIANCE_RAW
 
 N_EVAL = 8
 
@@ -33,7 +33,8 @@ def test_controls_come_from_the_registry(explorer):
     assert "normalised radius" in cutoff.description
     assert "fmv-cutoff" in cutoff._dom_classes
     assert "fmv-summary" in explorer.summary._dom_classes
-    assert "first 8 val images of each task" in explorer.figure.layout.yaxis3.title.text
+    assert "first 8 val images of each task" in explorer.summary.value
+    assert explorer.figure.layout.yaxis4.title.text == "accuracy (%)"
     assert all(len(explorer._vectors[0].shape_of(k)) >= 2 for k in explorer.controls["key"].options)
     assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
 
@@ -43,7 +44,7 @@ def test_cutoff_change_updates_numbers_and_figure_in_place(explorer):
     figure, traces = explorer.figure, list(explorer.figure.data)
     before = explorer.shown()
     accuracy_before = np.array(traces[ACCURACY].y, dtype=float)
-    mask_before = np.array(traces[MASK].z, dtype=float)
+    mask_before = np.array(traces[GAIN].z, dtype=float)
     spectrum_before = np.array(traces[SPECTRUM].z, dtype=float)
     explorer.set(cutoff=0.6)
     after = explorer.shown()
@@ -52,14 +53,16 @@ def test_cutoff_change_updates_numbers_and_figure_in_place(explorer):
     assert after["cutoff"] == 0.6 and explorer.controls["cutoff"].value == 0.6
     assert after["accuracy"] != before["accuracy"]
     assert not np.array_equal(np.array(traces[ACCURACY].y, dtype=float), accuracy_before)
-    assert list(after["accuracy"].values()) == list(np.array(traces[ACCURACY].y, dtype=float))
-    assert not np.array_equal(np.array(traces[MASK].z, dtype=float), mask_before)
-    assert set(np.unique(np.array(traces[MASK].z, dtype=float))) == {0.0, 1.0}
-    assert np.array_equal(np.array(traces[SPECTRUM].z, dtype=float), spectrum_before)
+    assert [100 * a for a in after["accuracy"].values()] == list(np.array(traces[ACCURACY].y, dtype=float))
+    assert not np.array_equal(np.array(traces[GAIN].z, dtype=float), mask_before)
+    assert set(np.unique(np.array(traces[GAIN].z, dtype=float))) == {0.0, 1.0}
+    assert np.array_equal(np.array(traces[SPECTRUM].z, dtype=float), spectrum_before, equal_nan=True)
     assert after["kept_fraction"] < before["kept_fraction"]
     variance = after["amplitude_variance"]
     assert variance["all_bins"] < variance["unfiltered"]
-    assert list(variance.values()) == list(np.array(traces[VARIANCE].y, dtype=float))
+    assert [variance["all_bins"], variance["kept_bins"]] == list(np.array(traces[VARIANCE_RAW].customdata, dtype=float))
+    change = 100 * (variance["all_bins"] / variance["unfiltered"] - 1)
+    assert traces[VARIANCE_RAW].y[0] == pytest.approx(change)
     assert f'data-value="{after["mean_accuracy"]:.6f}"' in explorer.summary.value
 
 
@@ -173,22 +176,26 @@ def test_debouncer_uses_the_running_event_loop():
 
 
 def test_caches_are_hit(explorer):
+    """A cutoff change merges once (the unfiltered reference at the same scaling is cached); a
+    scaling change merges twice (the merge and its unfiltered reference); nothing walked back
+    is recomputed."""
     keys = explorer.matrix_keys
     explorer.set(method="fr", kind="ideal", band="high", cutoff=0.15, key=keys[0], task=explorer.tasks[0])
     stats = dict(explorer.cache_stats)
     explorer.set(cutoff=0.45)
+    assert explorer.cache_stats["merges"] == stats["merges"] + 1
     explorer.set(task=explorer.tasks[1], scaling=0.9)
     assert explorer.cache_stats["spectra"] == stats["spectra"]
-    assert explorer.cache_stats["merges"] == stats["merges"] + 2
+    assert explorer.cache_stats["merges"] == stats["merges"] + 3
     assert explorer.cache_stats["variances"] == stats["variances"] + 1
     explorer.set(key=keys[1])
     assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
-    assert explorer.cache_stats["merges"] == stats["merges"] + 2
+    assert explorer.cache_stats["merges"] == stats["merges"] + 3
     explorer.set(key=keys[0], cutoff=0.15, scaling=1.0)
     assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
-    assert explorer.cache_stats["merges"] == stats["merges"] + 2
-    explorer.set(method="fr_ties")
     assert explorer.cache_stats["merges"] == stats["merges"] + 3
+    explorer.set(method="fr_ties")
+    assert explorer.cache_stats["merges"] == stats["merges"] + 5
     assert explorer.cache_stats["spectra"] == stats["spectra"] + 1
     explorer.set(method="fr")
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ParameterError
 from ..outputs import check_output, source_paths
+from .pane import figure_spec, plot_pane_class, readout_html, trace_readout
 
 DEBOUNCE_S = 0.15
 """Default quiet time (seconds) after the last control event before an update runs."""
@@ -116,9 +117,13 @@ class Debouncer:
 class Explorer:
     """Base of the interactive explorers (see the module docstring).
 
-    Subclasses fill ``values`` and ``controls`` (via :meth:`_bind`), build ``figure`` (a
-    plotly ``FigureWidget``) and ``widget``, and implement :meth:`_check`, :meth:`_compute`,
-    :meth:`_draw`, :meth:`_displayed` and :meth:`static_figure`.
+    Subclasses fill ``values`` and ``controls`` (via :meth:`_bind`), build ``figure`` (a plotly
+    ``go.Figure``: the model of what is drawn) and ``widget`` (with :meth:`_display_parts`),
+    and implement :meth:`_check`, :meth:`_compute`, :meth:`_draw` (changing ``figure`` in
+    place), :meth:`_displayed` and :meth:`static_figure`. After each successful draw the
+    figure is sent whole to ``pane`` (a :class:`~freqmerge_viz.widgets.pane.PlotPane`, which
+    every browser view redraws in place, also after a page reload) and its trace data to a
+    hidden ``readout`` element, so a page can be checked against what was computed.
     """
 
     export_div_id = "freqmerge-explorer"
@@ -146,6 +151,10 @@ class Explorer:
                                       tooltip="write the current view to the file named beside")
         self.export_button.add_class("fmv-export")
         self.export_button.on_click(lambda _: self._export_clicked())
+        self.pane = plot_pane_class()()
+        self.pane.add_class("fmv-pane")
+        self.readout = w.HTML(value="", layout=w.Layout(display="none"))
+        self.readout.add_class("fmv-readout-holder")
 
     # ------------------------------------------------------------------ public API
     def set(self, **values) -> None:
@@ -160,10 +169,14 @@ class Explorer:
                                  f"settable: {sorted(self.values)}")
         self._apply(values, raise_errors=True)
 
-    def shown(self) -> dict:
-        """The settings and the numbers currently displayed."""
+    def shown(self, traces: bool = False) -> dict:
+        """The settings and the numbers currently displayed; with `traces`, also ``traces``: every
+        trace's data (:func:`~freqmerge_viz.widgets.pane.trace_readout`), which the page must draw."""
         with self._lock:
-            return {**self.values, **self._displayed()}
+            shown = {**self.values, **self._displayed()}
+            if traces:
+                shown["traces"] = trace_readout(figure_spec(self.figure))
+            return shown
 
     def flush(self) -> bool:
         """Apply queued control changes now (returns whether there were any)."""
@@ -199,13 +212,19 @@ class Explorer:
         return source_paths(getattr(self, "_sources", None) or [getattr(self, "zoo", None)])
 
     def plotly_figure(self):
-        """A static copy (``go.Figure``) of the displayed figure, without plotly's random trace uids."""
+        """A copy (``go.Figure``) of the displayed figure."""
         import plotly.graph_objects as go
 
-        spec = self.figure.to_dict()
-        for trace in spec["data"]:
-            trace.pop("uid", None)
-        return go.Figure(spec)
+        return go.Figure(figure_spec(self.figure))
+
+    def _display_parts(self) -> list:
+        """Status line, summary (when the explorer has one), plot and its readout, in order."""
+        return [self.status, *([self.summary] if hasattr(self, "summary") else []), self.pane, self.readout]
+
+    def _publish(self) -> None:
+        spec = figure_spec(self.figure)
+        self.pane.show(spec)
+        self.readout.value = readout_html(self.pane.revision, trace_readout(spec))
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -257,6 +276,9 @@ class Explorer:
                 self._check(candidate)
                 view = self._compute(candidate)
                 self._draw(view)
+                start_publish = time.perf_counter()
+                self._publish()
+                self.last_timings["publish_ms"] = 1e3 * (time.perf_counter() - start_publish)
             except Exception as exc:
                 self._sync_controls(self.values)
                 self._show_error(exc)

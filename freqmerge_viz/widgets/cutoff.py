@@ -16,7 +16,6 @@ evaluation batches are computed once.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
 import time
@@ -28,13 +27,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..backend import resolve_device
+from ..backend import resolve_device, torch_threads
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..io import load_state
 from ..methods import get_method, list_methods, merge, method_transform
 from ..methods.fr import filter_spec
 from ..metrics import amplitude_variance
-from ..spectral import as_matrix, log_amplitude_spectrum
+from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, spectrum_image
+from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
 
@@ -48,9 +48,11 @@ VARIANCE_SCOPES = ("matrix", "all")
 CACHE_SIZE = 256
 """Merged accuracies and variances kept per explorer (a slider walked back is not recomputed)."""
 
-SPECTRUM, MASK, VARIANCE, ACCURACY, FINETUNED = range(5)
+SPECTRUM, GAIN, VARIANCE_RAW, VARIANCE_NORMALIZED, ACCURACY, NO_FILTER, NO_MERGE, FINETUNED = range(8)
 """Trace indices in :attr:`CutoffExplorer.figure`."""
-VARIANCE_LABELS = ("unfiltered (all bins)", "filtered: all bins", "filtered: kept bins")
+REFERENCES = {"no_filter": "same merge, cutoff 0 (no filter)", "no_merge": "no merge (pretrained + heads)",
+              "finetuned": "fine-tuned"}
+BY_CONSTRUCTION = "zeroed bins lower the all-bins value by construction"
 
 Evaluate = Callable[[Mapping[str, torch.Tensor]], Mapping[str, float]]
 
@@ -60,38 +62,49 @@ def cutoff_methods() -> list[str]:
     return [name for name in list_methods() if any(p.name == "cutoff" for p in get_method(name).params)]
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run the block with `threads` torch intra-op threads (``None``: leave torch's setting)."""
-    before = torch.get_num_threads()
-    if threads is None or threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass(frozen=True)
 class CutoffView:
-    """Everything one update shows. Arrays are shared with the explorer's caches: read only."""
+    """Everything one update shows. Arrays are shared with the explorer's caches: read only.
+
+    Variances are ``(unfiltered, filtered over all bins, filtered over kept bins)``, raw and
+    divided by the mean amplitude; the kept-bins value is NaN when no bin is kept.
+    Accuracies are fractions in [0, 1]; ``no_filter`` is the same merge at cutoff 0.
+    """
 
     key: str
     task: str
     band: str
-    spectrum: np.ndarray
+    spectrum: SpectrumImage
     mask: np.ndarray
     variance: tuple[float, float, float]
     normalized_variance: tuple[float, float, float]
     kept_fraction: float
     accuracy: dict
+    no_filter: dict
     title: str
+
+    @property
+    def nothing_kept(self) -> bool:
+        return self.kept_fraction == 0.0
 
 
 def _frozen(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+
+
+def _share(fraction: float) -> str:
+    """A fraction as a percentage a person reads right: 0%, <0.1%, or one decimal."""
+    if fraction == 0:
+        return "0%"
+    if fraction < 0.001:
+        return "<0.1%"
+    return f"{100 * fraction:.1f}%"
+
+
+def _change_percent(value: float, reference: float) -> float:
+    if not (math.isfinite(value) and reference):
+        return float("nan")
+    return 100.0 * (value / reference - 1.0)
 
 
 class _LRU(OrderedDict):
@@ -136,8 +149,8 @@ class CutoffExplorer(Explorer):
     default_export = "cutoff_explorer.html"
 
     def __init__(self, source, *, key: str | None = None, task: str | None = None, method: str = "fr",
-                 cutoff: float | None = None, eval_split: str = "val", eval_per_task: int = 16,
-                 eval_mode: str = "loop", device: torch.device | str | None = None,
+                 cutoff: float | None = None, scaling: float | None = None, eval_split: str = "val",
+                 eval_per_task: int = 16, eval_mode: str = "loop", device: torch.device | str | None = None,
                  params: Mapping[str, Any] | None = None, threads: int | None = 1,
                  debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
         super().__init__(debounce=debounce, schedule=schedule)
@@ -149,21 +162,26 @@ class CutoffExplorer(Explorer):
         self.fixed_params = self._check_fixed(params or {})
         with torch_threads(threads):
             self._load_source(source, eval_split, eval_per_task, eval_mode)
-            self._spectra: dict[str, np.ndarray] = {}
+            self._amplitudes: dict[str, np.ndarray] = {}
+            self._images: dict[tuple[str, int], SpectrumImage] = {}
             self._unfiltered: dict[tuple, tuple] = {}
             self._accuracies = _LRU()
             self._variances = _LRU()
             self.finetuned_accuracy = {t: self._accuracy_of(self._finetuned[t], t) for t in self.eval_tasks
                                        if t in self._finetuned}
+            self.no_merge_accuracy = self._accuracy_dict(self._pretrained)
         self.matrix_keys = [k for k in self._vectors[0] if len(self._vectors[0].shape_of(k)) >= 2]
         if not self.matrix_keys:
             raise ParameterError("the task vectors hold no matrix (entry with 2 or more dimensions)")
         key = key if key is not None else self._default_key()
         task = task if task is not None else self.tasks[0]
         defaults = {p.name: p.default for p in get_method(method).params}
+        self.scaling_note = "the method's default"
+        if scaling is None:
+            scaling, self.scaling_note = self._default_scaling(source, defaults.get("scaling", 1.0))
         self.values = {"cutoff": defaults["cutoff"] if cutoff is None else cutoff,
                        "upper_cutoff": 0.5, "kind": defaults.get("kind", "ideal"),
-                       "band": defaults.get("band", "high"), "scaling": defaults.get("scaling", 1.0),
+                       "band": defaults.get("band", "high"), "scaling": scaling,
                        "method": method, "key": key, "task": task, "variance_over": "matrix"}
         self._view: CutoffView | None = None
         self._build_controls(method)
@@ -181,6 +199,18 @@ class CutoffExplorer(Explorer):
             raise ParameterError(f"CutoffExplorer shows the paper's filter in normalised units on every "
                                  f"matrix; it cannot change {changed}")
         return dict(params)
+
+    def _default_scaling(self, source, method_default: float) -> tuple[float, str]:
+        """The zoo's validation-chosen task-arithmetic coefficient × K (FR's λ_i sum to 1, so at
+        cutoff 0 FR then adds what the best task arithmetic adds), else the method's default."""
+        manifest = getattr(source, "manifest", None) or {}
+        chosen = manifest.get("accuracy", {}).get("task_arithmetic", {}).get("scaling")
+        coefficients = self.fixed_params.get("coefficients", "mean_abs")
+        if chosen is None or coefficients != "mean_abs":
+            return float(method_default), "the method's default"
+        k = len(self._vectors)
+        return round(float(chosen) * k, 4), (f"{k} × {float(chosen):g}, the task-arithmetic coefficient "
+                                              "chosen on validation when the zoo was built")
 
     def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str) -> None:
         from .. import engine
@@ -217,8 +247,10 @@ class CutoffExplorer(Explorer):
         self._evaluator = evaluator
         if isinstance(evaluator, Mapping):
             self.eval_tasks = [str(t) for t in evaluator]
+            self.eval_counts = {str(t): int(len(getattr(ev, "labels", ()))) or None for t, ev in evaluator.items()}
         else:
             self.eval_tasks = list(self._accuracy_dict(self._pretrained))
+            self.eval_counts = {t: None for t in self.eval_tasks}
 
     def _default_key(self) -> str:
         for key in self.matrix_keys:
@@ -251,22 +283,25 @@ class CutoffExplorer(Explorer):
                 params[name] = values[name]
         return params
 
-    def _spectrum(self, key: str) -> np.ndarray:
-        if key not in self._spectra:
+    def _spectrum_image(self, key: str, task_index: int) -> SpectrumImage:
+        if key not in self._amplitudes:
             stack = torch.stack([as_matrix(tv[key]) for tv in self._vectors])
-            self._spectra[key] = log_amplitude_spectrum(stack).float().cpu().numpy()
+            self._amplitudes[key] = amplitude_spectrum(stack).double().cpu().numpy()
             self.cache_stats["spectra"] += 1
-        return self._spectra[key]
+        if (key, task_index) not in self._images:
+            self._images[(key, task_index)] = spectrum_image(self._amplitudes[key][task_index])
+        return self._images[(key, task_index)]
 
     def _merged_accuracy(self, method: str, params: dict) -> dict[str, float]:
         def compute():
             start = time.perf_counter()
             merged = merge(method, self._pretrained, self._vectors, device=self.device, **params)
             state = {k: merged[k] for k in merged}
-            self.last_timings["merge_ms"] = 1e3 * (time.perf_counter() - start)
+            self.last_timings["merge_ms"] = self.last_timings.get("merge_ms", 0.0) + 1e3 * (time.perf_counter() - start)
             start = time.perf_counter()
             accuracy = self._accuracy_dict(state)
-            self.last_timings["evaluate_ms"] = 1e3 * (time.perf_counter() - start)
+            self.last_timings["evaluate_ms"] = (self.last_timings.get("evaluate_ms", 0.0)
+                                                + 1e3 * (time.perf_counter() - start))
             return accuracy
 
         return self._accuracies.get_or((method, _frozen(params)), compute, self.cache_stats, "merges")
@@ -302,16 +337,35 @@ class CutoffExplorer(Explorer):
             method, key = values["method"], values["key"]
             params = self.method_params(values)
             spec = filter_spec(get_method(method).resolve(params, len(self._vectors)))
-            spectra = self._spectrum(key)
+            task_index = self.tasks.index(values["task"])
+            image = self._spectrum_image(key, task_index)
             accuracy = self._merged_accuracy(method, params)
+            unfiltered_params = {k: v for k, v in params.items() if k != "upper_cutoff"}
+            no_filter = self._merged_accuracy(method, {**unfiltered_params, "cutoff": 0.0, "band": "high"})
             unfiltered, filtered, kept, fraction = self._variances_for(method, params, spec, key,
                                                                        values["variance_over"])
-            mask = spec.mask(spectra.shape[-2:]).cpu().numpy()
-        task_index = self.tasks.index(values["task"])
-        title = f"{key} · {values['task']}: ln|F(v)|, centred; kept {100 * fraction:.1f}% of bins"
-        return CutoffView(key, values["task"], values["band"], spectra[task_index], mask,
+            mask = spec.mask(image.values.shape[-2:]).cpu().numpy()
+        if fraction == 0.0:
+            kept = (float("nan"), float("nan"))
+        title = (f"{key} · task {values['task']} · kept {_share(fraction)} of this matrix's bins"
+                 f" · scaling {values['scaling']:.2f}")
+        if fraction == 0.0:
+            title += " — this matrix's merged delta is zero"
+        return CutoffView(key, values["task"], values["band"], image, mask,
                           (unfiltered[0], filtered[0], kept[0]), (unfiltered[1], filtered[1], kept[1]),
-                          float(fraction), accuracy, title)
+                          float(fraction), accuracy, no_filter, title)
+
+    # ------------------------------------------------------------------ numbers shown
+    def _errors(self, accuracy: Mapping[str, float]) -> list[float]:
+        """±1 binomial standard error per evaluation task, in percent (NaN when n is unknown)."""
+        return [float(as_percent(binomial_se(accuracy[t], self.eval_counts.get(t) or 0)))
+                for t in self.eval_tasks]
+
+    def mean_with_error(self, accuracy: Mapping[str, float]) -> tuple[float, float]:
+        """(mean accuracy over the evaluation tasks, its standard error), both in percent."""
+        values = [accuracy[t] for t in self.eval_tasks]
+        counts = [self.eval_counts.get(t) or 0 for t in self.eval_tasks]
+        return float(as_percent(np.mean(values))), float(as_percent(mean_se(values, counts)))
 
     # ------------------------------------------------------------------ display
     def _build_controls(self, method: str) -> None:
@@ -332,8 +386,8 @@ class CutoffExplorer(Explorer):
             "kind": w.Dropdown(options=list(params["kind"].choices), value=v["kind"], description="filter"),
             "band": w.Dropdown(options=list(params["band"].choices), value=v["band"], description="band"),
             "scaling": w.FloatSlider(value=v["scaling"], min=0.0, max=max(2.0, 2 * float(v["scaling"])),
-                                     step=0.01, description="scaling", tooltip=params["scaling"].doc,
-                                     readout_format=".2f"),
+                                     step=0.01, description="scaling", readout_format=".2f",
+                                     tooltip=f"{params['scaling'].doc} Default: {self.scaling_note}."),
             "key": w.Dropdown(options=self.matrix_keys, value=v["key"], description="matrix",
                               layout=w.Layout(width="340px")),
             "task": w.Dropdown(options=self.tasks, value=v["task"], description="task"),
@@ -348,44 +402,51 @@ class CutoffExplorer(Explorer):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        base = make_subplots(rows=1, cols=3, column_widths=[0.4, 0.2, 0.4], horizontal_spacing=0.12,
-                             subplot_titles=("spectrum", "amplitude variance", "merged accuracy"))
-        fig = base
+        fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.2,
+                            column_widths=[0.5, 0.5],
+                            subplot_titles=("(a) filter gain H: white kept, black removed",
+                                            "(b) spectrum ln|F(v)| of the task vector, centred",
+                                            "(c) across-task amplitude variance, change vs unfiltered",
+                                            "(d) merged accuracy per task (±1 SE)"))
         fig.add_trace(go.Heatmap(z=[[0.0]], colorscale="Magma", name="ln|F(v)|",
-                                 colorbar=dict(orientation="h", x=0.16, xanchor="center", y=-0.34, len=0.32,
-                                               thickness=10, title=dict(text="ln|F|", side="right")),
-                                 hovertemplate="γ %{x}, η %{y}: ln|F| %{z:.2f}<extra></extra>"), row=1, col=1)
-        fig.add_trace(go.Contour(z=[[1.0]], zmin=0.0, zmax=1.0, showscale=False, name="filter gain",
-                                 contours=dict(start=0.5, end=0.5, size=1.0, coloring="fill"),
-                                 colorscale=[[0.0, "rgba(20,20,20,0.55)"], [1.0, "rgba(0,0,0,0)"]],
-                                 line=dict(color="cyan", width=1.5),
+                                 colorbar=dict(len=0.42, y=1.0, yanchor="top", thickness=12, title=dict(text="ln|F|")),
+                                 hovertemplate="γ %{x}, η %{y}: ln|F| %{z:.2f}<extra></extra>"), row=1, col=2)
+        fig.add_trace(go.Heatmap(z=[[1.0]], zmin=0.0, zmax=1.0, colorscale="Greys", reversescale=True,
+                                 name="filter gain", showscale=False,
                                  hovertemplate="γ %{x}, η %{y}: gain %{z:.2f}<extra></extra>"), row=1, col=1)
-        # Bars sit at integer x with the labels as tick text: string-valued trace arrays did not
-        # reach the browser through FigureWidget (seen in the real-browser test), layout ticks do.
+        groups = [0, 1]
+        fig.add_trace(go.Bar(x=groups, y=[0.0, 0.0], customdata=[0.0, 0.0], name="raw", marker_color="#4c78a8",
+                             texttemplate="%{y:+.1f}%", textposition="outside",
+                             hovertemplate="raw: %{customdata:.4g} (%{y:+.1f}% vs unfiltered)<extra></extra>"),
+                      row=2, col=1)
+        fig.add_trace(go.Bar(x=groups, y=[0.0, 0.0], customdata=[0.0, 0.0], name="÷ mean amplitude",
+                             marker_color="#f58518", texttemplate="%{y:+.1f}%", textposition="outside",
+                             hovertemplate="÷ mean amplitude: %{customdata:.4g} (%{y:+.1f}% vs unfiltered)"
+                                           "<extra></extra>"), row=2, col=1)
         n_tasks = len(self.eval_tasks)
-        fig.add_trace(go.Bar(x=list(range(3)), y=[0.0] * 3, customdata=[0.0] * 3, name="variance",
-                             marker_color=["#9e9e9e", "#4c78a8", "#f58518"], textposition="outside",
-                             hovertemplate="%{y:.4g} (÷ mean amplitude: %{customdata:.4g})<extra></extra>"),
-                      row=1, col=2)
-        fig.add_trace(go.Bar(x=list(range(n_tasks)), y=[0.0] * n_tasks, name="merged",
-                             marker_color="#4c78a8", textposition="outside", texttemplate="%{y:.2f}"),
-                      row=1, col=3)
-        fig.add_trace(go.Scatter(x=[self.eval_tasks.index(t) for t in self.finetuned_accuracy],
-                                 y=list(self.finetuned_accuracy.values()),
-                                 mode="markers", name="fine-tuned", marker=dict(symbol="line-ew-open", size=18,
-                                                                                color="black")),
-                      row=1, col=3)
-        fig.update_xaxes(tickvals=list(range(3)), ticktext=list(VARIANCE_LABELS), row=1, col=2)
-        fig.update_xaxes(tickvals=list(range(n_tasks)), ticktext=list(self.eval_tasks), row=1, col=3)
-        fig.update_xaxes(title_text="column frequency γ (bins)", row=1, col=1)
-        fig.update_yaxes(title_text="row frequency η (bins)", row=1, col=1)
-        fig.update_xaxes(tickangle=30, row=1, col=2)
-        fig.update_yaxes(title_text="mean variance over bins", row=1, col=2)
-        fig.update_yaxes(title_text=f"accuracy, {self.eval_description}", title_font_size=10, range=[0, 1.08],
-                         row=1, col=3)
-        fig.update_layout(height=460, template="plotly_white", showlegend=False, bargap=0.25,
-                          margin=dict(l=60, r=20, t=80, b=130), title=dict(text="", font=dict(size=12)))
-        self.figure = go.FigureWidget(fig)
+        task_x = list(range(n_tasks))
+        fig.add_trace(go.Bar(x=task_x, y=[0.0] * n_tasks, name="merged", marker_color="#54a24b",
+                             error_y=dict(type="data", array=[0.0] * n_tasks, visible=True, thickness=1.2,
+                                          color="#333"),
+                             hovertemplate="merged: %{y:.1f}%<extra></extra>"), row=2, col=2)
+        styles = {"no_filter": ("circle-open", "#e45756", 10), "no_merge": ("x-thin-open", "#222", 10),
+                  "finetuned": ("line-ew-open", "#222", 18)}
+        for name, (symbol, colour, size) in styles.items():
+            fig.add_trace(go.Scatter(x=task_x, y=[0.0] * n_tasks, mode="markers", name=REFERENCES[name],
+                                     marker=dict(symbol=symbol, size=size, color=colour, line=dict(width=2)),
+                                     hovertemplate=f"{REFERENCES[name]}: %{{y:.1f}}%<extra></extra>"),
+                          row=2, col=2)
+        for col in (1, 2):
+            fig.update_xaxes(title_text="column frequency γ (bins)", row=1, col=col)
+            fig.update_yaxes(title_text="row frequency η (bins)", row=1, col=col)
+        fig.update_xaxes(tickvals=groups, ticktext=["all bins", "kept bins"], row=2, col=1)
+        fig.update_yaxes(title_text="change vs unfiltered (%)", zeroline=True, zerolinecolor="#888", row=2, col=1)
+        fig.update_xaxes(tickvals=task_x, ticktext=list(self.eval_tasks), tickangle=30, row=2, col=2)
+        fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], row=2, col=2)
+        fig.update_layout(height=820, template="plotly_white", barmode="group", bargap=0.25,
+                          legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.2, font=dict(size=11)),
+                          margin=dict(l=60, r=30, t=90, b=120), title=dict(text="", font=dict(size=13)))
+        self.figure = fig
 
     def _build_widget(self) -> None:
         import ipywidgets as w
@@ -398,9 +459,17 @@ class CutoffExplorer(Explorer):
             w.HBox([c["method"], c["kind"], c["band"], c["scaling"]]),
             w.HBox([c["key"], c["task"], c["variance_over"]]),
             w.HBox([self.export_path, self.export_button]),
-            self.status, self.summary, self.figure,
-        ])
+            *self._display_parts(),
+        ], layout=w.Layout(width="100%"))
         self.widget.add_class("fmv-cutoff-explorer")
+
+    def _notes(self, view: CutoffView) -> tuple[str, str]:
+        """(variance panel note, spectrum caption)."""
+        variance = BY_CONSTRUCTION
+        if view.nothing_kept:
+            variance = "no bin kept: the kept-bins value is undefined; " + variance
+        return variance, view.spectrum.caption(center=(view.spectrum.values.shape[0] // 2,
+                                                       view.spectrum.values.shape[1] // 2))
 
     def _draw(self, view: CutoffView) -> None:
         start = time.perf_counter()
@@ -408,91 +477,177 @@ class CutoffExplorer(Explorer):
         d = self.figure.data
         with self.figure.batch_update():
             if old is None or old.spectrum is not view.spectrum:
-                h, w = view.spectrum.shape
+                h, w = view.spectrum.values.shape
                 x = np.arange(-(w // 2), (w + 1) // 2)
                 y = np.arange(-(h // 2), (h + 1) // 2)
-                for trace in (d[SPECTRUM], d[MASK]):
+                for trace in (d[SPECTRUM], d[GAIN]):
                     trace.x, trace.y = x, y
-                d[SPECTRUM].z = view.spectrum
+                d[SPECTRUM].z = view.spectrum.values
+                d[SPECTRUM].zmin, d[SPECTRUM].zmax = view.spectrum.vmin, view.spectrum.vmax
             if old is None or old.mask is not view.mask:
-                d[MASK].z = view.mask
-            if old is None or (old.variance, old.normalized_variance) != (view.variance, view.normalized_variance):
-                d[VARIANCE].y = list(view.variance)
-                d[VARIANCE].customdata = list(view.normalized_variance)
-                d[VARIANCE].text = [f"{v:.3g}" for v in view.variance]
-            if old is None or old.accuracy is not view.accuracy:
-                d[ACCURACY].y = [view.accuracy[t] for t in self.eval_tasks]
-            if old is None or old.title != view.title:
-                self.figure.layout.title.text = html.escape(view.title)
+                d[GAIN].z = view.mask
+            change = [_change_percent(view.variance[i], view.variance[0]) for i in (1, 2)]
+            change_normalized = [_change_percent(view.normalized_variance[i], view.normalized_variance[0])
+                                 for i in (1, 2)]
+            d[VARIANCE_RAW].y, d[VARIANCE_RAW].customdata = change, list(view.variance[1:])
+            d[VARIANCE_NORMALIZED].y = change_normalized
+            d[VARIANCE_NORMALIZED].customdata = list(view.normalized_variance[1:])
+            d[ACCURACY].y = [float(as_percent(view.accuracy[t])) for t in self.eval_tasks]
+            d[ACCURACY].error_y.array = self._errors(view.accuracy)
+            d[NO_FILTER].y = [float(as_percent(view.no_filter[t])) for t in self.eval_tasks]
+            d[NO_MERGE].y = [float(as_percent(self.no_merge_accuracy[t])) for t in self.eval_tasks]
+            d[FINETUNED].y = [float(as_percent(self.finetuned_accuracy.get(t, np.nan))) for t in self.eval_tasks]
+            variance_note, caption = self._notes(view)
+            self.figure.layout.annotations = self.figure.layout.annotations[:4] + (
+                dict(text=f"<i>{html.escape(variance_note)}</i>", xref="x3 domain", yref="y3 domain", x=0.5,
+                     y=-0.3, showarrow=False, font=dict(size=10, color="#555")),
+                dict(text=f"<i>{html.escape(caption or 'no bin of this spectrum is zero')}</i>",
+                     xref="x2 domain", yref="y2 domain", x=0.5, y=-0.3, showarrow=False,
+                     font=dict(size=10, color="#555")))
+            self.figure.layout.shapes = (dict(type="rect", xref="x2 domain", yref="y2 domain", x0=0, x1=1, y0=0,
+                                              y1=1, fillcolor=ZERO_COLOR, line=dict(width=0), layer="below"),)
+            self.figure.layout.title.text = html.escape(view.title)
         self.controls["upper_cutoff"].disabled = view.band != "band"
-        self.summary.value = _summary_html(view, self.eval_tasks, self.eval_description)
+        self.summary.value = self._summary_html(view)
         self._view = view
         self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
 
     def _displayed(self) -> dict:
         d = self.figure.data
-        accuracy = {str(t): float(a) for t, a in zip(self.eval_tasks, d[ACCURACY].y)}
+        view = self._view
+        accuracy = {t: float(view.accuracy[t]) for t in self.eval_tasks}
+        mean, error = self.mean_with_error(accuracy)
+
+        def nan_to_none(value: float):
+            return None if value is None or not math.isfinite(value) else float(value)
+
         return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
-                "amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"), map(float, d[VARIANCE].y))),
+                "mean_accuracy_percent": mean, "mean_accuracy_se_percent": error,
+                "accuracy_se_percent": dict(zip(self.eval_tasks, map(nan_to_none, d[ACCURACY].error_y.array))),
+                "eval_counts": dict(self.eval_counts),
+                "amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
+                                               map(nan_to_none, view.variance))),
                 "normalized_amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
-                                                          map(float, d[VARIANCE].customdata))),
-                "kept_fraction": self._view.kept_fraction if self._view else float("nan"),
-                "finetuned_accuracy": dict(self.finetuned_accuracy)}
+                                                          map(nan_to_none, view.normalized_variance))),
+                "kept_fraction": view.kept_fraction, "nothing_kept": view.nothing_kept,
+                "no_filter_accuracy": dict(view.no_filter), "no_merge_accuracy": dict(self.no_merge_accuracy),
+                "finetuned_accuracy": dict(self.finetuned_accuracy),
+                "spectrum_limits": [view.spectrum.vmin, view.spectrum.vmax],
+                "spectrum_zero_fraction": view.spectrum.zero_fraction}
+
+    def _summary_html(self, view: CutoffView) -> str:
+        tasks = self.eval_tasks
+        mean, error = self.mean_with_error(view.accuracy)
+        references = []
+        for name, values in (("no_filter", view.no_filter), ("no_merge", self.no_merge_accuracy),
+                             ("finetuned", self.finetuned_accuracy)):
+            if all(t in values for t in tasks):
+                ref_mean, ref_error = self.mean_with_error(values)
+                references.append(f'<span class="fmv-reference" data-name="{name}" data-value="{ref_mean / 100:.6f}">'
+                                  f'{html.escape(REFERENCES[name])} {ref_mean:.1f} ± {ref_error:.1f}%</span>')
+        per_task = " ".join(f'<span class="fmv-task-accuracy" data-task="{html.escape(t)}" '
+                            f'data-value="{view.accuracy[t]:.6f}">{html.escape(t)} {100 * view.accuracy[t]:.1f}%'
+                            f'</span>' for t in tasks)
+        difference = ""
+        if all(t in view.no_filter for t in tasks):
+            ref_mean, ref_error = self.mean_with_error(view.no_filter)
+            delta, spread = mean - ref_mean, math.hypot(error, ref_error)
+            verdict = "within noise" if not abs(delta) > 2 * spread else "beyond 2 SE"
+            difference = (f' · filtered − unfiltered: <span class="fmv-difference" data-value="{delta:.4f}">'
+                          f'{delta:+.1f} ± {spread:.1f} points ({verdict})</span>')
+        nothing = (f'<br><b class="fmv-nothing-kept">No bin of {html.escape(view.key)} is kept: its merged delta '
+                   'is zero.</b>') if view.nothing_kept else ""
+        unfiltered = self.unfiltered_note(self.values["method"])
+        n = (f"{self.eval_per_task} images per task, ±1 binomial SE" if self.eval_per_task
+             else "the evaluator's data")
+        return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
+                f'<span class="fmv-mean-accuracy" data-value="{np.mean([view.accuracy[t] for t in tasks]):.6f}">'
+                f'{mean:.1f} ± {error:.1f}%</span></b> on the {html.escape(self.eval_description)} ({n})'
+                f'{difference}<br>references: {" · ".join(references)}<br>{per_task} · kept '
+                f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
+                f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}</div>')
+
+    def unfiltered_note(self, method: str) -> str:
+        """What the filter never touches under `method`'s settings (1-D parameters), or ''."""
+        resolved = get_method(method).resolve(self.method_params({**self.values, "method": method}),
+                                              len(self._vectors))
+        if resolved.get("one_d", "skip") != "skip":
+            return ""
+        shapes = {k: self._vectors[0].shape_of(k) for k in self._vectors[0]}
+        flat = [k for k, shape in shapes.items() if len(shape) < 2]
+        if not flat:
+            return ""
+        share = sum(math.prod(shapes[k]) for k in flat) / sum(math.prod(s) for s in shapes.values())
+        return (f"{len(flat)} one-dimensional parameters (biases, norms; {_share(share)} of the entries) are "
+                "not filtered at any cutoff: they are merged in full.")
 
     def static_figure(self):
         """The current view as a matplotlib figure (what :meth:`export` writes as PNG/SVG/PDF)."""
+        import matplotlib
+
         from ..plots.core import new_figure
 
         view = self._view
-        fig, axes = new_figure(1, 3, size=(14.0, 4.4), width_ratios=[1.3, 0.8, 1.3])
-        ax_spec, ax_var, ax_acc = axes[0]
-        h, w = view.spectrum.shape
+        fig, axes = new_figure(2, 2, size=(13.0, 9.0))
+        (ax_spec, ax_gain), (ax_var, ax_acc) = axes
+        h, w = view.spectrum.values.shape
         extent = (-(w // 2) - 0.5, (w - 1) // 2 + 0.5, -(h // 2) - 0.5, (h - 1) // 2 + 0.5)
-        image = ax_spec.imshow(view.spectrum, cmap="magma", origin="lower", aspect="auto", extent=extent,
-                               interpolation="nearest")
-        ax_spec.imshow(1.0 - view.mask, cmap="Greys", vmin=0.0, vmax=1.8, alpha=0.55 * (1.0 - view.mask),
-                       origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad=ZERO_COLOR)
+        image = ax_spec.imshow(np.ma.masked_invalid(view.spectrum.values), cmap=cmap, origin="lower",
+                               aspect="auto", extent=extent, interpolation="nearest",
+                               vmin=view.spectrum.vmin, vmax=view.spectrum.vmax)
         if view.mask.min() < 0.5 < view.mask.max():
             ax_spec.contour(np.arange(-(w // 2), (w + 1) // 2), np.arange(-(h // 2), (h + 1) // 2), view.mask,
                             levels=[0.5], colors="cyan", linewidths=1.0)
-        fig.colorbar(image, ax=ax_spec, label="ln |F(v)|")
-        ax_spec.set_title(view.title, fontsize=8)
+        fig.colorbar(image, ax=ax_spec, label="ln |F(v)| (1st–99.5th percentile)")
+        variance_note, caption = self._notes(view)
+        ax_spec.set_title(f"(a) {view.key}, task {view.task}" + (f"\n{caption}" if caption else ""), fontsize=8)
         ax_spec.set_xlabel("column frequency γ (bins)")
         ax_spec.set_ylabel("row frequency η (bins)")
-        bars = ax_var.bar(range(3), view.variance, color=["#9e9e9e", "#4c78a8", "#f58518"])
-        for bar, norm in zip(bars, view.normalized_variance):
-            ax_var.annotate(f"÷mean|F| {norm:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-        ax_var.set_xticks(range(3), [label.replace(": ", ":\n") for label in VARIANCE_LABELS], fontsize=7)
-        ax_var.set_ylabel("mean across-task amplitude variance")
+        gain = ax_gain.imshow(view.mask, cmap="Greys_r", vmin=0.0, vmax=1.0, origin="lower", aspect="auto",
+                              extent=extent, interpolation="nearest")
+        fig.colorbar(gain, ax=ax_gain, label="filter gain H")
+        ax_gain.set_title(f"(b) filter gain, kept {_share(view.kept_fraction)} of bins", fontsize=9)
+        ax_gain.set_xlabel("column frequency γ (bins)")
+        x = np.arange(2)
+        for offset, (label, values, colour) in zip((-0.2, 0.2), (
+                ("raw", view.variance, "#4c78a8"), ("÷ mean amplitude", view.normalized_variance, "#f58518"))):
+            changes = [_change_percent(values[i], values[0]) for i in (1, 2)]
+            bars = ax_var.bar(x + offset, np.nan_to_num(changes), 0.4, color=colour, label=label)
+            for bar, change in zip(bars, changes):
+                ax_var.annotate("n/a" if not math.isfinite(change) else f"{change:+.1f}%",
+                                (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                                va="bottom" if bar.get_height() >= 0 else "top", fontsize=8)
+        ax_var.axhline(0, color="#888", lw=0.8)
+        ax_var.set_xticks(x, ["all bins", "kept bins"])
+        ax_var.set_ylabel("change vs unfiltered (%)")
         scope = "this matrix" if self.values["variance_over"] == "matrix" else "mean over all matrices"
-        ax_var.set_title(f"amplitude variance ({scope})", fontsize=9)
-        accuracies = [view.accuracy[t] for t in self.eval_tasks]
-        ax_acc.bar(range(len(accuracies)), accuracies, color="#4c78a8", label="merged")
-        reference = [self.finetuned_accuracy.get(t, np.nan) for t in self.eval_tasks]
-        ax_acc.scatter(range(len(reference)), reference, marker="_", s=300, color="black", label="fine-tuned")
-        ax_acc.set_xticks(range(len(accuracies)), self.eval_tasks, rotation=30, ha="right", fontsize=8)
-        ax_acc.set_ylim(0, 1.05)
-        ax_acc.set_ylabel("accuracy")
-        ax_acc.set_title(f"merged accuracy, mean {np.mean(accuracies):.3f} ({self.eval_description})", fontsize=9)
-        ax_acc.legend(fontsize=7, loc="lower right")
+        ax_var.set_title(f"(c) amplitude variance ({scope})\n{variance_note}", fontsize=8)
+        ax_var.legend(fontsize=8)
+        xs = np.arange(len(self.eval_tasks))
+        accuracy = as_percent([view.accuracy[t] for t in self.eval_tasks])
+        ax_acc.bar(xs, accuracy, color="#54a24b", label="merged", yerr=self._errors(view.accuracy),
+                   ecolor="#333", capsize=2)
+        for name, values, marker, colour in (("no_filter", view.no_filter, "o", "#e45756"),
+                                             ("no_merge", self.no_merge_accuracy, "x", "#222"),
+                                             ("finetuned", self.finetuned_accuracy, "_", "#222")):
+            ax_acc.scatter(xs, as_percent([values.get(t, np.nan) for t in self.eval_tasks]), marker=marker,
+                           s=200 if marker == "_" else 40, color=colour if marker != "o" else "none",
+                           edgecolors=colour if marker == "o" else None, label=REFERENCES[name], zorder=3)
+        ax_acc.set_xticks(xs, self.eval_tasks, rotation=30, ha="right", fontsize=8)
+        ax_acc.set_ylim(0, 105)
+        ax_acc.set_ylabel("accuracy (%)")
+        mean, error = self.mean_with_error(view.accuracy)
+        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f} ± {error:.1f}% ({self.eval_description})",
+                         fontsize=9)
+        ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values
         band = f"[{v['cutoff']:.3f}, {v['upper_cutoff']:.3f})" if v["band"] == "band" else f"{v['cutoff']:.3f}"
-        fig.suptitle(f"{v['method']}: {v['kind']} {v['band']}-pass, cutoff ρ = {band}, scaling {v['scaling']:.2f}",
-                     fontsize=10)
+        fig.suptitle(f"{v['method']}: {v['kind']} {v['band']}-pass, cutoff ρ = {band}, scaling {v['scaling']:.2f}"
+                     + (" — no bin of this matrix kept" if view.nothing_kept else ""), fontsize=10)
         return fig
 
 
 def _summary(result) -> tuple[float, float]:
     """(mean raw variance over the result's matrices, the result's normalised mean)."""
     return float(result.per_matrix["variance"].mean()), float(result.mean)
-
-
-def _summary_html(view: CutoffView, tasks: Sequence[str], description: str) -> str:
-    mean = float(np.mean([view.accuracy[t] for t in tasks]))
-    per_task = " ".join(f'<span class="fmv-task-accuracy" data-task="{html.escape(t)}" '
-                        f'data-value="{view.accuracy[t]:.6f}">{html.escape(t)} {view.accuracy[t]:.3f}</span>'
-                        for t in tasks)
-    return (f'<div class="fmv-accuracy"><b>mean merged accuracy <span class="fmv-mean-accuracy" '
-            f'data-value="{mean:.6f}">{mean:.3f}</span></b> on the {html.escape(description)} · kept '
-            f'{100 * view.kept_fraction:.1f}% of the bins of {html.escape(view.key)}<br>{per_task}</div>')

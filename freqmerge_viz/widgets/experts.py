@@ -40,8 +40,10 @@ from ..analysis.evaluation import (backbone_numel, evaluate_per_task, finetuned_
                                    materialize, zoo_task_vectors, zoo_tasks)
 from ..analysis.experts_curves import KINDS, build_experts, expert_state, svd_storage_by_rank
 from ..analysis.router_robustness import ROUTER_ACCURACIES, ROUTED_ROWS, correctness, robustness_table
+from ..backend import torch_threads
+from ..methods import merge
+from ..plots.scales import as_percent, binomial_se, mean_se
 from .base import DEBOUNCE_S, Explorer, Schedule
-from .cutoff import torch_threads
 
 DENSITY_STEPS = tuple(sorted({float(f"{10 ** (k / 10 - 3):.2g}") for k in range(27)} | {0.5}))
 """The density slider's stops: 10 per decade from 0.001 to 0.5 (fractions of entries kept)."""
@@ -122,6 +124,13 @@ class ExpertExplorer(Explorer):
             self.pretrained_accuracy = evaluate_per_task(zoo, {t: [self._pretrained] for t in self.tasks},
                                                          split=eval_split, limit=eval_per_task
                                                          ).set_index("task")["accuracy"].astype(float).to_dict()
+            self.ta_scaling = self._ta_scaling(zoo)
+            ta_state = materialize(merge("task_arithmetic", zoo.pretrained, finetuned_subset(zoo, self.tasks),
+                                         scaling=self.ta_scaling))
+            self.task_arithmetic_accuracy = evaluate_per_task(
+                zoo, {t: [ta_state] for t in self.tasks}, split=eval_split, limit=eval_per_task
+            ).set_index("task")["accuracy"].astype(float).to_dict()
+            self.eval_counts = {t: len(zoo.data(t, eval_split)[1][:eval_per_task]) for t in self.tasks}
             self._fixed_outcomes = {m: self._outcomes(m, None)[0] for m in self.methods if m != "free"}
             self._fixed_storage = {m: self._storage_of(m) for m in self.methods if m != "free"}
         self.timings["init_ms"] = 1e3 * (time.perf_counter() - start)
@@ -134,6 +143,23 @@ class ExpertExplorer(Explorer):
         self._apply({}, raise_errors=True)
 
     # ------------------------------------------------------------------ computations
+    @staticmethod
+    def _ta_scaling(zoo) -> float:
+        """The zoo's validation-chosen task-arithmetic coefficient (manifest), else 0.3."""
+        chosen = (getattr(zoo, "manifest", None) or {}).get("accuracy", {}).get("task_arithmetic", {}).get("scaling")
+        return float(chosen) if chosen is not None else 0.3
+
+    def reference_means(self) -> dict[str, tuple[float, float]]:
+        """Mean accuracy over tasks with its standard error (percent) of the reference models."""
+        counts = [self.eval_counts[t] for t in self.tasks]
+        out = {}
+        for label, values in ((f"task arithmetic (λ = {self.ta_scaling:g})", self.task_arithmetic_accuracy),
+                              ("no merge (pretrained + heads)", self.pretrained_accuracy),
+                              ("fine-tuned", self.finetuned_accuracy)):
+            accuracies = [values[t] for t in self.tasks]
+            out[label] = (float(as_percent(np.mean(accuracies))), float(as_percent(mean_se(accuracies, counts))))
+        return out
+
     def _routed_params(self, given) -> dict[str, dict]:
         if given == "chosen":
             from ..analysis.selection import choose
@@ -265,51 +291,56 @@ class ExpertExplorer(Explorer):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        base = make_subplots(rows=1, cols=3, column_widths=[0.42, 0.33, 0.25], horizontal_spacing=0.08,
-                             subplot_titles=("(a) expert only, θ_pre + e_t on task t",
-                                             "(b) routed merges: mean accuracy against router accuracy p",
-                                             "(c) extra storage per task"))
-        fig = go.FigureWidget(base)
+        fig = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], column_widths=[0.62, 0.38],
+                            horizontal_spacing=0.1, vertical_spacing=0.22,
+                            subplot_titles=("(a) expert only: θ_pre + e_t on task t",
+                                            "(b) routed merges vs router accuracy p",
+                                            "(c) extra storage per task"))
         self._trace = {}
-        # Category bars sit at integer x with the names as tick text: string-valued x arrays did
-        # not reach the browser through FigureWidget (seen in the real-browser test of the
-        # cutoff explorer), layout ticks do.
         task_x = list(range(len(self.tasks)))
+        errors = dict(type="data", array=[0.0] * len(self.tasks), visible=True, thickness=1, color="#333")
         for i, kind in enumerate(self.kinds):
             fig.add_trace(go.Bar(x=task_x, y=[0.0] * len(self.tasks), name=KIND_LABELS[kind],
-                                 marker_color=COLOURS[i % len(COLOURS)], legendgroup="experts",
-                                 hovertemplate=f"{KIND_LABELS[kind]}: %{{y:.3f}}<extra></extra>"),
+                                 marker_color=COLOURS[i % len(COLOURS)], legendgroup="experts", error_y=errors,
+                                 hovertemplate=f"{KIND_LABELS[kind]}: %{{y:.1f}}%<extra></extra>"),
                           row=1, col=1)
             self._trace[("expert", kind)] = len(fig.data) - 1
         for name, reference, symbol in (("fine-tuned", self.finetuned_accuracy, "line-ew-open"),
-                                        ("pretrained", self.pretrained_accuracy, "x-thin-open")):
-            fig.add_trace(go.Scatter(x=task_x, y=[reference[t] for t in self.tasks], mode="markers",
-                                     name=name, marker=dict(symbol=symbol, size=16, color="black",
-                                                            line=dict(width=2))), row=1, col=1)
+                                        ("no merge (pretrained + heads)", self.pretrained_accuracy, "x-thin-open")):
+            fig.add_trace(go.Scatter(x=task_x, y=[float(as_percent(reference[t])) for t in self.tasks],
+                                     mode="markers", name=name, legendgroup="experts",
+                                     marker=dict(symbol=symbol, size=16, color="black", line=dict(width=2)),
+                                     hovertemplate=f"{name}: %{{y:.1f}}%<extra></extra>"), row=1, col=1)
+        ps = list(self.ps)
+        for (label, (mean, _)), dash in zip(self.reference_means().items(), ("dot", "dash", "solid")):
+            fig.add_trace(go.Scatter(x=[ps[0], ps[-1]], y=[mean, mean], mode="lines", name=f"{label}, mean",
+                                     line=dict(color="#555", dash=dash, width=1.2), legendgroup="references",
+                                     hovertemplate=f"{label}: %{{y:.1f}}%<extra></extra>"), row=2, col=1)
         for i, method in enumerate(self.methods):
             label, colour = METHOD_LABELS[method], COLOURS[(i + 3) % len(COLOURS)]
-            fig.add_trace(go.Scatter(x=list(self.ps), y=[0.0] * len(self.ps), mode="lines+markers", name=label,
+            fig.add_trace(go.Scatter(x=ps, y=[0.0] * len(ps), mode="lines+markers", name=label,
                                      line=dict(color=colour), marker=dict(size=5), legendgroup="routed",
-                                     hovertemplate=f"{label}, p %{{x:.2f}}: mean %{{y:.3f}}<extra></extra>"),
-                          row=1, col=2)
+                                     error_y=dict(type="data", array=[0.0] * len(ps), visible=True, thickness=1,
+                                                  width=2, color=colour),
+                                     hovertemplate=f"{label}, p %{{x:.2f}}: mean %{{y:.1f}}%<extra></extra>"),
+                          row=2, col=1)
             self._trace[("curve", method)] = len(fig.data) - 1
-        fig.add_trace(go.Scatter(x=[], y=[], mode="markers+text", name="at p", textposition="middle left",
-                                 texttemplate="%{y:.3f}", marker=dict(size=13, symbol="diamond", color="black"),
-                                 showlegend=False, hovertemplate="%{text} at p %{x:.2f}: %{y:.3f}<extra></extra>"),
-                      row=1, col=2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="at p", showlegend=False,
+                                 marker=dict(size=12, symbol="diamond", color="black"),
+                                 hovertemplate="%{text} at p %{x:.2f}: %{y:.1f}%<extra></extra>"), row=2, col=1)
         self._trace["at_p"] = len(fig.data) - 1
         fig.add_trace(go.Bar(x=[], y=[], name="storage", marker_color="#9e9e9e", showlegend=False,
                              texttemplate="%{y:.2f}%", textposition="outside",
-                             hovertemplate="%{y:.3f}% of one float32 model<extra></extra>"), row=1, col=3)
+                             hovertemplate="%{y:.3f}% of one float32 model<extra></extra>"), row=2, col=2)
         self._trace["storage"] = len(fig.data) - 1
-        fig.update_yaxes(title_text="accuracy", range=[0, 1.08], row=1, col=1)
-        fig.update_xaxes(tickangle=30, tickvals=task_x, ticktext=list(self.tasks), row=1, col=1)
-        fig.update_xaxes(title_text="router accuracy p", range=[-0.03, 1.03], row=1, col=2)
-        fig.update_yaxes(title_text="mean accuracy over tasks", range=[0, 1.05], row=1, col=2)
-        fig.update_xaxes(tickangle=30, row=1, col=3)
-        fig.update_yaxes(title_text="bytes per task, % of one float32 model", rangemode="tozero", row=1, col=3)
-        fig.update_layout(height=470, template="plotly_white", barmode="group", bargap=0.2,
-                          margin=dict(l=60, r=20, t=60, b=110), legend=dict(orientation="h", y=-0.35),
+        fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], row=1, col=1)
+        fig.update_xaxes(tickvals=task_x, ticktext=list(self.tasks), row=1, col=1)
+        fig.update_xaxes(title_text="router accuracy p", range=[-0.03, 1.03], row=2, col=1)
+        fig.update_yaxes(title_text="mean accuracy (%)", range=[0, 105], row=2, col=1)
+        fig.update_xaxes(tickangle=25, row=2, col=2)
+        fig.update_yaxes(title_text="% of one float32 model", rangemode="tozero", row=2, col=2)
+        fig.update_layout(height=820, template="plotly_white", barmode="group", bargap=0.2,
+                          margin=dict(l=60, r=30, t=80, b=90), legend=dict(font=dict(size=11), x=1.02, y=1.0),
                           title=dict(text="", font=dict(size=13)))
         self.figure = fig
 
@@ -320,119 +351,140 @@ class ExpertExplorer(Explorer):
         self.summary = w.HTML(value="")
         self.summary.add_class("fmv-summary")
         self.widget = w.VBox([c["density"], c["router_accuracy"], w.HBox([self.export_path, self.export_button]),
-                              self.status, self.summary, self.figure])
+                              *self._display_parts()], layout=w.Layout(width="100%"))
         self.widget.add_class("fmv-expert-explorer")
 
     def _title(self, view: ExpertView) -> str:
-        return (f"expert density d = {view.density:g}, router accuracy p = {view.router_accuracy:.2f} "
-                f"(measured {view.measured_router_accuracy:.3f}) · {self.eval_description}")
+        return (f"expert density d = {view.density:g} · router accuracy p = {view.router_accuracy:.2f} "
+                f"(measured {view.measured_router_accuracy:.3f}) · {self.eval_description}, ±1 SE")
+
+    def _curve_errors(self, view: ExpertView, method: str) -> list[float]:
+        counts = [self.eval_counts[t] for t in self.tasks]
+        return [float(as_percent(mean_se([m] * len(counts), counts))) for m in view.routed_curve[method]]
 
     def _draw(self, view: ExpertView) -> None:
         start = time.perf_counter()
-        old = self._view
         d = self.figure.data
         with self.figure.batch_update():
-            if old is None or old.expert_accuracy is not view.expert_accuracy:
-                for kind in self.kinds:
-                    d[self._trace[("expert", kind)]].y = [view.expert_accuracy[kind][t] for t in self.tasks]
-                labels = list(view.storage_percent)
-                d[self._trace["storage"]].x = list(range(len(labels)))
-                d[self._trace["storage"]].y = [view.storage_percent[k] for k in labels]
-                self.figure.layout.xaxis3.tickvals = list(range(len(labels)))
-                self.figure.layout.xaxis3.ticktext = labels
+            for kind in self.kinds:
+                values = [view.expert_accuracy[kind][t] for t in self.tasks]
+                trace = d[self._trace[("expert", kind)]]
+                trace.y = [float(v) for v in as_percent(values)]
+                trace.error_y.array = [float(as_percent(binomial_se(v, self.eval_counts[t])))
+                                       for v, t in zip(values, self.tasks)]
+            labels = list(view.storage_percent)
+            d[self._trace["storage"]].x = list(range(len(labels)))
+            d[self._trace["storage"]].y = [view.storage_percent[k] for k in labels]
+            self.figure.layout.xaxis3.tickvals = list(range(len(labels)))
+            self.figure.layout.xaxis3.ticktext = labels
             for method in self.methods:
-                d[self._trace[("curve", method)]].y = view.routed_curve[METHOD_LABELS[method]]
+                label = METHOD_LABELS[method]
+                trace = d[self._trace[("curve", method)]]
+                trace.y = [float(v) for v in as_percent(view.routed_curve[label])]
+                trace.error_y.array = self._curve_errors(view, label)
             labels = [METHOD_LABELS[m] for m in self.methods]
             marker = d[self._trace["at_p"]]
             marker.x = [view.router_accuracy] * len(labels)
-            marker.y = [float(np.mean(list(view.routed_accuracy[m].values()))) for m in labels]
+            marker.y = [float(as_percent(np.mean(list(view.routed_accuracy[m].values())))) for m in labels]
             marker.text = labels
-            self.figure.layout.title.text = html.escape(self._title(view))
-        self.summary.value = _summary_html(view, self.tasks)
+            self.figure.layout.title.text = html.escape(self._title(view), quote=False)
+        self.summary.value = _summary_html(view, self.tasks, self.reference_means(), self.pane.revision + 1)
         self._view = view
         self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
 
     def _displayed(self) -> dict:
         d = self.figure.data
         view = self._view
-        expert = {kind: {str(t): float(a) for t, a in zip(self.tasks, d[self._trace[("expert", kind)]].y)}
-                  for kind in self.kinds}
+        expert = {kind: {t: float(view.expert_accuracy[kind][t]) for t in self.tasks} for kind in self.kinds}
         marker = d[self._trace["at_p"]]
         storage = d[self._trace["storage"]]
         return {"expert_accuracy": expert,
                 "expert_mean_accuracy": {k: float(np.mean(list(v.values()))) for k, v in expert.items()},
                 "expert_parameters": dict(view.expert_parameters),
-                "routed_mean_accuracy": {str(m): float(a) for m, a in zip(marker.text or (), marker.y or ())},
+                "routed_mean_accuracy": {str(m): float(np.mean(list(view.routed_accuracy[m].values())))
+                                         for m in (marker.text or ())},
                 "routed_accuracy": {m: dict(v) for m, v in view.routed_accuracy.items()},
+                "routed_curve": {m: list(v) for m, v in view.routed_curve.items()}, "ps": list(view.ps),
                 "measured_router_accuracy": view.measured_router_accuracy,
                 "storage_percent": {str(k): float(v) for k, v in zip(self.figure.layout.xaxis3.ticktext,
                                                                      storage.y)},
                 "finetuned_accuracy": dict(self.finetuned_accuracy),
-                "pretrained_accuracy": dict(self.pretrained_accuracy)}
+                "pretrained_accuracy": dict(self.pretrained_accuracy),
+                "task_arithmetic_accuracy": dict(self.task_arithmetic_accuracy),
+                "task_arithmetic_scaling": self.ta_scaling, "eval_counts": dict(self.eval_counts)}
 
     def static_figure(self):
         """The current view as a matplotlib figure (what :meth:`export` writes as PNG/SVG/PDF)."""
         from ..plots.core import new_figure
 
         view = self._view
-        fig, axes = new_figure(1, 3, size=(15.0, 4.6), width_ratios=[1.5, 1.2, 0.9])
-        ax_e, ax_r, ax_s = axes[0]
+        fig, axes = new_figure(2, 2, size=(14.0, 9.0), width_ratios=[1.5, 1.0])
+        gs = axes[0, 0].get_gridspec()
+        for ax in axes[0]:
+            ax.remove()
+        ax_e = fig.add_subplot(gs[0, :])
+        ax_r, ax_s = axes[1]
         x = np.arange(len(self.tasks))
         width = 0.8 / max(1, len(self.kinds))
         for i, kind in enumerate(self.kinds):
-            ax_e.bar(x + (i - (len(self.kinds) - 1) / 2) * width, [view.expert_accuracy[kind][t] for t in self.tasks],
-                     width, color=COLOURS[i % len(COLOURS)], label=KIND_LABELS[kind])
-        ax_e.scatter(x, [self.finetuned_accuracy[t] for t in self.tasks], marker="_", s=300, color="black",
-                     label="fine-tuned", zorder=3)
-        ax_e.scatter(x, [self.pretrained_accuracy[t] for t in self.tasks], marker="x", s=30, color="black",
-                     label="pretrained", zorder=3)
-        ax_e.set_xticks(x, self.tasks, rotation=30, ha="right", fontsize=8)
-        ax_e.set_ylim(0, 1.05)
-        ax_e.set_ylabel("accuracy")
-        ax_e.set_title(f"(a) expert only at d = {view.density:g}", fontsize=9)
-        ax_e.legend(fontsize=7, loc="lower right")
+            values = [view.expert_accuracy[kind][t] for t in self.tasks]
+            errors = [as_percent(binomial_se(v, self.eval_counts[t])) for v, t in zip(values, self.tasks)]
+            ax_e.bar(x + (i - (len(self.kinds) - 1) / 2) * width, as_percent(values), width, yerr=errors,
+                     color=COLOURS[i % len(COLOURS)], label=KIND_LABELS[kind], ecolor="#333", capsize=1.5)
+        ax_e.scatter(x, as_percent([self.finetuned_accuracy[t] for t in self.tasks]), marker="_", s=300,
+                     color="black", label="fine-tuned", zorder=3)
+        ax_e.scatter(x, as_percent([self.pretrained_accuracy[t] for t in self.tasks]), marker="x", s=30,
+                     color="black", label="no merge (pretrained + heads)", zorder=3)
+        ax_e.set_xticks(x, self.tasks, fontsize=8)
+        ax_e.set_ylim(0, 105)
+        ax_e.set_ylabel("accuracy (%)")
+        ax_e.set_title(f"(a) expert only at d = {view.density:g} ({self.eval_description}, ±1 SE)", fontsize=9)
+        ax_e.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        for (label, (mean, _)), style in zip(self.reference_means().items(), (":", "--", "-")):
+            ax_r.axhline(mean, color="#555", lw=1.0, ls=style, label=f"{label} {mean:.1f}%")
         for i, method in enumerate(self.methods):
             label = METHOD_LABELS[method]
             colour = COLOURS[(i + 3) % len(COLOURS)]
-            ax_r.plot(view.ps, view.routed_curve[label], marker=".", color=colour, label=label)
-            at_p = float(np.mean(list(view.routed_accuracy[label].values())))
+            ax_r.errorbar(view.ps, as_percent(view.routed_curve[label]), yerr=self._curve_errors(view, label),
+                          marker=".", color=colour, label=label, capsize=2)
+            at_p = float(as_percent(np.mean(list(view.routed_accuracy[label].values()))))
             ax_r.scatter([view.router_accuracy], [at_p], marker="D", color=colour, edgecolors="black", zorder=3)
-            ax_r.annotate(f"{at_p:.3f}", (view.router_accuracy, at_p), textcoords="offset points", xytext=(-6, 4),
-                          ha="right", fontsize=7)
         ax_r.axvline(view.router_accuracy, color="grey", lw=0.8, ls=":")
         ax_r.set_xlim(-0.03, 1.03)
-        ax_r.set_ylim(0, 1.05)
+        ax_r.set_ylim(0, 105)
         ax_r.set_xlabel("router accuracy p")
-        ax_r.set_ylabel("mean accuracy over tasks")
+        ax_r.set_ylabel("mean accuracy over tasks (%)")
         ax_r.set_title(f"(b) routed merges, p = {view.router_accuracy:.2f}", fontsize=9)
-        if self.methods:
-            ax_r.legend(fontsize=7, loc="lower right")
+        ax_r.legend(fontsize=7, loc="lower right")
         labels = list(view.storage_percent)
         bars = ax_s.bar(range(len(labels)), [view.storage_percent[k] for k in labels], color="#9e9e9e")
         for bar in bars:
             ax_s.annotate(f"{bar.get_height():.2f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                           ha="center", va="bottom", fontsize=7)
         ax_s.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-        ax_s.set_ylabel("bytes per task, % of one float32 model")
+        ax_s.set_ylabel("% of one float32 model")
         ax_s.set_title("(c) extra storage per task", fontsize=9)
         fig.suptitle(self._title(view), fontsize=10)
         return fig
 
 
-def _summary_html(view: ExpertView, tasks: Sequence[str]) -> str:
+def _summary_html(view: ExpertView, tasks: Sequence[str], references: Mapping[str, tuple[float, float]],
+                  revision: int) -> str:
     routed = " ".join(
         f'<span class="fmv-routed-accuracy" data-method="{html.escape(m)}" '
-        f'data-value="{np.mean(list(a.values())):.6f}">{html.escape(m)} {np.mean(list(a.values())):.3f}</span>'
+        f'data-value="{np.mean(list(a.values())):.6f}">{html.escape(m)} {100 * np.mean(list(a.values())):.1f}%</span>'
         for m, a in view.routed_accuracy.items())
     experts = " ".join(
         f'<span class="fmv-expert-accuracy" data-kind="{html.escape(k)}" '
         f'data-value="{np.mean([a[t] for t in tasks]):.6f}">{html.escape(KIND_LABELS[k])} '
-        f'{np.mean([a[t] for t in tasks]):.3f}</span>' for k, a in view.expert_accuracy.items())
+        f'{100 * np.mean([a[t] for t in tasks]):.1f}%</span>' for k, a in view.expert_accuracy.items())
     storage = " ".join(
         f'<span class="fmv-storage" data-label="{html.escape(k)}" data-value="{v:.6f}">{html.escape(k)} '
         f'{v:.2f}%</span>' for k, v in view.storage_percent.items())
-    return (f'<div class="fmv-expert-summary">at d = <span class="fmv-density-value" data-value="{view.density:g}">'
-            f'{view.density:g}</span>, p = <span class="fmv-router-accuracy-value" '
+    refs = " · ".join(f"{html.escape(label)} {mean:.1f} ± {error:.1f}%" for label, (mean, error) in references.items())
+    return (f'<div class="fmv-expert-summary" data-revision="{revision}">at d = <span class="fmv-density-value" '
+            f'data-value="{view.density:g}">{view.density:g}</span>, p = <span class="fmv-router-accuracy-value" '
             f'data-value="{view.router_accuracy:.6f}">{view.router_accuracy:.2f}</span> (measured '
             f'{view.measured_router_accuracy:.3f})<br><b>routed, mean accuracy:</b> {routed}<br>'
-            f'<b>expert only, mean accuracy:</b> {experts}<br><b>extra storage per task:</b> {storage}</div>')
+            f'<b>expert only, mean accuracy:</b> {experts}<br><b>references:</b> {refs}<br>'
+            f'<b>extra storage per task:</b> {storage}</div>')

@@ -33,6 +33,9 @@ METRICS = ("loss", "accuracy")
 GRID_SIZES = (2, 41)
 """Smallest and largest grid size (points per axis) the viewer accepts."""
 REFERENCE_LABELS = {"pretrained": "θ_pre", "finetuned_a": "A", "finetuned_b": "B"}
+SAME_AS_A = "(task A)"
+"""The "evaluated on" control's choice for ``eval_task=None`` (a dropdown cannot show a None value)."""
+LOSS_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 CONTOUR, REFERENCE_POINTS, MERGED_POINTS = range(3)
 """Trace indices in :attr:`LandscapeViewer.figure`."""
 
@@ -130,6 +133,12 @@ class LandscapeViewer(Explorer):
         if unknown:
             raise ParameterError(f"unknown merged-point method(s) {unknown}; available: {self.method_options}")
 
+    def _on_control(self, name: str, value) -> None:
+        super()._on_control(name, None if (name, value) == ("eval_task", SAME_AS_A) else value)
+
+    def _sync_controls(self, values) -> None:
+        super()._sync_controls({**values, "eval_task": values.get("eval_task") or SAME_AS_A})
+
     def _plane_key(self, values) -> tuple:
         return (values["task_a"], values["task_b"], values["eval_task"] or values["task_a"], bool(values["filtered"]))
 
@@ -185,7 +194,7 @@ class LandscapeViewer(Explorer):
         controls = {
             "task_a": w.Dropdown(options=self.tasks, value=v["task_a"], description="task A (α axis)", style=wide),
             "task_b": w.Dropdown(options=self.tasks, value=v["task_b"], description="task B (β axis)", style=wide),
-            "eval_task": w.Dropdown(options=[("= task A", None)] + [(t, t) for t in self.tasks], value=v["eval_task"],
+            "eval_task": w.Dropdown(options=[SAME_AS_A] + self.tasks, value=v["eval_task"] or SAME_AS_A,
                                     description="evaluated on", style=wide),
             "grid": w.IntSlider(value=v["grid"], min=GRID_SIZES[0], max=GRID_SIZES[1], step=1, style=wide,
                                 description="grid (points per axis; slow)", continuous_update=False),
@@ -202,11 +211,11 @@ class LandscapeViewer(Explorer):
     def _build_figure(self) -> None:
         import plotly.graph_objects as go
 
-        fig = go.FigureWidget()
+        fig = go.Figure()
         fig.add_trace(go.Contour(x=[0.0, 1.0], y=[0.0, 1.0], z=[[0.0, 0.0], [0.0, 0.0]], colorscale="Viridis",
                                  contours=dict(coloring="heatmap"), line=dict(width=0.5), name="landscape",
                                  colorbar=dict(title="loss"),
-                                 hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>%{z:.4f}<extra></extra>"))
+                                 hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>%{customdata}<extra></extra>"))
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers+text", name="θ_pre, A, B", textposition="top center",
                                  marker=dict(size=12, color="white", symbol="star", line=dict(width=1.5, color="black")),
                                  hoverinfo="text"))
@@ -215,8 +224,8 @@ class LandscapeViewer(Explorer):
                                              line=dict(width=1, color="black")), hoverinfo="text"))
         fig.update_xaxes(title_text="α (units of ‖τ_A‖)")
         fig.update_yaxes(title_text="β (units of ‖τ_B⊥‖)")
-        fig.update_layout(height=520, width=640, template="plotly_white", showlegend=False,
-                          title=dict(text="", font=dict(size=12)), margin=dict(l=60, r=20, t=60, b=60))
+        fig.update_layout(height=560, template="plotly_white", showlegend=False,
+                          title=dict(text="", font=dict(size=12)), margin=dict(l=60, r=20, t=70, b=60))
         self.figure = fig
 
     def _build_widget(self) -> None:
@@ -230,8 +239,8 @@ class LandscapeViewer(Explorer):
             w.HBox([c["grid"], c["filtered"], c["metric"]]),
             c["methods"],
             w.HBox([self.export_path, self.export_button]),
-            self.status, self.summary, self.figure,
-        ])
+            *self._display_parts(),
+        ], layout=w.Layout(width="100%"))
         self.widget.add_class("fmv-landscape-viewer")
 
     @staticmethod
@@ -247,9 +256,10 @@ class LandscapeViewer(Explorer):
         d = self.figure.data
         with self.figure.batch_update():
             contour = d[CONTOUR]
-            contour.x, contour.y, contour.z = alphas, betas, values
+            contour.x, contour.y = alphas, betas
+            contour.z, contour.customdata, colorbar = _colour_values(values, view.metric)
             contour.colorscale = "Viridis" if view.metric == "loss" else "Magma"
-            contour.colorbar.title.text = view.metric
+            contour.colorbar.update(colorbar)
             for trace, table, labels in ((d[REFERENCE_POINTS], references, REFERENCE_LABELS),
                                          (d[MERGED_POINTS], merged, {})):
                 trace.x = table["alpha"].to_numpy(float)
@@ -257,7 +267,7 @@ class LandscapeViewer(Explorer):
                 trace.text = [labels.get(m, m) for m in table["method"]]
                 trace.hovertext = [self._hover(r) for r in table.itertuples()]
                 trace.customdata = table[["loss", "accuracy"]].to_numpy(float)
-            self.figure.layout.title.text = html.escape(view.title)
+            self.figure.layout.title.text = html.escape(view.title, quote=False)
         self.summary.value = _summary_html(view)
         self._view = view
         self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
@@ -273,8 +283,9 @@ class LandscapeViewer(Explorer):
                                                       .reshape(-1, 2)):
                 points[str(method)] = {"alpha": float(x), "beta": float(y), "loss": float(loss),
                                        "accuracy": float(accuracy)}
+        _, _, values = grid_matrix(self._view.grid, self._view.metric)
         return {"alphas": [float(a) for a in contour.x], "betas": [float(b) for b in contour.y],
-                "values": np.asarray(contour.z, dtype=float).tolist(), "points": points,
+                "values": np.asarray(values, dtype=float).tolist(), "points": points,
                 "plane": {k: self._view.grid.attrs[k] for k in ("norm_a", "norm_b", "norm_b_perp", "b_alpha",
                                                                  "cosine", "samples")},
                 "title": self._view.title}
@@ -294,6 +305,26 @@ class LandscapeViewer(Explorer):
 
         view = self._view
         return landscape_figure(view.grid, view.points, metric=view.metric, title=view.title)
+
+
+def _colour_values(values: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(what the colours encode, hover text per node, colour bar settings) for a grid of `metric`.
+
+    Loss is drawn on a log10 scale (a landscape's loss spans orders of magnitude; on a linear
+    scale its basin is one colour), labelled in loss units; accuracy in percent.
+    """
+    values = np.asarray(values, dtype=float)
+    if metric == "loss":
+        logged = np.log10(np.clip(values, 1e-6, None))
+        finite = logged[np.isfinite(logged)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        ticks = [t for t in LOSS_TICKS if low - 0.05 <= np.log10(t) <= high + 0.05] or [float(10 ** low)]
+        hover = np.vectorize(lambda v: f"loss {v:.4f}")(values)
+        return logged, hover, dict(title=dict(text="loss (log scale)"), tickvals=[float(np.log10(t)) for t in ticks],
+                                   ticktext=[f"{t:g}" for t in ticks])
+    percent = 100.0 * values
+    hover = np.vectorize(lambda v: f"accuracy {v:.1f}%")(percent)
+    return percent, hover, dict(title=dict(text="accuracy (%)"), tickvals=None, ticktext=None)
 
 
 def _summary_html(view: LandscapeView) -> str:
