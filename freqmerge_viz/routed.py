@@ -99,6 +99,7 @@ class RoutedMerge:
                 base = (as_compute_tensor(base, target) + delta.to(target)).to(base.dtype)
             tensors[key] = base
         state = InMemoryState(tensors, name=f"{self.method}[{self.task_names[index]}]")
+        state.with_origins(*self.pretrained.origins)
         self._states[index] = state
         if len(self._states) > self.cache_size:
             self._states.popitem(last=False)
