@@ -326,6 +326,8 @@ def test_unwritable_or_impossible_outputs_fail_before_any_tensor_is_read(tmp_pat
         with pytest.raises(OutputError, match=r"full: not enough free disk space: the output needs about "
                                               r"23.0 kB and .* has 1.0 kB free"):
             merge_to_disk("task_arithmetic", paths["pre"], finetuned(paths), tmp_path / "full")
+    with pytest.raises(ParameterError, match="cutoff"):
+        merge_to_disk("fr", paths["pre"], finetuned(paths), tmp_path / "bad", parameters={"cutoff": 7.0})
     assert reads == []
     assert sorted(os.listdir(tmp_path)) == ["a_file", "inputs"]
 

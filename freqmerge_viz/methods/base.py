@@ -128,8 +128,15 @@ class MergeMethod:
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def resolve(self, given: Mapping[str, Any], n_tasks: int | None = None) -> dict:
-        """Defaults, then the chosen preset's values, then `given`; all validated."""
-        return resolve_params(self.name, self.params, self.presets, given, n_tasks)
+        """Defaults, then the chosen preset's values, then `given`; all validated, together too
+        (:meth:`check`), so that a bad setting fails before any tensor is read."""
+        resolved = resolve_params(self.name, self.params, self.presets, given, n_tasks)
+        self.check(resolved)
+        return resolved
+
+    def check(self, params: dict) -> None:
+        """Checks that need several parameters at once (e.g. a cutoff's range depends on its
+        units); :class:`ParameterError` if they fail. Default: none."""
 
     def merges_key(self, key: str, ctx: MergeContext) -> bool:
         """Whether `key` is merged; other keys keep their pretrained values."""

@@ -155,8 +155,15 @@ def fr_combine(stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor
     return total.mul_(factor)
 
 
+class FilteredMethod(MergeMethod):
+    """A method whose per-task step starts with FR's filter: its settings must describe a valid filter."""
+
+    def check(self, params):
+        filter_spec(params)
+
+
 @register
-class FRMerging(MergeMethod):
+class FRMerging(FilteredMethod):
     name = "fr"
     summary = "FR-Merging: high-pass filter each task vector, then θ_pre + scaling · Σ λ_i G(v_i)"
     params = FILTER_PARAMS + (
@@ -201,7 +208,7 @@ class FRMerging(MergeMethod):
 
 
 @register
-class FRTies(MergeMethod):
+class FRTies(FilteredMethod):
     name = "fr_ties"
     summary = "FR filter on each task vector, then TIES (trim, elect sign, disjoint mean); paper Table 8"
     params = FILTER_PARAMS + (DENSITY, Param("weights", None, "per-task weights", kind=list, optional=True),
@@ -218,7 +225,7 @@ class FRTies(MergeMethod):
 
 
 @register
-class FRBreadcrumbs(MergeMethod):
+class FRBreadcrumbs(FilteredMethod):
     name = "fr_breadcrumbs"
     summary = "FR filter on each task vector, then Model Breadcrumbs; paper Table 8"
     params = FILTER_PARAMS + BREADCRUMB_PARAMS
