@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..engine import evaluate_on_zoo, zoo_backbone_keys
+from ..engine import evaluate_on_zoo, zoo_backbone_keys, zoo_data
 from ..errors import EmptyInputError, ParameterError
 from ..io import load_state
 from ..metrics import common_keys, stack_key, task_names
@@ -90,6 +90,47 @@ def individual_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str
     table = evaluate_per_task(zoo, {t: [zoo.finetuned[t]] for t in zoo_tasks(zoo, tasks)},
                               split=split, limit=limit)
     return dict(zip(table["task"], table["accuracy"].astype(float)))
+
+
+def image_counts(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+                 limit: int | None = None) -> dict[str, int]:
+    """Images each task's accuracy rests on: the first `limit` of `split` (all when ``None``)."""
+    return {t: int(len(zoo_data(zoo, t, split, limit)[1])) for t in zoo_tasks(zoo, tasks)}
+
+
+REFERENCES = ("pretrained", "task_arithmetic", "finetuned")
+"""The reference states of the accuracy figures: θ_pre with each task's fine-tuned head (no
+merge), task arithmetic, and each fine-tuned model on its own task."""
+
+
+def reference_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+                         limit: int | None = None,
+                         task_arithmetic: Mapping | None = None) -> pd.DataFrame:
+    """Per task, the accuracy of the references a merge should be read against, on the same
+    images as the merges: ``pretrained`` (θ_pre with the task's fine-tuned head: no merge),
+    ``task_arithmetic`` (merged over `tasks` with the parameters `task_arithmetic`, e.g.
+    ``{"scaling": 0.3}`` or ``{"scaling": s, "weights": λ}``; left out when ``None``) and
+    ``finetuned`` (the task's own fine-tuned model).
+
+    Columns ``reference, task, accuracy`` (a fraction) and ``n_images``.
+    """
+    from ..methods import merge
+
+    tasks = zoo_tasks(zoo, tasks)
+    states = [materialize(zoo.pretrained)]
+    if task_arithmetic is not None:
+        states.append(materialize(merge("task_arithmetic", zoo.pretrained, finetuned_subset(zoo, tasks),
+                                        **dict(task_arithmetic))))
+    measured = evaluate_on_zoo(zoo, states, tasks, split=split, limit=limit)
+    names = ["pretrained", "task_arithmetic"][:len(states)]
+    rows = [{"reference": names[s], "task": t, "accuracy": float(a)}
+            for s, t, a in zip(measured["state"], measured["task"], measured["accuracy"])]
+    rows += [{"reference": "finetuned", "task": t, "accuracy": a}
+             for t, a in individual_accuracies(zoo, tasks, split=split, limit=limit).items()]
+    table = pd.DataFrame(rows)
+    table["n_images"] = table["task"].map(image_counts(zoo, tasks, split=split, limit=limit))
+    table.attrs.update({"split": split, "limit": limit, "task_arithmetic": dict(task_arithmetic or {})})
+    return table
 
 
 def device_label(device: torch.device | str = "cpu") -> str:

@@ -14,11 +14,10 @@ from ..analysis.evaluation import zoo_task_vectors
 from ..analysis.spectra import radial_profiles_by_key, spectra_of_key, spectra_table
 from ..analysis.table1 import reference_filter
 from .core import new_figure, scope, spectra_grid, torch_threads, write_all
+from .scales import ZERO_COLOR, spectrum_image
 
 N_BINS = 16
 """Radial shells between normalised radius 0 (DC) and 1 (the spectrum's corner)."""
-PERCENTILES = (0.5, 99.5)
-"""Percentiles of the log amplitudes that bound the spectra's colour scale."""
 
 
 def panel_rows(keys_by_layer: dict[str, list[str]]) -> list[list[str]]:
@@ -67,19 +66,12 @@ def radial_profiles_grid(profiles: pd.DataFrame, cutoff: float | None = None, ti
     return fig
 
 
-def colour_limits(log_amplitudes, percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
-    """Shared colour range of log-amplitude spectra: the given percentiles of the values, leaving out
-    bins at numerical zero (amplitude below 1e-6 of the largest; e.g. the η = 0 row of a matrix whose
-    columns sum to zero), which would otherwise flatten the rest of the scale."""
-    values = np.asarray(log_amplitudes, dtype=np.float64).reshape(-1)
-    values = values[values > values.max() - np.log(1e6)]
-    low, high = np.percentile(values, percentiles)
-    return float(low), float(high)
-
-
 def spectra_plotly(table: pd.DataFrame, key: str, title: str = ""):
-    """Plotly heatmaps of one matrix's centred log amplitude, one panel per task (shared colour
-    scale clipped as in :func:`colour_limits`).
+    """Plotly heatmaps of one matrix's centred log amplitude, one panel per task, on one colour scale
+    (:func:`~freqmerge_viz.plots.scales.spectrum_image`: 1st–99.5th percentile of the non-zero bins).
+    Bins at numerical zero are left empty, so the plot background
+    (:data:`~freqmerge_viz.plots.scales.ZERO_COLOR`) shows through; their hover text says so and a
+    caption under the panels says where they are.
 
     `table` columns: ``key, task, eta, gamma, log_amplitude`` (from :func:`spectra_table`).
     """
@@ -88,18 +80,30 @@ def spectra_plotly(table: pd.DataFrame, key: str, title: str = ""):
 
     data = table[table["key"] == key]
     tasks = list(dict.fromkeys(data["task"]))
+    grids = [data[data["task"] == task].pivot(index="eta", columns="gamma", values="log_amplitude") for task in tasks]
+    picture = spectrum_image(np.exp(np.stack([g.to_numpy(np.float64) for g in grids])))
+    etas, gammas = grids[0].index.to_numpy(), grids[0].columns.to_numpy()
     cols = min(4, len(tasks))
     rows = int(np.ceil(len(tasks) / cols))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=tasks, horizontal_spacing=0.03, vertical_spacing=0.08)
-    low, high = colour_limits(data["log_amplitude"])
     for i, task in enumerate(tasks):
-        grid = data[data["task"] == task].pivot(index="eta", columns="gamma", values="log_amplitude")
-        fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=grid.index, zmin=low, zmax=high,
+        values = picture.values[i]
+        text = np.where(np.isnan(values), "|F| = 0 to float precision (grey, outside the colour scale)",
+                        np.char.add("ln|F| = ", np.char.mod("%.2f", np.nan_to_num(values))))
+        fig.add_trace(go.Heatmap(z=values, x=gammas, y=etas, zmin=picture.vmin, zmax=picture.vmax, text=text,
                                  colorscale="Magma", showscale=i == 0, colorbar={"title": "ln|F(v)|"},
-                                 hovertemplate="γ=%{x} η=%{y}<br>ln|F|=%{z:.2f}<extra>" + task + "</extra>"),
+                                 hoverongaps=True,
+                                 hovertemplate="γ=%{x} η=%{y}<br>%{text}<extra>" + task + "</extra>"),
                       row=i // cols + 1, col=i % cols + 1)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, template="plotly_white", height=300 * rows + 80)
+    fig.update_yaxes(autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_xaxes(showgrid=False, zeroline=False)
+    caption = "; ".join(part for part in (picture.caption(center=(len(etas) // 2, len(gammas) // 2)),
+                                          f"colours: ln|F| from {picture.vmin:.2f} to {picture.vmax:.2f} "
+                                          "(1st–99.5th percentile of the non-zero bins)") if part)
+    fig.add_annotation(text=caption, xref="paper", yref="paper", x=0.0, y=-0.06, xanchor="left", yanchor="top",
+                       showarrow=False, font={"size": 11})
+    fig.update_layout(title=title, template="plotly_white", height=300 * rows + 130, plot_bgcolor=ZERO_COLOR,
+                      margin={"b": 90})
     return fig
 
 
@@ -129,7 +133,8 @@ def radial_profiles_dropdown(profiles: pd.DataFrame, cutoff: float | None = None
 def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Fig. 2a on the zoo: ``spectra.*`` (the report's matrix, :func:`~freqmerge_viz.report.spectrum_key`,
-    with FR's default ideal high-pass ρ = 0.1 outlined) and ``radial_profiles_by_key.*`` (every
+    with FR's default ideal high-pass ρ = 0.1 outlined; bins at numerical zero grey and listed in
+    the caption, the CSV's ``zero`` column marks them) and ``radial_profiles_by_key.*`` (every
     matrix, :data:`N_BINS` shells). No evaluation; ``quick`` uses the first three tasks.
     """
     import matplotlib.pyplot as plt
@@ -141,13 +146,14 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
     key = spectrum_key(vectors[0])
     spec = reference_filter()
     table = spectra_table(vectors, [key])
+    table["zero"] = spectrum_image(np.exp(table["log_amplitude"].to_numpy())).zero
     spectra = spectra_of_key(vectors, key, device="cpu")
     outline = spec.mask(spectra.shape[-2:]).numpy()
-    title = (f"{key}: centred log amplitude of each task vector (cyan: ideal high-pass ρ ≥ {spec.cutoffs[0]:g}; "
-             f"colours: percentiles {PERCENTILES[0]:g}–{PERCENTILES[1]:g} of the non-zero bins)")
-    static = spectra_grid(list(spectra), [tv.name for tv in vectors], title, masks=[outline] * len(vectors),
-                          limits=colour_limits(spectra))
-    written = write_all(out / "spectra", table, static, spectra_plotly(table, key, title), "fig2a-spectra", formats)
+    title = (f"{key}: centred log amplitude of each task vector (cyan: FR's ideal high-pass keeps "
+             f"ρ ≥ {spec.cutoffs[0]:g}, outside the outline)")
+    static = spectra_grid(list(spectra), [tv.name for tv in vectors], title, masks=[outline] * len(vectors))
+    interactive = spectra_plotly(table, key, f"{key}: centred log amplitude of each task vector")
+    written = write_all(out / "spectra", table, static, interactive, "fig2a-spectra", formats)
     plt.close(static)
     profiles = radial_profiles_by_key(vectors, n_bins=N_BINS)
     written += write_all(out / "radial_profiles_by_key", profiles,
@@ -158,4 +164,4 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
     return written
 
 
-__all__ = ["colour_limits", "panel_rows", "radial_profiles_dropdown", "radial_profiles_grid", "spectra_plotly", "write_figures"]
+__all__ = ["panel_rows", "radial_profiles_dropdown", "radial_profiles_grid", "spectra_plotly", "write_figures"]
