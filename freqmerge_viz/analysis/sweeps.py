@@ -9,6 +9,12 @@ notebook slider can ask for a single point.
 Cutoffs are normalised radii in [0, 1] (paper convention, :mod:`~freqmerge_viz.spectral`:
 0 = DC, 1 = corner of the spectrum). Cutoff 0 is the identity filter for every kind, so that
 point is task arithmetic with weights λ_i (or plain task arithmetic with ``coefficients="none"``).
+
+A point given several scalings picks its own on validation; a curve whose points pick
+different scalings mixes the effect of the cutoff with that of the scaling. The figure
+(:mod:`freqmerge_viz.plots.sweeps`) therefore picks one scaling with :func:`choose_scaling`
+and holds it along the whole sweep, with :func:`sweep_references` (no merge, task arithmetic at
+that scaling, fine-tuned) on the same images.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from ..methods import get_method, merge, method_transform
 from ..methods.fr import filter_spec
 from ..metrics import amplitude_variance
 from ..spectral import KINDS
-from .evaluation import finetuned_subset, materialize, transformed, zoo_task_vectors, zoo_tasks
+from .evaluation import (finetuned_subset, image_counts, materialize, reference_accuracies, transformed,
+                         zoo_task_vectors, zoo_tasks)
 
 CUTOFFS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 """Normalised cutoff grid of the full figure."""
@@ -81,7 +88,7 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
 
     Columns: ``kind, cutoff, scaling`` (the one used), ``validation_mean`` (its validation mean
     accuracy; NaN with a single scaling), ``task, accuracy, loss`` (FR merge on the first `limit`
-    images of `split`), and the interference of the filtered task vectors (same on every row of a
+    images of `split`; accuracy a fraction), ``n_images`` (how many), and the interference of the filtered task vectors (same on every row of a
     point): ``amplitude_variance`` (all bins), ``kept_variance`` (bins with gain >= 0.5),
     ``normalized_variance`` (all bins, over the mean amplitude) and ``kept_fraction``.
     `zoo` may be a loaded zoo or a zoo directory (loaded here, e.g. in another process).
@@ -92,9 +99,7 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     validation_mean = float("nan")
     scaling = point.scalings[0]
     if len(point.scalings) > 1:
-        candidates = [materialize(merge("fr", zoo.pretrained, models, **point.fr_params(s))) for s in point.scalings]
-        scores = evaluate_on_zoo(zoo, candidates, tasks, split="val", limit=point.validation_limit)
-        means = scores.groupby("state")["accuracy"].mean()
+        means = validation_means(zoo, point)
         best = max(range(len(point.scalings)), key=lambda i: (means[i], -i))
         scaling, validation_mean = point.scalings[best], float(means[best])
     params = point.fr_params(scaling)
@@ -106,6 +111,7 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     kept = amplitude_variance(filtered, within=spec, device="cpu")
     normalized = amplitude_variance(filtered, normalize=True, device="cpu")
     out = measured[["task", "accuracy", "loss"]].copy()
+    out["n_images"] = out["task"].map(image_counts(zoo, tasks, split=point.split, limit=point.limit))
     out.insert(0, "validation_mean", validation_mean)
     out.insert(0, "scaling", scaling)
     out.insert(0, "cutoff", float(point.cutoff))
@@ -115,6 +121,62 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     out["normalized_variance"] = normalized.mean
     out["kept_fraction"] = float(kept.per_matrix["kept_fraction"].mean())
     return out
+
+
+def validation_means(zoo, point: SweepPoint) -> list[float]:
+    """Mean validation accuracy over the point's tasks (first `validation_limit` images each) of FR
+    at the point's kind and cutoff, for each of its `scalings` (in that order)."""
+    zoo = _load_zoo(zoo)
+    tasks = zoo_tasks(zoo, point.tasks)
+    models = finetuned_subset(zoo, tasks)
+    candidates = [materialize(merge("fr", zoo.pretrained, models, **point.fr_params(s))) for s in point.scalings]
+    scores = evaluate_on_zoo(zoo, candidates, tasks, split="val", limit=point.validation_limit)
+    means = scores.groupby("state")["accuracy"].mean()
+    return [float(means[i]) for i in range(len(point.scalings))]
+
+
+def choose_scaling(zoo, kind: str = "ideal", cutoff: float = 0.1, scalings: Sequence[float] = SCALINGS,
+                   **point_fields) -> tuple[float, dict[float, float]]:
+    """The one scaling a fixed-scaling sweep uses: the best mean validation accuracy of FR at
+    `kind` and `cutoff` (default FR's paper default, ideal high-pass at 0.1) among `scalings`
+    (ties: the earlier). Returns it and ``{scaling: validation mean}``. `point_fields` go to the
+    :class:`SweepPoint` (tasks, params, validation_limit)."""
+    point = SweepPoint(kind, float(cutoff), scalings=tuple(scalings), **point_fields)
+    means = validation_means(zoo, point) if len(point.scalings) > 1 else [float("nan")]
+    best = max(range(len(point.scalings)), key=lambda i: (means[i], -i)) if len(point.scalings) > 1 else 0
+    return point.scalings[best], dict(zip(point.scalings, means))
+
+
+def task_arithmetic_equivalent(zoo, scaling: float, params: Mapping[str, Any] | None = None,
+                               tasks: Sequence[str] | None = None) -> dict | None:
+    """Task-arithmetic parameters of FR with `params` at cutoff 0 and `scaling` (the identity
+    filter): ``{"scaling": s, "weights": c_i · w_i}`` with FR's per-task coefficients c_i (λ_i of
+    Eq. 3 by default, 1/K for ``uniform``, 1 for ``none``) and the given ``weights`` w_i. None for
+    FR readings with no task-arithmetic equivalent (per-key ``align`` coefficients, sign consensus,
+    partial key scopes)."""
+    zoo = _load_zoo(zoo)
+    tasks = zoo_tasks(zoo, tasks)
+    resolved = get_method("fr").resolve({**dict(params or {}), "cutoff": 0.0, "scaling": float(scaling)})
+    if (resolved["coefficients"] == "align" or resolved["consensus"] != "none" or resolved["sum_keys"] != "all"
+            or resolved["merge_scope"] != "all" or resolved["weight_scaling"] != 1.0):
+        return None
+    k = len(tasks)
+    if resolved["coefficients"] == "mean_abs":
+        coefficients = list(merge("fr", zoo.pretrained, finetuned_subset(zoo, tasks), **resolved).statistics["lambda"])
+    else:
+        coefficients = [1.0 / k if resolved["coefficients"] == "uniform" else 1.0] * k
+    weights = resolved.get("weights") or [1.0] * k
+    return {"scaling": float(scaling), "weights": [float(c) * float(w) for c, w in zip(coefficients, weights)]}
+
+
+def sweep_references(zoo, scaling: float, params: Mapping[str, Any] | None = None, *,
+                     tasks: Sequence[str] | None = None, split: str = "test", limit: int | None = 300) -> pd.DataFrame:
+    """:func:`~freqmerge_viz.analysis.evaluation.reference_accuracies` of a sweep held at `scaling`:
+    no merge (θ_pre + heads), task arithmetic at the same scaling and weights
+    (:func:`task_arithmetic_equivalent`: what the sweep's cutoff 0 is), fine-tuned; same images."""
+    zoo = _load_zoo(zoo)
+    ta = task_arithmetic_equivalent(zoo, scaling, params, tasks)
+    return reference_accuracies(zoo, tasks, split=split, limit=limit, task_arithmetic=ta)
 
 
 def sweep_points(kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFFS, **point_fields) -> list[SweepPoint]:

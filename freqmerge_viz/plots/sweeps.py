@@ -8,14 +8,18 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.sweeps import CUTOFFS, SCALINGS, cutoff_sweep
+from ..analysis.sweeps import CUTOFFS, SCALINGS, choose_scaling, cutoff_sweep, sweep_references
 from ..spectral import KINDS
-from .core import QUICK_LIMIT, new_figure, scope, torch_threads, write_all
+from .core import (QUICK_LIMIT, accuracy_summary, add_caption, draw_references, fraction_names, new_figure,
+                   plotly_references, save_csv, scope, torch_threads, write_all)
+from .scales import as_percent, binomial_se, sample_note, within_noise
 
 LIMIT = 300
 """Test images per task."""
 VALIDATION_LIMIT = 150
-"""Validation images per task used to pick each point's scaling."""
+"""Validation images per task used to pick the sweep's one scaling."""
+DEFAULT_KIND, DEFAULT_CUTOFF = "ideal", 0.1
+"""FR's paper default filter, where the sweep's scaling is chosen."""
 
 
 def point_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -25,60 +29,130 @@ def point_means(table: pd.DataFrame) -> pd.DataFrame:
     return grouped[keep].first().join(grouped["accuracy"].mean()).reset_index()
 
 
-def sweep_figure(table: pd.DataFrame, title: str = ""):
-    """Matplotlib, three panels against the cutoff: mean accuracy over tasks (per task: the CSV and
-    the HTML slider), amplitude variance over all and over kept bins, and the scaling each point used."""
-    means = point_means(table)
-    fig, axes = new_figure(1, 3, (14.0, 4.0))
-    accuracy, variance, scaling = axes[0]
-    for kind, group in means.groupby("kind", sort=False):
-        line, = accuracy.plot(group["cutoff"], group["accuracy"], marker="o", ms=3, lw=1.6, label=kind)
-        colour = line.get_color()
+def point_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (kind, cutoff): :func:`~freqmerge_viz.plots.core.accuracy_summary` (mean accuracy
+    over tasks and its ±1 SE, percent) joined to the point's scaling and interference."""
+    keep = ["scaling", "amplitude_variance", "kept_variance", "normalized_variance", "kept_fraction"]
+    first = table.groupby(["kind", "cutoff"], sort=False)[keep].first().reset_index()
+    return first.merge(accuracy_summary(table, ["kind", "cutoff"]), on=["kind", "cutoff"])
+
+
+def scaling_note(table: pd.DataFrame) -> str:
+    """How the sweep's scaling was set: one value held at every point, or (confounded) re-chosen."""
+    scalings = sorted(table["scaling"].unique())
+    if len(scalings) == 1:
+        return f"FR scaling {scalings[0]:g} at every point"
+    return (f"FR scaling re-chosen per point ({', '.join(f'{v:g}' for v in scalings)}): cutoff and scaling "
+            "are confounded")
+
+
+def noise_note(summary: pd.DataFrame) -> str:
+    """Per kind, whether its whole curve lies within ±1 SE (:func:`~freqmerge_viz.plots.scales.within_noise`)."""
+    flat, resolved = [], []
+    for kind, group in summary.groupby("kind", sort=False):
+        (flat if within_noise(group["accuracy_pct"], group["se_pct"]) else resolved).append(str(kind))
+    parts = []
+    if flat:
+        parts.append(f"{', '.join(flat)}: every point within ±1 SE of every other (flat within noise)")
+    if resolved:
+        parts.append(f"{', '.join(resolved)}: some points differ by more than ±1 SE")
+    return "; ".join(parts)
+
+
+MIN_SPAN = 10.0
+"""Smallest accuracy range (percentage points) the sweep's axis shows when no reference lines set it."""
+
+
+def sweep_figure(table: pd.DataFrame, title: str = "", references: pd.DataFrame | None = None,
+                 scaling_rule: str = ""):
+    """Matplotlib, two panels against the cutoff: mean accuracy over tasks in percent with ±1 SE
+    bars (binomial, from ``n_images``), beside the `references` (:func:`~freqmerge_viz.analysis.sweeps.sweep_references`:
+    no merge, task arithmetic at the same scaling, fine-tuned; lines with ±1 SE bands), and the
+    amplitude variance over all and over kept bins. The title says how the scaling was set
+    (:func:`scaling_note`, then `scaling_rule`, e.g. how it was chosen);
+    a caption says what the bars rest on and whether each curve is flat within ±1 SE. Without
+    references the accuracy axis spans at least :data:`MIN_SPAN` points, so noise is not magnified."""
+    summary = point_summary(table)
+    fig, axes = new_figure(1, 2, (12.0, 4.6))
+    accuracy, variance = axes[0]
+    draw_references(accuracy, references, {"task_arithmetic": "task arithmetic, same scaling (= cutoff 0)"})
+    for kind, group in summary.groupby("kind", sort=False):
+        bars = accuracy.errorbar(group["cutoff"], group["accuracy_pct"], yerr=group["se_pct"], marker="o", ms=3,
+                                 lw=1.4, capsize=2, label=f"FR, {kind}")
+        colour = bars.lines[0].get_color()
         variance.plot(group["cutoff"], group["amplitude_variance"], color=colour, marker="o", ms=3,
                       label=f"{kind}, all bins")
         variance.plot(group["cutoff"], group["kept_variance"], color=colour, ls="--", lw=1, label=f"{kind}, kept bins")
-        scaling.plot(group["cutoff"], group["scaling"], color=colour, marker="o", ms=3, label=kind)
-    accuracy.set_ylabel("FR-merged accuracy, mean over tasks")
+    if references is None or references.empty:
+        low, high = accuracy.get_ylim()
+        if high - low < MIN_SPAN:
+            middle = 0.5 * (low + high)
+            accuracy.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
+    accuracy.set_ylabel("accuracy (%), mean over tasks")
     variance.set_ylabel("across-task amplitude variance")
-    scaling.set_ylabel("FR scaling used")
     for ax in axes[0]:
         ax.set_xlabel("cutoff (normalised radius ρ; 0 = no filter)")
-        ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    accuracy.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(0.0, 0.62), framealpha=0.9)
+    variance.legend(fontsize=6.5)
+    counts = table.groupby("task")["n_images"].first() if "n_images" in table.columns else None
+    if counts is not None:
+        add_caption(fig, f"{sample_note(len(counts), counts.to_numpy(), bars='bars and bands')}, the same images "
+                         f"at every point. {noise_note(summary)}.")
+    setting = scaling_note(table) + (f" ({scaling_rule})" if scaling_rule else "")
+    fig.suptitle(f"{title}\n{setting}" if title else setting, fontsize=9)
     return fig
 
 
-def sweep_plotly(table: pd.DataFrame, title: str = ""):
-    """Plotly: mean accuracy against cutoff per kind (left) and, for the cutoff a slider selects,
-    each task's accuracy per kind (right)."""
+def sweep_plotly(table: pd.DataFrame, title: str = "", references: pd.DataFrame | None = None,
+                 scaling_rule: str = ""):
+    """Plotly: mean accuracy (%) against cutoff per kind with ±1 SE bars and the references (left)
+    and, for the cutoff a slider selects, each task's accuracy per kind with its ±1 SE (right)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    means = point_means(table)
+    import plotly.colors
+
+    summary = point_summary(table)
     cutoffs = sorted(table["cutoff"].unique())
     kinds = list(dict.fromkeys(table["kind"]))
+    palette = plotly.colors.qualitative.Plotly
+    colour = {kind: palette[i % len(palette)] for i, kind in enumerate(kinds)}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("mean accuracy against cutoff", "per task at the chosen cutoff"))
-    for kind, group in means.groupby("kind", sort=False):
-        fig.add_trace(go.Scatter(x=group["cutoff"], y=group["accuracy"], mode="lines+markers", name=kind,
-                                 legendgroup=kind, customdata=group[["scaling", "amplitude_variance"]],
-                                 hovertemplate="ρ=%{x:g}: acc %{y:.3f}<br>scaling %{customdata[0]:g}, "
+    for kind, group in summary.groupby("kind", sort=False):
+        fig.add_trace(go.Scatter(x=group["cutoff"], y=group["accuracy_pct"], mode="lines+markers", name=f"FR, {kind}",
+                                 line={"color": colour[kind]}, legendgroup=kind,
+                                 error_y={"type": "data", "array": group["se_pct"], "visible": True},
+                                 customdata=group[["scaling", "amplitude_variance", "se_pct"]],
+                                 hovertemplate="ρ=%{x:g}: %{y:.1f}% ± %{customdata[2]:.1f}<br>scaling %{customdata[0]:g}, "
                                                "amp. var %{customdata[1]:.4g}<extra>" + kind + "</extra>"),
                       row=1, col=1)
+    plotly_references(fig, references, {"task_arithmetic": "task arithmetic, same scaling"}, row=1, col=1)
     lines = len(fig.data)
     for cutoff in cutoffs:
         for kind in kinds:
             point = table[(table["cutoff"] == cutoff) & (table["kind"] == kind)]
-            fig.add_trace(go.Bar(x=point["task"], y=point["accuracy"], name=f"{kind} @ {cutoff:g}", legendgroup=kind,
-                                 showlegend=False, visible=cutoff == cutoffs[0]), row=1, col=2)
+            se = (as_percent(binomial_se(point["accuracy"].to_numpy(), point["n_images"].to_numpy()))
+                  if "n_images" in point.columns else None)
+            fig.add_trace(go.Bar(x=point["task"], y=as_percent(point["accuracy"].to_numpy()), name=f"{kind} @ {cutoff:g}",
+                                 legendgroup=kind, showlegend=False, visible=cutoff == cutoffs[0],
+                                 marker={"color": colour[kind]},
+                                 error_y=None if se is None else {"type": "data", "array": se, "visible": True},
+                                 hovertemplate="%{x}: %{y:.1f}%<extra>" + f"{kind} @ {cutoff:g}" + "</extra>"),
+                          row=1, col=2)
     steps = []
     for i, cutoff in enumerate(cutoffs):
         visible = [True] * lines + [j // len(kinds) == i for j in range(len(cutoffs) * len(kinds))]
         steps.append({"method": "update", "label": f"{cutoff:g}", "args": [{"visible": visible}]})
-    fig.update_layout(title=title, template="plotly_white", barmode="group",
+    counts = table.groupby("task")["n_images"].first() if "n_images" in table.columns else None
+    note = (scaling_note(table) + (f" ({scaling_rule})" if scaling_rule else "")
+            + ("<br>" + sample_note(len(counts), counts.to_numpy()) if counts is not None else ""))
+    fig.update_layout(title={"text": f"{title}<br><sup>{note}</sup>", "y": 0.97, "yanchor": "top"},
+                      template="plotly_white", barmode="group", margin={"t": 150}, height=560,
                       sliders=[{"steps": steps, "currentvalue": {"prefix": "cutoff ρ = "}, "pad": {"t": 40}}])
     fig.update_xaxes(title_text="cutoff (normalised radius)", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=2)
     return fig
 
 
@@ -86,21 +160,34 @@ def sweep_plotly(table: pd.DataFrame, title: str = ""):
 def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg"), executor=None) -> list[Path]:
     """The cutoff sweep on the zoo as ``cutoff_sweep.*``: ideal, Butterworth (order 2) and Gaussian
-    high-pass at :data:`~freqmerge_viz.analysis.sweeps.CUTOFFS`, FR paper reading (λ_i of Eq. 3),
-    each point's scaling chosen among :data:`~freqmerge_viz.analysis.sweeps.SCALINGS` on
-    :data:`VALIDATION_LIMIT` validation images per task, accuracy on :data:`LIMIT` test images.
-    ``quick``: three tasks, ideal and Gaussian at cutoffs 0 and 0.3, scaling 1 only, 48 images.
+    high-pass at :data:`~freqmerge_viz.analysis.sweeps.CUTOFFS`, FR paper reading (λ_i of Eq. 3).
+    One scaling for the whole sweep: the best of :data:`~freqmerge_viz.analysis.sweeps.SCALINGS`
+    on :data:`VALIDATION_LIMIT` validation images per task at FR's default filter (ideal, ρ = 0.1;
+    :func:`~freqmerge_viz.analysis.sweeps.choose_scaling`), held at every kind and cutoff, so the
+    curve shows the cutoff alone. Accuracy on :data:`LIMIT` test images per task, beside no merge,
+    task arithmetic at the same scaling and weights, and the fine-tuned models on the same images
+    (``cutoff_sweep_references.csv``). ``quick``: three tasks, ideal and Gaussian at cutoffs 0 and
+    0.3, scaling 1 (not chosen), 48 images.
     """
     tasks = tuple(scope(zoo, quick))
+    limit = QUICK_LIMIT if quick else LIMIT
     if quick:
-        table = cutoff_sweep(zoo, ("ideal", "gaussian"), (0.0, 0.3), executor=executor, tasks=tasks,
-                             limit=QUICK_LIMIT)
+        scaling, chosen_by = 1.0, "fixed, not tuned"
+        table = cutoff_sweep(zoo, ("ideal", "gaussian"), (0.0, 0.3), executor=executor, tasks=tasks, limit=limit)
     else:
-        table = cutoff_sweep(zoo, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=SCALINGS,
-                             limit=LIMIT, validation_limit=VALIDATION_LIMIT)
-    title = f"FR-Merging along the cutoff ({len(tasks)} zoo tasks, {LIMIT if not quick else QUICK_LIMIT} test images each)"
-    return write_all(Path(out_dir) / "cutoff_sweep", table, sweep_figure(table, title), sweep_plotly(table, title),
-                     "cutoff-sweep", formats)
+        scaling, _ = choose_scaling(zoo, DEFAULT_KIND, DEFAULT_CUTOFF, SCALINGS, tasks=tasks,
+                                    validation_limit=VALIDATION_LIMIT)
+        chosen_by = (f"chosen once, on {VALIDATION_LIMIT} validation images per task at {DEFAULT_KIND} "
+                     f"ρ = {DEFAULT_CUTOFF:g}, among {', '.join(f'{v:g}' for v in SCALINGS)}")
+        table = cutoff_sweep(zoo, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
+    references = sweep_references(zoo, scaling, tasks=tasks, limit=limit)
+    title = f"FR-Merging along the cutoff ({len(tasks)} zoo tasks, paper reading: λ_i of Eq. 3)"
+    out = Path(out_dir)
+    written = write_all(out / "cutoff_sweep", table, sweep_figure(table, title, references, chosen_by),
+                        sweep_plotly(table, title, references, chosen_by), "cutoff-sweep", formats,
+                        fractions=("accuracy", "validation_mean"))
+    written.append(save_csv(fraction_names(references, ["accuracy"]), out / "cutoff_sweep_references.csv"))
+    return written
 
 
-__all__ = ["point_means", "sweep_figure", "sweep_plotly", "write_figures"]
+__all__ = ["point_means", "point_summary", "sweep_figure", "sweep_plotly", "write_figures"]
