@@ -7,7 +7,8 @@ over every floating key of the backbone (per tensor, ``floor(d·n)`` entries eac
     the top-``d`` entries by magnitude, ``μ = 1``.
 ``topk_rescaled``
     the same entries with Eq. 4's ``μ_i = −E(M(v_i, d))·ln d / (λ_i·E(v_i))`` (FR's λ_i); at
-    ``d = 1`` this ``μ`` is 0, so that point is the pretrained backbone.
+    ``d = 1`` this ``μ`` is 0 (ln 1 = 0), so that point is the pretrained backbone by
+    construction, not a measurement of the rescale (the figure marks it and does not join it).
 ``bernoulli``
     each entry kept with probability ``d`` (DARE's mask for ``seed``), **not** divided by ``d``
     (``extract_experts`` with ``rescale=None``).
@@ -29,7 +30,7 @@ import pandas as pd
 
 from ..errors import ParameterError, check_choice
 from ..experts import check_density, extract_experts, storage_table, svd_experts
-from .evaluation import (backbone_numel, evaluate_per_task, individual_accuracies, materialize,
+from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
                          zoo_task_vectors, zoo_tasks)
 
 KINDS = ("topk", "topk_rescaled", "bernoulli", "bernoulli_rescaled", "svd")
@@ -89,7 +90,7 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
     """Expert-only accuracy for every kind and density, per task.
 
     Columns: ``kind, density`` (fraction asked for), ``task, accuracy`` (in [0, 1], first `limit`
-    images of `split`), ``parameters`` (numbers the task's expert stores), ``stored_fraction``
+    images of `split`), ``n_images`` (how many), ``parameters`` (numbers the task's expert stores), ``stored_fraction``
     (``parameters`` over one backbone's entries), ``rank`` (SVD only), ``scale`` (μ, sparse
     only), ``over_budget`` and ``individual`` (the fine-tuned model on the same images). Rows
     with ``kind="pretrained"`` (no expert) are the floor, at density 0.
@@ -125,6 +126,8 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
         position = point.pop("position")
         rows.append({**point, "accuracy": accuracy[(point["task"], position)]})
     table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("accuracy") + 1, "n_images",
+                 table["task"].map(image_counts(zoo, tasks, split=split, limit=limit)))
     table["individual"] = table["task"].map(individual)
     table.attrs.update({"split": split, "limit": limit, "seed": seed, "model_numel": numel})
     return table
