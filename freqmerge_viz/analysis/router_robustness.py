@@ -19,7 +19,7 @@ import torch
 from ..errors import ParameterError
 from ..routed import RoutedMerge
 from ..routing import RandomRouter
-from .evaluation import zoo_tasks
+from .evaluation import reference_accuracies, zoo_tasks
 from .selection import VALIDATION_LIMIT, build_chosen, choose
 
 ROUTED_ROWS = {"FREE": "free_oracle", "EMR": "emr", "Twin": "twin"}
@@ -65,7 +65,8 @@ def robustness_table(correct_by_method: Mapping[str, torch.Tensor], tasks: Seque
 
     For each p one ``RandomRouter(K, p, seed)`` routes the inputs of every task in task order
     (the same routes for every method). Columns ``method, p, task, accuracy, router_accuracy``
-    (``router_accuracy``: share of that task's inputs sent to their own task).
+    (``router_accuracy``: share of that task's inputs sent to their own task; both fractions) and
+    ``n_images`` (inputs per task).
     """
     k = len(tasks)
     if not correct_by_method:
@@ -84,7 +85,7 @@ def robustness_table(correct_by_method: Mapping[str, torch.Tensor], tasks: Seque
                 outcome = routed_outcomes(correct, routes[t], t)
                 rows.append({"method": method, "p": float(p), "task": task,
                              "accuracy": float(outcome.double().mean()),
-                             "router_accuracy": float((routes[t] == t).double().mean())})
+                             "router_accuracy": float((routes[t] == t).double().mean()), "n_images": int(n)})
     return pd.DataFrame(rows)
 
 
@@ -108,6 +109,17 @@ def chosen_routed_merges(zoo, *, tasks: Sequence[str] | None = None, quick: bool
     tasks = zoo_tasks(zoo, tasks)
     choices = choose(zoo, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick)
     return {label: build_chosen(zoo, choices, row, tasks) for label, row in ROUTED_ROWS.items()}
+
+
+def robustness_references(zoo, *, tasks: Sequence[str] | None = None, quick: bool = False,
+                          validation_limit: int | None = VALIDATION_LIMIT, split: str = "test",
+                          limit: int | None = 300) -> pd.DataFrame:
+    """:func:`~freqmerge_viz.analysis.evaluation.reference_accuracies` for the routed merges, on the
+    images they are scored on: no merge (θ_pre + heads), task arithmetic with the scaling the zoo
+    comparison chooses on validation (the shared part Twin adds its experts to) and the fine-tuned models."""
+    tasks = zoo_tasks(zoo, tasks)
+    ta = choose(zoo, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick)["task_arithmetic"]
+    return reference_accuracies(zoo, tasks, split=split, limit=limit, task_arithmetic=ta.params)
 
 
 def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):

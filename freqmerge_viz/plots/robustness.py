@@ -9,8 +9,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.router_robustness import ROUTER_ACCURACIES, chosen_routed_merges, router_robustness
-from .core import QUICK_LIMIT, new_figure, scope, torch_threads, write_all
+from ..analysis.router_robustness import (ROUTER_ACCURACIES, chosen_routed_merges, robustness_references,
+                                          router_robustness)
+from .core import (QUICK_LIMIT, accuracy_summary, add_caption, draw_references, fraction_names, new_figure,
+                   plotly_references, save_csv, scope, torch_threads, write_all)
+from .scales import as_percent, sample_note
 
 LIMIT = 300
 """Test images per task."""
@@ -21,32 +24,65 @@ def mean_by_p(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby(["method", "p"], sort=False)[["accuracy", "router_accuracy"]].mean().reset_index()
 
 
-def robustness_figure(table: pd.DataFrame, title: str = ""):
-    """Matplotlib: mean accuracy against the measured router accuracy, one line per routed merge."""
-    means = mean_by_p(table)
-    fig, axes = new_figure(1, 1, (6.0, 4.2))
+def p_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method and p: mean measured router accuracy (percent) and
+    :func:`~freqmerge_viz.plots.core.accuracy_summary` of the routed accuracy (mean over tasks, ±1 SE, percent)."""
+    router = table.groupby(["method", "p"], sort=False)["router_accuracy"].mean().reset_index()
+    router["router_pct"] = as_percent(router.pop("router_accuracy").to_numpy())
+    return router.merge(accuracy_summary(table, ["method", "p"]), on=["method", "p"])
+
+
+REFERENCE_LABELS = {"task_arithmetic": "task arithmetic (scaling chosen on val.)"}
+
+
+def _notes(table: pd.DataFrame, references: pd.DataFrame | None) -> list[str]:
+    notes = []
+    if "n_images" in table.columns:
+        counts = table.groupby("task")["n_images"].first()
+        notes.append(sample_note(len(counts), counts.to_numpy(), bars="bars and bands"))
+    if references is not None and not references.empty and "task_arithmetic" in set(references["reference"]):
+        scaling = references.attrs.get("task_arithmetic", {}).get("scaling")
+        if scaling is not None:
+            notes.append(f"task arithmetic at scaling {scaling:g}")
+    return notes
+
+
+def robustness_figure(table: pd.DataFrame, title: str = "", references: pd.DataFrame | None = None):
+    """Matplotlib: mean accuracy (%) against the measured router accuracy (%), one line per routed
+    merge with ±1 SE bars, and the `references` (:func:`~freqmerge_viz.analysis.router_robustness.robustness_references`:
+    no merge, task arithmetic, fine-tuned) as lines with ±1 SE bands on the same images."""
+    summary = p_summary(table)
+    fig, axes = new_figure(1, 1, (9.2, 4.8))
     ax = axes[0, 0]
-    for method, group in means.groupby("method", sort=False):
-        ax.plot(group["router_accuracy"], group["accuracy"], marker="o", ms=3, label=method)
-    ax.set_xlabel("router accuracy (share of inputs sent to their own task, measured)")
-    ax.set_ylabel("accuracy, mean over tasks")
-    ax.set_xlim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    draw_references(ax, references, REFERENCE_LABELS)
+    for method, group in summary.groupby("method", sort=False):
+        ax.errorbar(group["router_pct"], group["accuracy_pct"], yerr=group["se_pct"], marker="o", ms=3, capsize=2,
+                    label=method)
+    ax.set_xlabel("router accuracy (%): share of inputs sent to their own task, measured")
+    ax.set_ylabel("accuracy (%), mean over tasks")
+    ax.set_xlim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_caption(fig, ". ".join(_notes(table, references)))
     ax.set_title(title, fontsize=9)
     return fig
 
 
-def robustness_plotly(table: pd.DataFrame, title: str = ""):
-    """The plotly version of :func:`robustness_figure` (hover: p asked for)."""
+def robustness_plotly(table: pd.DataFrame, title: str = "", references: pd.DataFrame | None = None):
+    """The plotly version of :func:`robustness_figure` (hover: p asked for, accuracy ± SE)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for method, group in mean_by_p(table).groupby("method", sort=False):
-        fig.add_trace(go.Scatter(x=group["router_accuracy"], y=group["accuracy"], mode="lines+markers", name=method,
-                                 customdata=group["p"],
-                                 hovertemplate="p=%{customdata:.2f} (measured %{x:.3f})<br>acc %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=title, template="plotly_white", xaxis_title="router accuracy (measured)",
-                      yaxis_title="accuracy (mean over tasks)")
+    for method, group in p_summary(table).groupby("method", sort=False):
+        fig.add_trace(go.Scatter(x=group["router_pct"], y=group["accuracy_pct"], mode="lines+markers", name=method,
+                                 error_y={"type": "data", "array": group["se_pct"], "visible": True},
+                                 customdata=group[["p", "se_pct"]],
+                                 hovertemplate="p=%{customdata[0]:.2f} (measured %{x:.1f}%)<br>%{y:.1f}% ± "
+                                               "%{customdata[1]:.1f}<extra></extra>"))
+    plotly_references(fig, references, REFERENCE_LABELS)
+    notes = "".join(f"<br><sup>{n}</sup>" for n in _notes(table, references))
+    fig.update_layout(title=title + notes, template="plotly_white", margin={"t": 110},
+                      xaxis_title="router accuracy (%, measured)", yaxis_title="accuracy (%), mean over tasks")
     return fig
 
 
@@ -55,18 +91,27 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Fig. 5c on the zoo as ``router_robustness.*``: FREE, EMR and Twin with the settings the zoo
     comparison chooses on validation (200 images per task, oracle routes), then a seeded
-    ``RandomRouter`` (seed 0) at p = 0, 0.1, …, 1 on the first :data:`LIMIT` test images per task.
+    ``RandomRouter`` (seed 0) at p = 0, 0.1, …, 1 on the first :data:`LIMIT` test images per task,
+    beside no merge (θ_pre + heads), task arithmetic (its validation-chosen scaling) and the
+    fine-tuned models on the same images (``router_robustness_references.csv``).
     ``quick``: three tasks, each row's first candidate setting, p ∈ {0, 0.5, 1}, 48 images.
     """
     tasks = scope(zoo, quick)
-    routed = chosen_routed_merges(zoo, tasks=tasks, quick=quick, validation_limit=QUICK_LIMIT if quick else 200)
+    validation_limit = QUICK_LIMIT if quick else 200
+    limit = QUICK_LIMIT if quick else LIMIT
+    routed = chosen_routed_merges(zoo, tasks=tasks, quick=quick, validation_limit=validation_limit)
     table = router_robustness(zoo, routed, tasks=tasks, ps=(0.0, 0.5, 1.0) if quick else ROUTER_ACCURACIES,
-                              seed=0, limit=QUICK_LIMIT if quick else LIMIT)
+                              seed=0, limit=limit)
     table["settings"] = table["method"].map({name: json.dumps(merge.settings, sort_keys=True, default=str)
                                              for name, merge in routed.items()})
+    references = robustness_references(zoo, tasks=tasks, quick=quick, validation_limit=validation_limit, limit=limit)
     title = f"Routed merges under a random router ({len(tasks)} zoo tasks, {table.attrs['limit']} test images each)"
-    return write_all(Path(out_dir) / "router_robustness", table, robustness_figure(table, title),
-                     robustness_plotly(table, title), "fig5c-router-robustness", formats)
+    out = Path(out_dir)
+    written = write_all(out / "router_robustness", table, robustness_figure(table, title, references),
+                        robustness_plotly(table, title, references), "fig5c-router-robustness", formats,
+                        fractions=("accuracy", "router_accuracy"))
+    written.append(save_csv(fraction_names(references, ["accuracy"]), out / "router_robustness_references.csv"))
+    return written
 
 
-__all__ = ["mean_by_p", "robustness_figure", "robustness_plotly", "write_figures"]
+__all__ = ["mean_by_p", "p_summary", "robustness_figure", "robustness_plotly", "write_figures"]
