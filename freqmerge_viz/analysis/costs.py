@@ -21,8 +21,8 @@ from ..engine import evaluate_on_zoo
 from ..errors import check_positive_int
 from ..experts import storage_table
 from ..routed import EMRMerging, RoutedMerge
-from .evaluation import (backbone_numel, device_label, evaluate_per_task, individual_accuracies, materialize,
-                         zoo_tasks)
+from .evaluation import (backbone_numel, device_label, evaluate_per_task, image_counts, individual_accuracies,
+                         materialize, zoo_tasks)
 from .selection import VALIDATION_LIMIT, build_chosen, choose
 
 ROWS = ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper", "emr",
@@ -85,11 +85,20 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
     ``extra_bytes``, ``total_bytes``, ``extra_pct_of_model`` (of one float32 backbone's bytes),
     ``merge_seconds`` (building every merged state once), ``inference_seconds_per_1000``
     (routed merges: oracle routes given, no router cost), ``mean_accuracy`` (test, first `limit`
-    images per task; routed merges with oracle routes) and ``device``.
+    images per task; routed merges with oracle routes; a fraction), ``accuracy_se`` (its standard
+    error, binomial per task, :func:`~freqmerge_viz.plots.scales.mean_se`), ``n_images`` (per task)
+    and ``device``.
     """
+    from ..plots.scales import mean_se
+
     tasks = zoo_tasks(zoo, tasks)
     k = len(tasks)
     numel = backbone_numel(zoo)
+    counts = image_counts(zoo, tasks, split="test", limit=limit)
+
+    def se(per_task: dict) -> float:
+        return mean_se([per_task[t] for t in tasks], [counts[t] for t in tasks])
+
     device = device_label("cpu")
     choices = choose(zoo, list(rows), tasks=tasks, limit=validation_limit, quick=quick)
     individual = individual_accuracies(zoo, tasks, split="test", limit=limit)
@@ -98,7 +107,7 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
                 "extra_bytes": (k - 1) * numel * FLOAT_BYTES, "merge_seconds": 0.0,
                 "inference_seconds_per_1000": inference_seconds_per_1000(
                     zoo, lambda i, t, x: zoo.forward(finetuned[t], x, t), tasks, timing_inputs, repeats),
-                "mean_accuracy": float(np.mean(list(individual.values())))}]
+                "mean_accuracy": float(np.mean(list(individual.values()))), "accuracy_se": se(individual)}]
     for name in rows:
         choice = choices[name]
         if choice.routed:
@@ -125,14 +134,17 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
                         "extra_values": values, "extra_bytes": stored, "merge_seconds": seconds,
                         "inference_seconds_per_1000": inference_seconds_per_1000(zoo, run_task, tasks,
                                                                                  timing_inputs, repeats),
-                        "mean_accuracy": float(measured["accuracy"].mean())})
+                        "mean_accuracy": float(measured["accuracy"].mean()),
+                        "accuracy_se": se(dict(zip(measured["task"], measured["accuracy"])))})
     table = pd.DataFrame(records)
     table["total_values"] = table["extra_values"] + numel
     table["total_bytes"] = table["extra_bytes"] + numel * FLOAT_BYTES
     table["extra_pct_of_model"] = 100.0 * table["extra_bytes"] / (numel * FLOAT_BYTES)
+    table["n_images"] = min(counts.values())
     table["device"] = device
     columns = ["method", "kind", "settings", "extra_values", "total_values", "extra_bytes", "total_bytes",
-               "extra_pct_of_model", "merge_seconds", "inference_seconds_per_1000", "mean_accuracy", "device"]
+               "extra_pct_of_model", "merge_seconds", "inference_seconds_per_1000", "mean_accuracy", "accuracy_se",
+               "n_images", "device"]
     table = table[columns]
     table.attrs.update({"device": device, "limit": limit, "tasks": list(tasks), "model_numel": numel})
     return table
