@@ -16,7 +16,8 @@ import pandas as pd
 from ..errors import EmptyInputError, ParameterError, check_positive_int
 from ..methods import merge
 from ..metrics import amplitude_variance
-from .evaluation import evaluate_per_task, individual_accuracies, materialize, zoo_task_vectors, zoo_tasks
+from .evaluation import (evaluate_per_task, image_counts, individual_accuracies, materialize, zoo_task_vectors,
+                         zoo_tasks)
 
 
 # --------------------------------------------------------------------------- pure statistics
@@ -105,7 +106,8 @@ def pair_interference_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs:
     ``accuracy_b``: the merge (`method` with `params`; default task arithmetic at its registered
     scaling 0.3, fixed for every pair, not tuned) on each task; ``normalized_a/b``: divided by
     the fine-tuned model's accuracy on the same images; ``normalized_accuracy``: their mean.
-    Accuracies use the first `limit` images of `split` per task.
+    Accuracies (fractions) use the first `limit` images of `split` per task; ``n_images_a/b``
+    say how many.
     """
     tasks = zoo_tasks(zoo, tasks)
     pairs = task_pairs(tasks, n_pairs, seed)
@@ -120,6 +122,7 @@ def pair_interference_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs:
                                  split=split, limit=limit)
     accuracy = {(t, wanted[t][s]): a for t, s, a in zip(measured["task"], measured["state"], measured["accuracy"])}
     individual = individual_accuracies(zoo, [t for t in tasks if wanted[t]], split=split, limit=limit)
+    counts = image_counts(zoo, tasks, split=split, limit=limit)
     rows = []
     for i, (a, b) in enumerate(pairs):
         pair = [vectors[a], vectors[b]]
@@ -131,7 +134,7 @@ def pair_interference_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs:
                      "normalized_variance": normalized_variance, "accuracy_a": acc_a, "accuracy_b": acc_b,
                      "individual_a": individual[a], "individual_b": individual[b],
                      "normalized_a": norm_a, "normalized_b": norm_b,
-                     "normalized_accuracy": 0.5 * (norm_a + norm_b)})
+                     "normalized_accuracy": 0.5 * (norm_a + norm_b), "n_images_a": counts[a], "n_images_b": counts[b]})
     table = pd.DataFrame(rows)
     table.attrs.update({"method": method, "params": params, "split": split, "limit": limit})
     return table
