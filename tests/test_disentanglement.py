@@ -87,6 +87,7 @@ def test_bad_arguments_raise_typed_errors():
 
 
 def test_figures_of_the_toy():
+    from freqmerge_viz.plots.core import layout_overlaps
     from freqmerge_viz.plots.disentanglement import (disentanglement_figure, disentanglement_plotly, others_figure,
                                                      others_plotly)
 
@@ -95,7 +96,10 @@ def test_figures_of_the_toy():
     assert len(fig.axes) == 6                                # three heatmaps and their colour bars
     assert len(disentanglement_plotly(table).data) == 3
     others = D.others_table(FORWARDS, DATA, PRETRAINED, VECTORS, scalings=(0.5, 1.0))
-    assert others_figure(others).axes[0].get_legend() is not None
+    fig = others_figure(others)                              # one legend, outside the mean panel's lines
+    assert fig.axes[0].get_legend() is None
+    assert len(fig.legends) + sum(ax.get_legend() is not None for ax in fig.axes) == 1
+    assert layout_overlaps(fig) == []
     assert [trace.name for trace in others_plotly(others).data][:2] == ["θ_0", "θ_0 + α τ_t"]
 
 
@@ -120,3 +124,4 @@ def test_write_figures_quick(zoo, tmp_path):
     assert 'id="freqmerge-disentanglement"' in (tmp_path / "disentanglement.html").read_text(encoding="utf-8")
     table = pd.read_csv(tmp_path / "others_vectors.csv")
     assert set(table["kind"]) == set(D.KINDS)
+    assert table["accuracy_fraction"].between(0, 1).all() and (table["n_images"] == 32).all()

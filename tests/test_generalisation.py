@@ -67,5 +67,5 @@ def test_write_figures_quick(zoo, tmp_path):
             "generalisation_difference.csv", "generalisation_pretrained.csv"} <= names
     assert 'id="freqmerge-generalisation"' in (tmp_path / "generalisation.html").read_text(encoding="utf-8")
     table = pd.read_csv(tmp_path / "generalisation.csv")
-    assert list(table.columns) == ["source", "target", "filtered", "accuracy", "loss"]
+    assert list(table.columns) == ["source", "target", "filtered", "accuracy_fraction", "loss"]   # unit in the name
     assert len(table) == 2 * len(set(table["source"])) ** 2

@@ -210,11 +210,13 @@ def zoo_disentanglement_error(zoo, pair: Sequence[str], *, alphas: Sequence[floa
 def zoo_others_table(zoo, *, tasks: Sequence[str] | None = None, scalings: Sequence[float] = (0.3,),
                      split: str = "val", limit: int | None = 500, head: str = "finetuned",
                      **options) -> pd.DataFrame:
-    """:func:`others_table` over the zoo's tasks (default all), the first `limit` images of `split`."""
+    """:func:`others_table` over the zoo's tasks (default all), the first `limit` images of `split`
+    (``n_images``: how many, per task)."""
     chosen = list(zoo.tasks) if tasks is None else list(tasks)
     forwards, data, vectors, keys = _zoo_inputs(zoo, chosen, split, limit, head)
     frame = others_table(forwards, data, zoo.pretrained, vectors, tasks=chosen, scalings=scalings, keys=keys,
                          **options)
+    frame["n_images"] = frame["task"].map({t: int(len(data[t][1])) for t in chosen})
     frame.attrs["split"] = split
     return frame
 
@@ -254,6 +256,7 @@ def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] =
                              div_id="freqmerge-others-vectors"))
     for name, frame in {"disentanglement.csv": grid, "others_vectors.csv": others}.items():
         target = out / name
+        frame = frame.rename(columns={"accuracy": "accuracy_fraction"})
         write_atomically(target, lambda tmp, frame=frame: frame.to_csv(tmp, index=False, float_format="%.6g"))
         written.append(target)
     return written

@@ -17,6 +17,7 @@ import torch
 from ..engine import StackedStates, evaluate_on_zoo, zoo_backbone_keys
 from ..errors import EmptyInputError, ParameterError
 from ..io import write_atomically
+from .evaluation import image_counts
 from .landscape import filter_label, filter_step
 
 COLUMNS = ["source", "target", "filtered", "accuracy", "loss"]
@@ -46,7 +47,7 @@ def generalisation_matrix(zoo, *, tasks: Sequence[str] | None = None, filtered=T
     False) or with the filtered vector (True) on `target`'s first `limit` samples of `split`.
 
     ``df.attrs``: ``pretrained`` (θ_pre's accuracy per target), ``filter`` (label), ``scaling``,
-    ``split``, ``limit``. With ``scaling=1`` the unfiltered diagonal is the fine-tuned models.
+    ``split``, ``limit``, ``n_images`` (images per target). With ``scaling=1`` the unfiltered diagonal is the fine-tuned models.
     """
     chosen = list(zoo.tasks) if tasks is None else list(tasks)
     if not chosen:
@@ -66,7 +67,8 @@ def generalisation_matrix(zoo, *, tasks: Sequence[str] | None = None, filtered=T
     rows = rows.rename(columns={"task": "target"})
     frame = rows[COLUMNS].sort_values(["filtered", "source", "target"], key=_task_order(chosen)).reset_index(drop=True)
     frame.attrs.update(pretrained=dict(zip(pretrained["task"], pretrained["accuracy"].astype(float))),
-                       filter=filter_label(filtered), scaling=float(scaling), split=split, limit=limit, tasks=chosen)
+                       filter=filter_label(filtered), scaling=float(scaling), split=split, limit=limit, tasks=chosen,
+                       n_images=image_counts(zoo, chosen, split=split, limit=limit))
     return frame
 
 
@@ -124,9 +126,10 @@ def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] =
     written.append(save_html(generalisation_plotly(table, title=title), out / "generalisation.html",
                              div_id="freqmerge-generalisation"))
     pretrained = pd.DataFrame({"target": list(table.attrs["pretrained"]),
-                               "accuracy": list(table.attrs["pretrained"].values())})
+                               "accuracy_fraction": list(table.attrs["pretrained"].values())})
     difference = generalisation_difference(table).reset_index()
-    tables = {"generalisation.csv": table,
+    difference.insert(1, "unit", "accuracy fraction, filtered − unfiltered")
+    tables = {"generalisation.csv": table.rename(columns={"accuracy": "accuracy_fraction"}),
               "generalisation_difference.csv": difference,
               "generalisation_pretrained.csv": pretrained}
     for name, frame in tables.items():

@@ -670,17 +670,19 @@ def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] =
         written.append(save_html(landscape_plotly(grids, points, metric=metric, title=title),
                                  out / f"landscape_{metric}.html", div_id=f"freqmerge-landscape-{metric}"))
     table = pd.concat(curves, ignore_index=True)
-    fig = interpolation_figure(table, title=f"interpolation, evaluated on {evaluated_on}")
+    fig = interpolation_figure(table, title=f"interpolation, evaluated on {evaluated_on}",
+                               n_images=planes[0]["samples"])
     written += save_figure(fig, out / "landscape_curves", formats)
     _close(fig)
     written.append(save_html(interpolation_plotly(table, title=f"interpolation, evaluated on {evaluated_on}"),
                              out / "landscape_curves.html", div_id="freqmerge-landscape-curves"))
     tables = {
         "landscape_grid.csv": pd.concat([g.assign(setting=k) for k, g in grids.items()], ignore_index=True)[
-            ["setting", "alpha", "beta", "loss", "accuracy"]],
+            ["setting", "alpha", "beta", "loss", "accuracy"]].rename(columns={"accuracy": "accuracy_fraction"}),
         "landscape_points.csv": pd.concat([p.assign(setting=k) for k, p in points.items()], ignore_index=True)[
-            ["setting", "method", "alpha", "beta", "off_plane_distance", "loss", "accuracy"]],
-        "landscape_curves.csv": table,
+            ["setting", "method", "alpha", "beta", "off_plane_distance", "loss", "accuracy"]].rename(
+            columns={"accuracy": "accuracy_fraction"}),
+        "landscape_curves.csv": table.rename(columns={"accuracy": "accuracy_fraction"}),
         "landscape_planes.csv": pd.DataFrame(planes).assign(evaluation_seconds=round(evaluated, 1)),
     }
     for name, frame in tables.items():

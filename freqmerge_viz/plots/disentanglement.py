@@ -82,14 +82,23 @@ def _check_others(table: pd.DataFrame) -> None:
 
 def others_figure(table: pd.DataFrame, title: str = ""):
     """Accuracy (%) against scaling α, mean over tasks (left) and per task (small panels),
-    one line per state: θ_0, own vector, the others' vectors, all vectors."""
+    one line per state: θ_0, own vector, the others' vectors, all vectors; ±1 SE bands (binomial,
+    from ``n_images``) when the table has them. One legend, in the empty slot under the mean panel
+    (or right of the panels when they fit in one row)."""
+    from .core import accuracy_summary, add_caption
+    from .scales import binomial_se, sample_note
+
     _check_others(table)
     tasks = list(dict.fromkeys(table["task"]))
     cols = min(4, len(tasks))
     rows = -(-len(tasks) // cols)
-    fig, axes = new_figure(rows, cols + 1, size=(2.4 * (cols + 1), 2.2 * rows + 0.6), sharey=True)
-    panels = [("mean over tasks", table.groupby(["scaling", "kind"], as_index=False)["accuracy"].mean())]
-    panels += [(task, table[table["task"] == task]) for task in tasks]
+    fig, axes = new_figure(rows, cols + 1, size=(2.4 * (cols + 1), 2.2 * rows + 1.2), sharey=True)
+    counted = "n_images" in table.columns
+    mean = accuracy_summary(table, ["scaling", "kind"]).rename(columns={"accuracy_pct": "shown", "se_pct": "se"})
+    per_task = table.assign(shown=100 * table["accuracy"],
+                            se=100 * binomial_se(table["accuracy"].to_numpy(float), table["n_images"].to_numpy(float))
+                            if counted else np.nan)
+    panels = [("mean over tasks", mean)] + [(task, per_task[per_task["task"] == task]) for task in tasks]
     places = [(0, 0)] + [(i // cols, 1 + i % cols) for i in range(len(tasks))]
     for ax in axes.flat:
         ax.set_visible(False)
@@ -99,14 +108,30 @@ def others_figure(table: pd.DataFrame, title: str = ""):
         for kind, (label, colour, style) in _KIND_STYLE.items():
             line = part[part["kind"] == kind].sort_values("scaling")
             if not line.empty:
-                ax.plot(line["scaling"], 100 * line["accuracy"], style, color=colour, marker="o", ms=3,
-                        label=label)
+                ax.plot(line["scaling"], line["shown"], style, color=colour, marker="o", ms=3, label=label)
+                if counted:
+                    ax.fill_between(line["scaling"], line["shown"] - line["se"], line["shown"] + line["se"],
+                                    color=colour, alpha=0.15, lw=0)
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("α", fontsize=7)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("accuracy on task t (%)", fontsize=7)
-    axes[0, 0].legend(fontsize=6, loc="lower left")
+    for r in range(rows):
+        first = axes[r, 0 if r == 0 else 1]
+        first.set_ylabel("accuracy on task t (%)", fontsize=7)
+        first.yaxis.set_tick_params(labelleft=True)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if rows > 1:                                  # the empty slot under the mean panel
+        slot = axes[1, 0]
+        slot.set_visible(True)
+        slot.axis("off")
+        slot.legend(handles, labels, loc="center", fontsize=7, title="state on task t", title_fontsize=7)
+    else:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    if counted:
+        counts = table.groupby("task")["n_images"].first()
+        add_caption(fig, sample_note(len(counts), counts.to_numpy(), table.attrs.get("split", "val"), "bands")
+                    + " (per-task panels: binomial on that task's images)")
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

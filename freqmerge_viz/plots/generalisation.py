@@ -27,13 +27,34 @@ def _with_pretrained(matrix: pd.DataFrame, pretrained: dict | None) -> pd.DataFr
     return pd.concat([matrix, row])
 
 
+def difference_se(table: pd.DataFrame) -> pd.DataFrame | None:
+    """±1 SE of each cell of the accuracy difference (filtered − unfiltered), in the units of the
+    table (fractions): the two binomial SEs on the target's ``attrs["n_images"]`` images combined
+    as if independent (the same images are used, so this is an upper bound). None without counts."""
+    from .scales import binomial_se
+
+    counts = table.attrs.get("n_images")
+    if not counts:
+        return None
+    plain = _matrices(table, "accuracy")["unfiltered"]
+    filtered = _matrices(table, "accuracy")["filtered"]
+    n = np.array([counts.get(t, np.nan) for t in plain.columns], dtype=float)[None, :]
+    se = np.sqrt(binomial_se(plain.to_numpy(float), n) ** 2 + binomial_se(filtered.to_numpy(float), n) ** 2)
+    return pd.DataFrame(se, index=plain.index, columns=plain.columns)
+
+
 def generalisation_figure(table: pd.DataFrame, metric: str = "accuracy", title: str = ""):
     """Matplotlib heatmaps (rows: added task vector, columns: test task) of `metric` for the
     unfiltered and filtered vectors, with θ_pre's row below when ``table.attrs`` has it, and
-    their difference in percentage points (accuracy) on a diverging scale centred at 0."""
+    their difference in percentage points (accuracy) on a diverging scale centred at 0. With
+    image counts in ``table.attrs["n_images"]``, differences within ±1 SE (:func:`difference_se`)
+    are printed in grey and a caption says so."""
     import matplotlib.pyplot as plt
 
+    from .core import add_caption
+
     matrices = _matrices(table, metric)
+    noise = difference_se(table) if metric == "accuracy" else None
     pretrained = table.attrs.get("pretrained") if metric == "accuracy" else None
     size = matrices["unfiltered"].shape[1]
     fig, axes = plt.subplots(1, 3, figsize=(3 * (0.55 * size + 1.6), 0.55 * size + 2.0), constrained_layout=True)
@@ -51,7 +72,9 @@ def generalisation_figure(table: pd.DataFrame, metric: str = "accuracy", title: 
             image = ax.imshow(values, cmap="viridis", vmin=low * percent, vmax=high * percent, aspect="auto")
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
-                if difference:
+                if difference and noise is not None and abs(value) <= 100 * noise.to_numpy()[i, j]:
+                    colour = "#8a8a8a"
+                elif difference:
                     colour = "white" if abs(value) > 0.6 * bound else "black"
                 else:
                     colour = "black" if value > (low + 0.6 * (high - low)) * percent else "white"
@@ -67,6 +90,14 @@ def generalisation_figure(table: pd.DataFrame, metric: str = "accuracy", title: 
         ax.set_title(f"{name}{unit}", fontsize=9)
         bar = fig.colorbar(image, ax=ax, shrink=0.8)
         bar.ax.tick_params(labelsize=6)
+    if noise is not None:
+        counts = sorted(set(table.attrs["n_images"].values()))
+        n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        cell_se = _matrices(table, "accuracy")["unfiltered"].to_numpy(float)
+        largest = 100 * float(np.nanmax(np.sqrt(cell_se * (1 - cell_se) / max(counts[0], 1))))
+        add_caption(fig, f"{n} {table.attrs.get('split', 'test')} images per target: each cell's binomial SE is at most "
+                         f"{largest:.1f} points; grey numbers in the difference are within ±1 SE of the difference "
+                         "(both SEs combined), i.e. not resolved by this sample")
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
