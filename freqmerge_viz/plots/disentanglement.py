@@ -46,6 +46,8 @@ def disentanglement_figure(table: pd.DataFrame, title: str = ""):
         ax.set_ylabel(f"α_1 (on τ of {pair[0]})", fontsize=8)
         ax.set_title(name, fontsize=9)
         bar = fig.colorbar(image, ax=ax, shrink=0.8)
+        bar.set_label("ξ: both tasks' shares of changed predictions, summed" if top == 2.0
+                      else "share of predictions changed by adding the other τ", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
