@@ -196,3 +196,22 @@ def test_normalized_se_of_a_pair():
                           "n_images_a": [400], "n_images_b": [100]})
     expected = 0.5 * math.sqrt((binomial_se(0.8, 400) / 0.9) ** 2 + (binomial_se(0.5, 100) / 1.0) ** 2)
     assert normalized_se(pairs)[0] == pytest.approx(expected)
+
+
+def test_spectrum_colour_limits_leave_out_the_zero_row(shipped_zoo, tasks):
+    from freqmerge_viz.analysis.evaluation import zoo_task_vectors
+    from freqmerge_viz.analysis.spectra import spectra_of_key
+    from freqmerge_viz.plots import spectra_grid
+    from freqmerge_viz.plots.spectra import colour_limits
+
+    spectra = spectra_of_key(zoo_task_vectors(shipped_zoo, tasks), "blocks.0.attn.proj.weight", device="cpu")
+    low, high = colour_limits(spectra)
+    center = spectra.shape[-2] // 2
+    assert spectra[:, center, :].max() < low - 5                 # the η = 0 row lies far below the scale
+    nonzero = np.delete(spectra, center, axis=1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(nonzero, [1.0, 99.5])))
+    fig = spectra_grid(list(spectra), list(tasks))
+    image = fig.axes[0].images[0]
+    assert np.isnan(image.get_array().filled(np.nan)[center]).all()   # drawn in the 'bad' (grey) colour
+    assert image.get_clim() == pytest.approx((low, high))
+    assert "η = 0 row" in fig._supxlabel.get_text()

@@ -66,6 +66,19 @@ def radial_profiles_grid(profiles: pd.DataFrame, cutoff: float | None = None, ti
     return fig
 
 
+PERCENTILES = (1.0, 99.5)
+"""Percentiles of the non-zero bins' log amplitudes that bound the spectra's colour scale (as
+:func:`~freqmerge_viz.plots.scales.spectrum_image`)."""
+
+
+def colour_limits(log_amplitudes, percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
+    """Shared colour range of log-amplitude spectra: the given percentiles of the values, leaving out
+    bins at numerical zero (:func:`~freqmerge_viz.plots.scales.spectrum_image`; e.g. the η = 0 row of
+    a matrix whose columns sum to zero), which would otherwise flatten the rest of the scale."""
+    picture = spectrum_image(np.exp(np.asarray(log_amplitudes, dtype=np.float64)), *percentiles)
+    return picture.vmin, picture.vmax
+
+
 def spectra_plotly(table: pd.DataFrame, key: str, title: str = ""):
     """Plotly heatmaps of one matrix's centred log amplitude, one panel per task, on one colour scale
     (:func:`~freqmerge_viz.plots.scales.spectrum_image`: 1st–99.5th percentile of the non-zero bins).
@@ -164,4 +177,4 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
     return written
 
 
-__all__ = ["panel_rows", "radial_profiles_dropdown", "radial_profiles_grid", "spectra_plotly", "write_figures"]
+__all__ = ["PERCENTILES", "colour_limits", "panel_rows", "radial_profiles_dropdown", "radial_profiles_grid", "spectra_plotly", "write_figures"]
