@@ -43,28 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="analyse the generated synthetic set instead of the zoo")
     report.add_argument("--tasks", type=int, default=4, help="synthetic set: number of tasks")
     report.add_argument("--seed", type=int, default=0, help="synthetic set: seed")
-    report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
+    report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
+                        help="static figure formats (default: png svg)")
     report.add_argument("--no-html", action="store_true", help="skip the plotly HTML figure")
 
     figures = sub.add_parser("figures", help="every analysis of the paper on the zoo: PNG, SVG, HTML and CSV",
                              description="Write each analysis figure (spectra, Table 1, interference vs "
                                          "performance, generalisation, loss landscape, cutoff sweep, expert "
                                          "sparsity, router robustness, costs) for the zoo into --out.")
-    figures.add_argument("--out", default="figures", help="output directory (default: figures)")
+    figures.add_argument("--out", default="out", help="output directory (default: out)")
     figures.add_argument("--zoo", default=None, help="zoo directory (default: data/zoo)")
     figures.add_argument("--only", nargs="+", default=None, metavar="TOPIC", help="only these topics")
     figures.add_argument("--quick", action="store_true", help="coarse grids and few samples (a smoke test)")
-    figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
+    figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
+                         help="static figure formats besides the HTML (default: png svg)")
 
     synth = sub.add_parser("synth", help="write the synthetic model set as safetensors files",
                            description="Generate the synthetic pretrained + fine-tuned set into --out.")
     synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--tasks", type=int, default=4)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tasks", type=int, default=4, help="number of fine-tuned models (default: 4)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     inspect = sub.add_parser("inspect", help="list a checkpoint's keys, shapes and dtypes (reads no tensor)",
                              description="Print key, shape and dtype of every tensor in a checkpoint.")
-    inspect.add_argument("checkpoint")
+    inspect.add_argument("checkpoint", help=".safetensors, .pt/.bin, sharded or Hugging Face directory")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     interference = sub.add_parser("interference", help="amplitude variance of task vectors, as JSON",
@@ -74,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     interference.add_argument("--cutoff", type=float, default=0.1,
                               help="high-pass cutoff (normalised radius for the paper convention, "
                                    "filter_ratio for official)")
-    interference.add_argument("--kind", default="ideal", choices=["ideal", "butterworth", "gaussian"])
-    interference.add_argument("--units", default="normalized", choices=["normalized", "bins"])
-    interference.add_argument("--convention", default="paper", choices=["paper", "official"])
+    interference.add_argument("--kind", default="ideal", choices=["ideal", "butterworth", "gaussian"],
+                              help="filter shape (default: ideal)")
+    interference.add_argument("--units", default="normalized", choices=["normalized", "bins"],
+                              help="cutoff units for the paper convention: normalised radius in [0, 1] "
+                                   "(default) or DFT bins")
+    interference.add_argument("--convention", default="paper", choices=["paper", "official"],
+                              help="paper: centred spectrum, radius from DC; official: the authors' code")
     merge = sub.add_parser("merge", help="merge fine-tuned models with a registered method",
                            description="Merge with any registered method and write a safetensors "
                                        "checkpoint plus merge.json (method, parameters, input sha256). "
@@ -94,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--preset", help="method preset (e.g. paper, official)")
     merge.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
                        help="method parameter, VALUE parsed as YAML (e.g. cutoff=0.2 weights=[1,2])")
-    merge.add_argument("--include", nargs="+", metavar="GLOB")
-    merge.add_argument("--exclude", nargs="+", metavar="GLOB")
+    merge.add_argument("--include", nargs="+", metavar="GLOB", help="merge only keys matching a glob; "
+                       "other keys keep their pretrained values")
+    merge.add_argument("--exclude", nargs="+", metavar="GLOB", help="keep keys matching a glob at their "
+                       "pretrained values")
     merge.add_argument("--max-shard-size", help="e.g. 2GB; larger outputs are sharded")
     merge.add_argument("--dtype", help="output dtype of merged tensors (default: the pretrained dtype)")
-    merge.add_argument("--device", default=None)
+    merge.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
 
     zoo = sub.add_parser("zoo", help="the bundled demo zoo: build it, evaluate every method on it",
                          description="The demo zoo in data/zoo: eight procedural tasks, a small ViT.")

@@ -117,16 +117,40 @@ def test_error_from_a_control_is_shown_not_raised(explorer, clock):
     explorer.set(band="high")
 
 
-def test_debounced_slider_events_make_one_update(explorer, clock):
+def test_slider_burst_makes_an_immediate_update_and_one_after_it(explorer, clock):
+    """The first event after a quiet period is answered at once; the rest of the burst waits for
+    the slider to be still for the debounce time and then makes one update."""
     explorer.set(cutoff=0.3, kind="ideal", band="high")
+    clock.advance(1.0)
     updates, calls = explorer.updates, explorer.debouncer.calls
     for value in (0.31, 0.32, 0.33, 0.34):
         explorer.controls["cutoff"].value = value
         clock.advance(0.05)
-    assert explorer.updates == updates and explorer.values["cutoff"] == 0.3
+    assert explorer.updates == updates + 1 and explorer.values["cutoff"] == 0.31
+    assert explorer.debouncer.pending
     clock.advance(0.2)
-    assert explorer.updates == updates + 1 and explorer.debouncer.calls == calls + 1
+    assert explorer.updates == updates + 2 and explorer.debouncer.calls == calls + 2
     assert explorer.values["cutoff"] == 0.34 and explorer.shown()["cutoff"] == 0.34
+    explorer.controls["cutoff"].value = 0.35
+    assert explorer.updates == updates + 2, "an event right after an update waits for the quiet period"
+    clock.advance(0.2)
+    assert explorer.updates == updates + 3 and explorer.values["cutoff"] == 0.35
+
+
+def test_leading_debouncer_on_a_fake_clock(clock):
+    seen = []
+    debouncer = Debouncer(lambda: seen.append(clock.now), delay=0.15, schedule=clock.schedule, leading=True)
+    clock.advance(10.0)
+    start = clock.now
+    debouncer.trigger()
+    assert seen == [start]
+    for _ in range(3):
+        clock.advance(0.1)
+        debouncer.trigger()
+    clock.advance(0.1)  # start + 0.4: the last trigger (start + 0.3) is 0.1 s old
+    assert seen == [start]
+    clock.advance(0.1)  # past start + 0.45 (the fake clock runs due jobs at the end of an advance)
+    assert seen == [start, pytest.approx(start + 0.5)] and not debouncer.pending
 
 
 def test_debouncer_ignores_a_superseded_call_that_could_not_be_cancelled():

@@ -62,7 +62,8 @@ class Lab:
     log: Path
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        """The notebook's page, with a fresh workspace (no tabs left open by an earlier page)."""
+        return f"{self.base}/lab/tree/{notebook}?reset&token={self.token}"
 
 
 def _free_port() -> int:
@@ -181,8 +182,15 @@ def run_all_cells(page, timeout_ms: int) -> float:
     page.wait_for_function(
         """() => {
           const prompts = Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt'));
+          const busy = prompts.some(p => /\\[\\*\\]/.test(p.textContent));
+          const failed = Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+              .some(o => /Traceback/.test(o.textContent));
+          if (failed && !busy) return true;
           return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
         }""", timeout=timeout_ms, polling=250)
+    errors = page.locator(".jp-OutputArea-output", has_text="Traceback")
+    if errors.count():
+        raise AssertionError(f"a cell failed:\n{errors.first.inner_text()[-2000:]}")
     return time.monotonic() - start
 
 

@@ -54,20 +54,25 @@ class Debouncer:
 
     Each trigger cancels the call scheduled by the one before; a call whose turn comes
     after a newer trigger does nothing, so a late timer can never run a superseded update.
-    `schedule` defaults to :func:`default_schedule`; tests pass a fake clock's.
-    ``calls`` counts the runs of `fn`.
+    With `leading`, a trigger that comes after a quiet period (no call pending, none run in the
+    last `delay` seconds) runs `fn` at once instead, so a single slider step is answered
+    without waiting; the rest of a burst still makes one call after it. `schedule` defaults to
+    :func:`default_schedule`; tests pass a fake clock's. ``calls`` counts the runs of `fn`.
     """
 
-    def __init__(self, fn: Callable[[], None], delay: float = DEBOUNCE_S, schedule: Schedule | None = None):
+    def __init__(self, fn: Callable[[], None], delay: float = DEBOUNCE_S, schedule: Schedule | None = None,
+                 leading: bool = False):
         if not delay >= 0:
             raise ParameterError(f"debounce delay must be >= 0 seconds, got {delay!r}")
         self.fn = fn
         self.delay = float(delay)
+        self.leading = leading
         self.calls = 0
         self._schedule = schedule or default_schedule
         self._lock = threading.Lock()
         self._generation = 0
         self._handle = None
+        self._quiet_handle = None
 
     @property
     def pending(self) -> bool:
@@ -75,13 +80,19 @@ class Debouncer:
         return self._handle is not None
 
     def trigger(self) -> None:
-        """(Re)start the quiet period; `fn` runs when it ends."""
+        """(Re)start the quiet period; `fn` runs when it ends (or now, see `leading`)."""
         with self._lock:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._generation += 1
-            generation = self._generation
-            self._handle = self._schedule(self.delay, lambda: self._fire(generation))
+            run_now = self.leading and self._handle is None and self._quiet_handle is None
+            if run_now:
+                self._start_quiet_period()
+            else:
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._generation += 1
+                generation = self._generation
+                self._handle = self._schedule(self.delay, lambda: self._fire(generation))
+        if run_now:
+            self._run()
 
     def flush(self) -> bool:
         """Run a pending call now (returns whether there was one)."""
@@ -102,11 +113,22 @@ class Debouncer:
             self._generation += 1
             self._handle = None
 
+    def _start_quiet_period(self) -> None:
+        if self._quiet_handle is not None:
+            self._quiet_handle.cancel()
+        self._quiet_handle = self._schedule(self.delay, self._end_quiet_period)
+
+    def _end_quiet_period(self) -> None:
+        with self._lock:
+            self._quiet_handle = None
+
     def _fire(self, generation: int) -> None:
         with self._lock:
             if generation != self._generation:
                 return
             self._handle = None
+            if self.leading:
+                self._start_quiet_period()
         self._run()
 
     def _run(self) -> None:
@@ -141,7 +163,7 @@ class Explorer:
         self._pending: dict[str, Any] = {}
         self._syncing = False
         self._lock = threading.RLock()
-        self._debouncer = Debouncer(self._apply_pending, debounce, schedule)
+        self._debouncer = Debouncer(self._apply_pending, debounce, schedule, leading=True)
         self.status = w.HTML(value="", layout=w.Layout(min_height="1.6em"))
         self.status.add_class("fmv-status")
         self.export_path = w.Text(value=self.default_export, description="file", tooltip=(

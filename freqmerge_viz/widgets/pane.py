@@ -41,8 +41,10 @@ function draw(Plotly, div, model) {
   delete layout.width;
   const revision = String(model.get("revision"));
   return Plotly.react(div, spec.data || [], layout, {responsive: true, displaylogo: false}).then(() => {
-    div.dataset.revision = revision;
-    div.dataset.drawnAt = String(performance.now());
+    requestAnimationFrame(() => {
+      div.dataset.drawnAt = String(performance.now());
+      div.dataset.revision = revision;
+    });
   });
 }
 

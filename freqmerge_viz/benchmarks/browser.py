@@ -1,0 +1,151 @@
+"""``browser``: key press on an explorer's slider → plot visibly updated, in a real JupyterLab page.
+
+JupyterLab and headless Chromium as in the real-browser test (:mod:`.lab`). Each tutorial
+notebook with an explorer (03 cutoff, 04 experts, 05 landscape) is run top to bottom; then
+for each slider, `n` key presses, one at a time. A press is timed in the page: from the
+``keydown`` event on the slider handle to the first animation frame after ``Plotly.react``
+has drawn the figure the kernel sent back (debounce, computation in the kernel, transfer and
+drawing included). Every press moves to a value not shown before (no cached result), except
+where a slider has fewer stops. Prints JSON: per slider ``p50_ms``, ``p95_ms``, ``max_ms``, the
+target where the issue set one, and the kernel's own time per update (``kernel_p50_ms``, from
+the explorer's status line). With ``--screenshots DIR`` it also writes each explorer before
+and after its first slider's moves, at 1500 and 1000 px wide (the README's pictures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import lab as harness
+
+REPO = Path(__file__).resolve().parents[2]
+
+SLIDERS = {
+    "cutoff": ("03_fr_merging.ipynb", [("cutoff", "ArrowRight", None, 300.0), ("scaling", "ArrowRight", None, None)]),
+    "expert": ("04_experts_router.ipynb", [("router-accuracy", "ArrowLeft", None, 200.0),
+                                            ("density", "ArrowRight", "Home", 1500.0)]),
+    "landscape": ("05_loss_landscape.ipynb", [("grid", "ArrowRight", None, None)]),
+}
+"""explorer -> (notebook, [(slider class, key, key pressed once before timing, target p50 in ms)])."""
+
+KEY_TIME_JS = """
+root => {
+  const handles = root.querySelectorAll('.noUi-handle');
+  handles.forEach(h => h.addEventListener('keydown', () => { window.__fmvKeyAt = performance.now(); },
+                                          {capture: true}));
+  return handles.length;
+}
+"""
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _kernel_ms(root) -> float | None:
+    text = root.locator(".fmv-status").inner_text()
+    match = re.search(r"total (\d+) ms", text)
+    return float(match.group(1)) if match else None
+
+
+def time_slider(page, root, css: str, key: str, n: int, prepare: str | None) -> dict:
+    """Press `key` `n` times on slider `css` under `root`; latency of each press to the drawn plot."""
+    handle = harness.slider_handle(root, f".fmv-{css}")
+    handle.focus()
+    state = harness.explorer_state(root)
+    if prepare:
+        handle.press(prepare)
+        state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000)
+    latencies, kernel = [], []
+    for _ in range(n):
+        handle.press(key)
+        try:
+            state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000)
+        except Exception:  # noqa: BLE001 -- the end of the slider: nothing changes any more
+            break
+        latencies.append(state["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
+        kernel.append(_kernel_ms(root))
+    kernel = [k for k in kernel if k is not None]
+    return {"n": len(latencies), "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+            "p95_ms": round(_percentile(latencies, 95), 1) if latencies else None,
+            "max_ms": round(max(latencies), 1) if latencies else None,
+            "kernel_p50_ms": round(statistics.median(kernel), 1) if kernel else None}
+
+
+def screenshot_explorer(page, root, path: Path, width: int) -> None:
+    page.set_viewport_size({"width": width, "height": 2400})
+    root.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    harness.wait_drawn(page, root, after_revision=-1)
+    root.screenshot(path=path)
+
+
+def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Path | None = None) -> dict:
+    """Time `n` presses of each slider of `explorers` (see the module docstring)."""
+    harness.check_tools()
+    result = {"n_per_slider": n, "explorers": {},
+              "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
+              "cpu": platform.processor() or platform.machine()}
+    with tempfile.TemporaryDirectory(prefix="fmv-browser-bench-") as tmp, \
+            harness.jupyter_lab(REPO / "notebooks", Path(tmp), REPO) as server:
+        for explorer in explorers:
+            notebook, sliders = SLIDERS[explorer]
+            with harness.chromium_page(Path(tmp) / f"profile-{explorer}") as page:
+                start = time.monotonic()
+                harness.open_notebook(page, server, notebook)
+                harness.run_all_cells(page, 600_000)
+                root = page.locator(harness.EXPLORERS[explorer]).first
+                root.scroll_into_view_if_needed()
+                harness.wait_drawn(page, root)
+                root.evaluate(KEY_TIME_JS)
+                entry = {"notebook": notebook, "run_all_s": round(time.monotonic() - start, 1), "sliders": {}}
+                for index, (css, key, prepare, target) in enumerate(sliders):
+                    if screenshots is not None and index == 0:
+                        for width in (1500, 1000):
+                            screenshot_explorer(page, root, screenshots / f"{explorer}_explorer_before_{width}.png",
+                                                width)
+                        page.set_viewport_size({"width": 1500, "height": 1000})
+                        root.scroll_into_view_if_needed()
+                    timing = time_slider(page, root, css, key, n, prepare)
+                    timing["target_p50_ms"] = target
+                    timing["met"] = None if target is None or timing["p50_ms"] is None else timing["p50_ms"] <= target
+                    entry["sliders"][css] = timing
+                    if screenshots is not None and index == 0:
+                        for width in (1500, 1000):
+                            screenshot_explorer(page, root, screenshots / f"{explorer}_explorer_after_{width}.png",
+                                                width)
+                        page.set_viewport_size({"width": 1500, "height": 1000})
+                        root.scroll_into_view_if_needed()
+                result["explorers"][explorer] = entry
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``freqmerge-viz bench browser``: print :func:`run`'s result as JSON."""
+    parser = argparse.ArgumentParser(prog="freqmerge-viz bench browser", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="key presses per slider (default 20)")
+    parser.add_argument("--quick", action="store_true", help="3 presses per slider (for tests)")
+    parser.add_argument("--explorers", nargs="+", default=list(SLIDERS), choices=list(SLIDERS),
+                        help="which explorers (default: all three)")
+    parser.add_argument("--screenshots", default=None, metavar="DIR",
+                        help="also write each explorer before/after its first slider's moves, 1500 and 1000 px wide")
+    args = parser.parse_args(argv)
+    folder = None
+    if args.screenshots:
+        folder = Path(args.screenshots)
+        folder.mkdir(parents=True, exist_ok=True)
+    result = run(n=3 if args.quick else args.n, explorers=args.explorers, screenshots=folder)
+    print(json.dumps(result))
+    return result

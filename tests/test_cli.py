@@ -1,0 +1,67 @@
+"""The command line as a newcomer meets it: fast help, every option explained, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from freqmerge_viz.cli import build_parser, main
+
+
+def _actions(parser: argparse.ArgumentParser, prefix: str = ""):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, f"{prefix}{name} ")
+        else:
+            yield prefix.strip(), action
+
+
+def test_every_option_and_argument_has_help_text():
+    missing = [f"{where}: {action.option_strings or action.dest}" for where, action in _actions(build_parser())
+               if action.help is None and action.dest != "help"]
+    assert missing == []
+
+
+def test_help_imports_no_heavy_library():
+    """`freqmerge-viz --help` answers without importing torch, pandas, plotly or matplotlib
+    (importing the package is lazy); this is what makes it fast."""
+    probe = ("import sys, contextlib, io\n"
+             "from freqmerge_viz.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'pandas', 'plotly', 'matplotlib', 'numpy') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+def test_package_attributes_load_on_first_use():
+    probe = ("import sys, freqmerge_viz as f\n"
+             "before = 'torch' in sys.modules\n"
+             "f.load_state; f.CutoffExplorer; f.zoo.load; f.evaluate; f.merge_to_disk; f.__version__\n"
+             "print(before, 'torch' in sys.modules, 'analysis' in dir(f))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "True", "True"]
+
+
+def test_figures_writes_to_out_by_default():
+    args = build_parser().parse_args(["figures"])
+    assert args.out == "out"
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import freqmerge_viz
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        freqmerge_viz.nope  # noqa: B018
+
+
+def test_merge_errors_exit_2_without_traceback(tmp_path, capsys):
+    status = main(["merge", "--method", "fr", "--pretrained", str(tmp_path / "missing"), "--finetuned",
+                   str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
