@@ -9,7 +9,8 @@ drawing included). Every press moves to a value not shown before (no cached resu
 where a slider has fewer stops. Prints JSON: per slider ``p50_ms``, ``p95_ms``, ``max_ms``, the
 target where the issue set one, and the kernel's own time per update (``kernel_p50_ms``, from
 the explorer's status line). With ``--screenshots DIR`` it also writes each explorer before
-and after its first slider's moves, at 1500 and 1000 px wide (the README's pictures).
+and after its first slider's moves, with the notebook column 1500 and 1000 px wide (the
+README's pictures).
 """
 
 from __future__ import annotations
@@ -84,10 +85,16 @@ def time_slider(page, root, css: str, key: str, n: int, prepare: str | None) -> 
 
 
 def screenshot_explorer(page, root, path: Path, width: int) -> None:
-    page.set_viewport_size({"width": width, "height": 2400})
+    """Screenshot the explorer with its notebook column `width` px wide (the page is widened by
+    what JupyterLab's side bars and margins take), tall enough to hold it whole."""
+    page.set_viewport_size({"width": 1500, "height": 3000})
+    page.wait_for_timeout(500)
+    chrome = 1500 - root.bounding_box()["width"]
+    page.set_viewport_size({"width": int(width + chrome), "height": 3000})
+    page.wait_for_timeout(800)
     root.scroll_into_view_if_needed()
-    page.wait_for_timeout(300)
     harness.wait_drawn(page, root, after_revision=-1)
+    page.wait_for_timeout(300)
     root.screenshot(path=path)
 
 
@@ -113,7 +120,7 @@ def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Pat
                 for index, (css, key, prepare, target) in enumerate(sliders):
                     if screenshots is not None and index == 0:
                         for width in (1500, 1000):
-                            screenshot_explorer(page, root, screenshots / f"{explorer}_explorer_before_{width}.png",
+                            screenshot_explorer(page, root, screenshots / f"{explorer}_before_{width}px.png",
                                                 width)
                         page.set_viewport_size({"width": 1500, "height": 1000})
                         root.scroll_into_view_if_needed()
@@ -123,7 +130,7 @@ def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Pat
                     entry["sliders"][css] = timing
                     if screenshots is not None and index == 0:
                         for width in (1500, 1000):
-                            screenshot_explorer(page, root, screenshots / f"{explorer}_explorer_after_{width}.png",
+                            screenshot_explorer(page, root, screenshots / f"{explorer}_after_{width}px.png",
                                                 width)
                         page.set_viewport_size({"width": 1500, "height": 1000})
                         root.scroll_into_view_if_needed()

@@ -26,7 +26,7 @@ from ..errors import ParameterError
 from ..outputs import check_output, source_paths
 from .pane import figure_spec, plot_pane_class, readout_html, trace_readout
 
-DEBOUNCE_S = 0.15
+DEBOUNCE_S = 0.1
 """Default quiet time (seconds) after the last control event before an update runs."""
 
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")

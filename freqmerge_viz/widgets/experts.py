@@ -53,6 +53,8 @@ KIND_LABELS = {"topk": "top-k", "topk_rescaled": "top-k + μ (Eq. 4)", "bernoull
 METHOD_LABELS = {"free": "FREE", "emr": "EMR", "twin": "Twin"}
 DEFAULT_ROUTED_PARAMS = {"free": {"preset": "paper"}, "emr": {}, "twin": {"rank": 8}}
 """Routed merges' parameters when ``routed_params`` is not given (FREE's ``density`` comes from the slider)."""
+SHORT_LABELS = {"top-k + μ (Eq. 4)": "top-k+μ", "Bernoulli ÷ d (DARE)": "Bern.÷d", "SVD, matched storage": "SVD"}
+"""Storage-axis names short enough not to collide at a 1000 px notebook width."""
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2")
 
 
@@ -159,6 +161,11 @@ class ExpertExplorer(Explorer):
             accuracies = [values[t] for t in self.tasks]
             out[label] = (float(as_percent(np.mean(accuracies))), float(as_percent(mean_se(accuracies, counts))))
         return out
+
+    def settings_label(self, method: str) -> str:
+        """The routed merge's settings, short, for its legend entry (FREE's density is the slider's)."""
+        params = {k: v for k, v in self.routed_params[method].items() if k != "density"}
+        return ", ".join(f"{k} {v}" for k, v in params.items()) or "defaults"
 
     def _routed_params(self, given) -> dict[str, dict]:
         if given == "chosen":
@@ -292,7 +299,7 @@ class ExpertExplorer(Explorer):
         from plotly.subplots import make_subplots
 
         fig = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], column_widths=[0.62, 0.38],
-                            horizontal_spacing=0.1, vertical_spacing=0.22,
+                            horizontal_spacing=0.1, vertical_spacing=0.15,
                             subplot_titles=("(a) expert only: θ_pre + e_t on task t",
                                             "(b) routed merges vs router accuracy p",
                                             "(c) extra storage per task"))
@@ -318,7 +325,8 @@ class ExpertExplorer(Explorer):
                                      hovertemplate=f"{label}: %{{y:.1f}}%<extra></extra>"), row=2, col=1)
         for i, method in enumerate(self.methods):
             label, colour = METHOD_LABELS[method], COLOURS[(i + 3) % len(COLOURS)]
-            fig.add_trace(go.Scatter(x=ps, y=[0.0] * len(ps), mode="lines+markers", name=label,
+            fig.add_trace(go.Scatter(x=ps, y=[0.0] * len(ps), mode="lines+markers",
+                                     name=f"{label} ({self.settings_label(method)})",
                                      line=dict(color=colour), marker=dict(size=5), legendgroup="routed",
                                      error_y=dict(type="data", array=[0.0] * len(ps), visible=True, thickness=1,
                                                   width=2, color=colour),
@@ -331,7 +339,8 @@ class ExpertExplorer(Explorer):
         self._trace["at_p"] = len(fig.data) - 1
         fig.add_trace(go.Bar(x=[], y=[], name="storage", marker_color="#9e9e9e", showlegend=False,
                              texttemplate="%{y:.2f}%", textposition="outside",
-                             hovertemplate="%{y:.3f}% of one float32 model<extra></extra>"), row=2, col=2)
+                             hovertemplate="%{customdata}: %{y:.3f}% of one float32 model<extra></extra>"),
+                      row=2, col=2)
         self._trace["storage"] = len(fig.data) - 1
         fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], row=1, col=1)
         fig.update_xaxes(tickvals=task_x, ticktext=list(self.tasks), row=1, col=1)
@@ -376,7 +385,8 @@ class ExpertExplorer(Explorer):
             d[self._trace["storage"]].x = list(range(len(labels)))
             d[self._trace["storage"]].y = [view.storage_percent[k] for k in labels]
             self.figure.layout.xaxis3.tickvals = list(range(len(labels)))
-            self.figure.layout.xaxis3.ticktext = labels
+            self.figure.layout.xaxis3.ticktext = [SHORT_LABELS.get(k, k) for k in labels]
+            d[self._trace["storage"]].customdata = labels
             for method in self.methods:
                 label = METHOD_LABELS[method]
                 trace = d[self._trace[("curve", method)]]
@@ -406,8 +416,7 @@ class ExpertExplorer(Explorer):
                 "routed_accuracy": {m: dict(v) for m, v in view.routed_accuracy.items()},
                 "routed_curve": {m: list(v) for m, v in view.routed_curve.items()}, "ps": list(view.ps),
                 "measured_router_accuracy": view.measured_router_accuracy,
-                "storage_percent": {str(k): float(v) for k, v in zip(self.figure.layout.xaxis3.ticktext,
-                                                                     storage.y)},
+                "storage_percent": {str(k): float(v) for k, v in zip(storage.customdata, storage.y)},
                 "finetuned_accuracy": dict(self.finetuned_accuracy),
                 "pretrained_accuracy": dict(self.pretrained_accuracy),
                 "task_arithmetic_accuracy": dict(self.task_arithmetic_accuracy),
