@@ -271,6 +271,35 @@ def test_tiny_build_round_trip(tmp_path):
     assert set(manifest["accuracy"]["task_arithmetic"]["test"]) == {"digits", "signs", "mean"}
 
 
+def test_tiny_zero_shot_build_takes_heads_from_the_pretraining_classifier(tmp_path):
+    from freqmerge_viz.zoo import build
+
+    config = ZooConfig(tasks=("digits", "signs"), sizes=SplitSizes(train=48, val=24, test=24),
+                       pretext_sizes=SplitSizes(train=128, val=64, test=64),
+                       model=zoo.ViTConfig(width=16, depth=1, heads=2, mlp_ratio=2),
+                       pretrain=TrainConfig(steps=3, batch_size=16, warmup=1),
+                       finetune=TrainConfig(steps=2, batch_size=16, warmup=1),
+                       ta_scalings=(0.5,), pretrain_task_images=20, heads="zero_shot")
+    assert build.concept_offsets(config) == {"shapes64": 0, "digits": 64, "signs": 74}
+    data = build.generate_data(config)
+    images, labels = data.pretrain
+    assert images.shape == (128 + 2 * 20, 3, 32, 32) and labels.shape == (168, 3)
+    assert sorted(set(labels[128:148, 0].tolist())) == list(range(64, 74))        # digits' concepts
+    assert (labels[128:, 1:] == build.IGNORE).all() and (labels[:128, 1:] >= 0).all()
+    train = {row.tobytes() for row in data.splits["digits"]["train"][0].numpy()}
+    assert not train & {row.tobytes() for row in images[128:148].numpy()}        # a stream of its own
+    manifest = zoo.build_zoo(tmp_path / "zs", config, log=lambda message: None)
+    loaded = zoo.load(tmp_path / "zs")
+    with build._torch_settings(config.threads):                                      # same seeds: same weights
+        pretrained = build.pretrain_backbone(config, data, lambda message: None)
+    torch.testing.assert_close(loaded.heads["signs"]["weight"], pretrained.classifier["weight"][74:86])
+    torch.testing.assert_close(loaded.probe_heads["digits"]["bias"], pretrained.classifier["bias"][64:74])
+    assert manifest["pretext"]["concepts"]["count"] == 86 and "zero-shot" in manifest["training"]["heads"]
+    assert set(manifest["quality"]) >= {"passes", "missed", "probe_gap", "task_arithmetic_gain"}
+    with pytest.raises(ParameterError, match="pretrain_task_images"):
+        ZooConfig(heads="zero_shot")
+
+
 def test_freqmerge_zoo_variable_chooses_the_default_zoo(tmp_path, monkeypatch):
     from freqmerge_viz.errors import CheckpointError
     from freqmerge_viz.zoo import ZOO_ENV, default_zoo_path, load

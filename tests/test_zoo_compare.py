@@ -49,6 +49,20 @@ def test_settings_are_the_best_on_validation(stand_in):
     chosen = fmv.merge("task_arithmetic", stand_in.pretrained, stand_in.finetuned_list(), scaling=best)
     assert row["per_task"] == stand_in.evaluate(chosen)
     assert row["mean"] == pytest.approx(sum(row["per_task"].values()) / 3)
+    p = list(row["per_task"].values())                       # 16 test images per task
+    assert row["stderr"] == pytest.approx(sum(a * (1 - a) / 16 for a in p) ** 0.5 / 3)
+
+
+def test_standard_error_by_hand():
+    from freqmerge_viz.zoo.compare import standard_error
+
+    # sqrt(0.5·0.5/100 + 0.9·0.1/100) / 2 = sqrt(0.0034) / 2
+    assert standard_error({"a": 0.5, "b": 0.9, "mean": 0.7}, 100) == pytest.approx(0.0291548, abs=1e-7)
+    assert standard_error({"a": 0.5, "b": 0.9}, {"a": 100, "b": 25}) == pytest.approx(
+        ((0.25 / 100 + 0.09 / 25) ** 0.5) / 2)
+    assert standard_error({"a": 1.0, "b": 0.0}, 10) == 0.0
+    with pytest.raises(fmv.ParameterError):
+        standard_error({"a": 0.5}, 0)
 
 
 def test_every_row_runs_and_the_json_has_the_issue_shape(stand_in):
@@ -62,6 +76,7 @@ def test_every_row_runs_and_the_json_has_the_issue_shape(stand_in):
         assert set(row["per_task"]) == set(result["tasks"]), name
         assert all(0.0 <= a <= 1.0 for a in row["per_task"].values()), name
         assert isinstance(row["settings"], dict)
+        assert 0.0 <= row["stderr"] <= 0.5 / 8 ** 0.5, name           # 8 images per task
     assert 0.0 <= result["methods"]["free_mlp_router"]["routing_accuracy"] <= 1.0
     assert result["methods"]["free_mlp_router"]["settings"] == result["methods"]["free_oracle"]["settings"]
     table = markdown_table(result)

@@ -127,8 +127,23 @@ def evaluate_routed(zoo: Zoo, routed: RoutedMerge, router: Router, split: str = 
     return accuracy, right / total
 
 
-def _result(per_task: Mapping[str, float], settings: Mapping[str, Any], **extra) -> dict:
-    return {"per_task": dict(per_task), "mean": mean_accuracy(per_task), "settings": dict(settings), **extra}
+def standard_error(per_task: Mapping[str, float], samples: int | Mapping[str, int]) -> float:
+    """Standard error of the mean over tasks of per-task accuracies (fractions), each measured
+    on `samples` independent test images (one count, or one per task):
+    ``sqrt(Σ_t p_t (1 − p_t) / n_t) / K`` (binomial per task; fraction units)."""
+    tasks = [t for t in per_task if t != "mean"]
+    if not tasks:
+        raise ParameterError("no accuracies to take a standard error of")
+    counts = {t: samples if isinstance(samples, int) else samples[t] for t in tasks}
+    if any(int(n) < 1 for n in counts.values()):
+        raise ParameterError(f"sample counts must be >= 1, got {counts}")
+    variance = sum(float(per_task[t]) * (1.0 - float(per_task[t])) / int(counts[t]) for t in tasks)
+    return variance ** 0.5 / len(tasks)
+
+
+def _result(per_task: Mapping[str, float], settings: Mapping[str, Any], samples: int, **extra) -> dict:
+    return {"per_task": dict(per_task), "mean": mean_accuracy(per_task),
+            "stderr": standard_error(per_task, samples), "settings": dict(settings), **extra}
 
 
 def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, limit: int | None = None,
@@ -141,11 +156,12 @@ def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, l
     """
     say = progress or (lambda message: None)
     tasks = list(zoo.tasks)
+    samples = zoo.config.sizes.test if limit is None else min(int(limit), zoo.config.sizes.test)
     finetuned = dict(zip(tasks, zoo.finetuned_list()))
     methods: dict[str, dict] = {}
     individual = {t: zoo.evaluate(finetuned[t], t, limit=limit)[t] for t in tasks}
-    methods["individual"] = _result(individual, {})
-    methods["pretrained_probe"] = _result(zoo.evaluate(zoo.pretrained, head="probe", limit=limit), {})
+    methods["individual"] = _result(individual, {}, samples)
+    methods["pretrained_probe"] = _result(zoo.evaluate(zoo.pretrained, head="probe", limit=limit), {}, samples)
     chosen: dict[str, dict] = {}
     mlp_router = None
     for candidate in candidates:
@@ -156,7 +172,7 @@ def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, l
             settings = chosen[candidate.needs[0]]
             built = _build(zoo, candidate, finetuned, settings, chosen)
             per_task, routed_right = evaluate_routed(zoo, built, mlp_router, "test", limit=limit)
-            methods[candidate.name] = _result(per_task, _params(candidate, settings, chosen),
+            methods[candidate.name] = _result(per_task, _params(candidate, settings, chosen), samples,
                                               routing_accuracy=routed_right)
             continue
         best, best_mean = None, -1.0
@@ -168,7 +184,7 @@ def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, l
         chosen[candidate.name] = best
         built = _build(zoo, candidate, finetuned, best, chosen)
         methods[candidate.name] = _result(_accuracy(zoo, built, candidate, "test", limit),
-                                          _params(candidate, best, chosen), validation_mean=best_mean)
+                                          _params(candidate, best, chosen), samples, validation_mean=best_mean)
     return {"tasks": tasks, "methods": methods}
 
 
@@ -199,12 +215,14 @@ def _build(zoo: Zoo, candidate: Candidate, finetuned: Mapping, settings: Mapping
 
 
 def markdown_table(result: Mapping) -> str:
-    """The comparison as a Markdown table: accuracy in % per task and mean, plus the settings."""
+    """The comparison as a Markdown table: accuracy in % per task, the mean ± its standard
+    error over the test images (when the result has one), plus the settings."""
     tasks = list(result["tasks"])
     lines = ["| method | " + " | ".join(tasks) + " | mean | settings (chosen on validation) |",
              "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
     for name, row in result["methods"].items():
-        cells = [f"{100 * row['per_task'][t]:.1f}" for t in tasks] + [f"**{100 * row['mean']:.1f}**"]
+        mean = f"**{100 * row['mean']:.1f}**" + (f" ± {100 * row['stderr']:.1f}" if "stderr" in row else "")
+        cells = [f"{100 * row['per_task'][t]:.1f}" for t in tasks] + [mean]
         settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"
         if "routing_accuracy" in row:
             settings += f"; router right on {100 * row['routing_accuracy']:.1f}% of test inputs"

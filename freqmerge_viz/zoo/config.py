@@ -67,8 +67,19 @@ class ZooConfig:
     pretrain: TrainConfig = TrainConfig(steps=5000, lr=1e-3, weight_decay=0.05, warmup=200)
     finetune: TrainConfig = TrainConfig(steps=500, lr=0.03, weight_decay=0.0, warmup=50, optimizer="sgd")
     finetune_head: bool = False
-    """False: the head is the linear probe's and stays frozen while the backbone is
+    """False: the head (zero-shot or probe, see `heads`) stays frozen while the backbone is
     fine-tuned (as the paper's CLIP heads are), so ``heads`` equal ``probe_heads``."""
+    pretrain_task_images: int = 0
+    """Images of each task's domain (its ``"pretrain"`` stream, disjoint from its splits) in
+    the pretraining pool, labelled with the task's classes as concepts; 0: the pretext only."""
+    heads: str = "probe"
+    """``"zero_shot"``: each task's head is the pretraining classifier's rows for its
+    concepts (needs ``pretrain_task_images > 0``); ``"probe"``: a linear probe per task
+    fitted on the pretrained features (the first zoo)."""
+    concept_codes: str = "learned"
+    """``"learned"``: the pretraining classifier is trained; ``"random"``: its concept rows
+    are fixed random unit vectors times ``code_scale / sqrt(width)``."""
+    code_scale: float = 10.0
     probe: ProbeConfig = ProbeConfig()
     ta_scalings: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     eval_batch_size: int = 500
@@ -77,6 +88,13 @@ class ZooConfig:
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown or not self.tasks:
             raise ParameterError(f"unknown or no zoo tasks {unknown}; tasks: {', '.join(TASK_NAMES)}")
+        if self.heads not in ("zero_shot", "probe"):
+            raise ParameterError(f"heads must be 'zero_shot' or 'probe', got {self.heads!r}")
+        if self.heads == "zero_shot" and self.pretrain_task_images < 1:
+            raise ParameterError("zero-shot heads need the tasks' concepts in the pretraining: "
+                                 "pretrain_task_images must be >= 1")
+        if self.concept_codes not in ("learned", "random"):
+            raise ParameterError(f"concept_codes must be 'learned' or 'random', got {self.concept_codes!r}")
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

@@ -41,11 +41,15 @@ from .render import (F32, arc, blur, box_sdf, col, contrasting, coverage, disc_s
                      hsv_to_rgb, paint, pixel_grid, polygon_sdf, polyline_segments,
                      random_colors, regular_polygon, segments_distance, smooth_noise)
 
-__all__ = ["TaskSpec", "TASKS", "PRETEXT", "TASK_NAMES", "SPLITS", "get_task", "generate",
+__all__ = ["TaskSpec", "TASKS", "PRETEXT", "TASK_NAMES", "SPLITS", "PRETRAIN_STREAM", "get_task", "generate",
            "split_seed"]
 
 SPLITS = ("train", "val", "test")
 """Split names; ``"validation"`` is accepted as an alias of ``"val"``."""
+PRETRAIN_STREAM = "pretrain"
+"""A fourth sample stream of every task, disjoint from its splits: the images of the task's
+domain that the zoo's backbone sees during pretraining (as CLIP saw digits, signs and cars
+among its web images). Only :func:`generate` takes it; it is no evaluation split."""
 
 Generator = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
@@ -868,14 +872,17 @@ def canonical_split(split: str) -> str:
 
 
 def split_seed(task: str, split: str, seed: int) -> np.random.SeedSequence:
-    """The seed sequence of one task's split: (seed, crc32(task name), split index)."""
-    return np.random.SeedSequence([int(seed), zlib.crc32(task.encode()), SPLITS.index(canonical_split(split))])
+    """The seed sequence of one task's split: (seed, crc32(task name), split index); the
+    pretraining stream has index 3."""
+    index = len(SPLITS) if split == PRETRAIN_STREAM else SPLITS.index(canonical_split(split))
+    return np.random.SeedSequence([int(seed), zlib.crc32(task.encode()), index])
 
 
 def generate(task: str, split: str, n: int, seed: int = 0, size: int = 32,
              chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [n, 3, size, size], labels int64 [n])`` of one task's split
-    (labels ``[n, 1 + aux]`` for a task with auxiliary labels: the pretext).
+    """``(images uint8 [n, 3, size, size], labels int64 [n])`` of one task's split, or of its
+    pretraining stream (``split="pretrain"``; labels ``[n, 1 + aux]`` for a task with
+    auxiliary labels: the pretext).
 
     Labels are balanced (``n >= classes`` puts every class in) and shuffled. Samples are
     drawn in chunks of `chunk`, each from its own child seed, so memory stays bounded.
