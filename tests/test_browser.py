@@ -77,10 +77,13 @@ def start(page, lab, notebook: str, explorer: str):
     return root, state
 
 
-def change(page, root, state, action, what: str) -> dict:
-    """Do `action`, wait until the plot draws the next revision, check it against the readout."""
+def change(page, root, state, action, what: str, control: str) -> dict:
+    """Do `action` on `control` (a setting's name), wait until the plot draws the revision
+    computed for the value the control now shows, check it against the readout."""
     action()
-    new = harness.wait_drawn(page, root, after_revision=state["revision"])
+    css = f".fmv-{control.replace('_', '-')}"
+    new = harness.wait_drawn(page, root, after_revision=state["revision"],
+                             settings={control: harness.control_value(root, css)})
     assert root.locator(".fmv-status-error").count() == 0, root.locator(".fmv-status").inner_text()
     assert_page_matches(new, what)
     return new
@@ -113,13 +116,13 @@ def test_cutoff_explorer_draws_what_it_computed(lab, page):
         for _ in range(4):
             handle.press("PageUp")
 
-    after = change(page, root, state, slide, "cutoff slider moved")
+    after = change(page, root, state, slide, "cutoff slider moved", "cutoff")
     assert after["readout"] != state["readout"]
     assert root.locator(".fmv-mean-accuracy").get_attribute("data-value") != summary
     after = change(page, root, after, lambda: root.locator(".fmv-kind select").select_option("butterworth"),
-                   "filter kind changed")
+                   "filter kind changed", "kind")
     after = change(page, root, after, lambda: root.locator(".fmv-task select").select_option(index=2),
-                   "spectrum task changed")
+                   "spectrum task changed", "task")
     root.screenshot(path=ARTIFACTS / "cutoff_explorer_after.png")
     reload_and_check(page, lab, "03_fr_merging.ipynb", "cutoff", after)
 
@@ -136,14 +139,14 @@ def test_expert_explorer_draws_what_it_computed(lab, page):
         for _ in range(3):
             router.press("PageDown")
 
-    after = change(page, root, state, lower_p, "router accuracy moved")
+    after = change(page, root, state, lower_p, "router accuracy moved", "router_accuracy")
     density = harness.slider_handle(root, ".fmv-density")
 
     def raise_d():
         density.focus()
         density.press("ArrowRight")
 
-    after = change(page, root, after, raise_d, "expert density moved")
+    after = change(page, root, after, raise_d, "expert density moved", "density")
     root.screenshot(path=ARTIFACTS / "expert_explorer_after.png")
     reload_and_check(page, lab, "04_experts_router.ipynb", "expert", after)
 
@@ -152,15 +155,15 @@ def test_landscape_viewer_draws_what_it_computed(lab, page):
     root, state = start(page, lab, "05_loss_landscape.ipynb", "landscape")
     assert root.locator(".fmv-eval-task select").input_value() != "", "the 'evaluated on' dropdown is blank"
     after = change(page, root, state, lambda: root.locator(".fmv-metric button", has_text="loss").click(),
-                   "metric toggled")
+                   "metric toggled", "metric")
     grid = harness.slider_handle(root, ".fmv-grid")
 
     def finer():
         grid.focus()
         grid.press("ArrowRight")
 
-    after = change(page, root, after, finer, "grid slider moved")
+    after = change(page, root, after, finer, "grid slider moved", "grid")
     after = change(page, root, after, lambda: root.locator(".fmv-eval-task select").select_option("digits"),
-                   "evaluated task changed")
+                   "evaluated task changed", "eval_task")
     root.screenshot(path=ARTIFACTS / "landscape_viewer_after.png")
     reload_and_check(page, lab, "05_loss_landscape.ipynb", "landscape", after)

@@ -242,17 +242,39 @@ def explorer_state(root) -> dict | None:
     return root.evaluate(STATE_JS)
 
 
-def wait_drawn(page, root, after_revision: int = -1, timeout_ms: int = 60_000) -> dict:
-    """Wait until the plot under `root` has drawn the readout's revision (newer than `after_revision`)."""
+def wait_drawn(page, root, after_revision: int = -1, timeout_ms: int = 60_000, settings: dict | None = None) -> dict:
+    """Wait until the plot under `root` has drawn the readout's revision (newer than
+    `after_revision`) and, with `settings` (``{name: value}``; numbers compared to 1e-6), until
+    that revision was computed for them: the last of several control events has been answered."""
     page.wait_for_function(
-        """([root, after]) => {
+        """([root, after, settings]) => {
           const gd = root.querySelector('.fmv-plot');
           const holder = root.querySelector('.fmv-readout');
           if (!gd || !holder || !gd.dataset.revision) return false;
           const want = Number(holder.getAttribute('data-revision'));
-          return want > after && Number(gd.dataset.revision) === want;
-        }""", arg=[root.element_handle(), after_revision], timeout=timeout_ms, polling=50)
+          if (!(want > after && Number(gd.dataset.revision) === want)) return false;
+          const values = JSON.parse(holder.getAttribute('data-json')).values || {};
+          return Object.entries(settings || {}).every(([k, v]) =>
+            (typeof v === 'number') ? Math.abs(Number(values[k]) - v) < 1e-6 : String(values[k]) === String(v));
+        }""", arg=[root.element_handle(), after_revision, settings or {}], timeout=timeout_ms, polling=50)
     return explorer_state(root)
+
+
+def control_value(root, css: str):
+    """What the control with class `css` under `root` shows now: a slider's readout (a number
+    when it reads as one), a dropdown's selected value, or a toggle's pressed button."""
+    control = root.locator(css).first
+    readout = control.locator(".widget-readout")
+    if readout.count():
+        text = readout.first.inner_text().strip()
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    select = control.locator("select")
+    if select.count():
+        return select.first.input_value()
+    return control.locator("button.mod-active").first.inner_text().strip()
 
 
 def _close(a, b, tolerance: float) -> bool:

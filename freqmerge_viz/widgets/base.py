@@ -243,10 +243,10 @@ class Explorer:
         """Status line, summary (when the explorer has one), plot and its readout, in order."""
         return [self.status, *([self.summary] if hasattr(self, "summary") else []), self.pane, self.readout]
 
-    def _publish(self) -> None:
+    def _publish(self, values: Mapping[str, Any]) -> None:
         spec = figure_spec(self.figure)
         self.pane.show(spec)
-        self.readout.value = readout_html(self.pane.revision, trace_readout(spec))
+        self.readout.value = readout_html(self.pane.revision, trace_readout(spec), values)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -299,7 +299,7 @@ class Explorer:
                 view = self._compute(candidate)
                 self._draw(view)
                 start_publish = time.perf_counter()
-                self._publish()
+                self._publish(candidate)
                 self.last_timings["publish_ms"] = 1e3 * (time.perf_counter() - start_publish)
             except Exception as exc:
                 self._sync_controls(self.values)

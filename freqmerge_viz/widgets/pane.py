@@ -171,9 +171,11 @@ def plot_pane_class():
     return _pane_class()
 
 
-def readout_html(revision: int, readout: list[dict]) -> str:
-    """A hidden element carrying the figure's trace data as JSON, for the page and its tests."""
+def readout_html(revision: int, readout: list[dict], values: dict | None = None) -> str:
+    """A hidden element carrying the figure's trace data (and the settings it was computed for)
+    as JSON, for the page and its tests."""
     from html import escape
 
-    text = escape(json.dumps({"revision": revision, "traces": readout}, separators=(",", ":")), quote=True)
+    payload = {"revision": revision, "traces": readout, "values": plain(dict(values or {}))}
+    text = escape(json.dumps(payload, separators=(",", ":"), default=str), quote=True)
     return f'<div class="fmv-readout" hidden data-revision="{revision}" data-json="{text}"></div>'

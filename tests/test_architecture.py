@@ -1,0 +1,108 @@
+"""The package's import graph: floors that only look down, and no import circles.
+
+Every ``import``/``from ... import`` of a ``freqmerge_viz`` module is an edge, at module level
+or inside a function alike (a function-level import is still a dependency, only a late one).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "freqmerge_viz"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> modules it imports`` over the package (names like ``freqmerge_viz.io``)."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                if not source.startswith("freqmerge_viz"):
+                    continue
+                for alias in node.names:
+                    candidate = f"{source}.{alias.name}"
+                    targets.add(candidate if candidate in paths else source)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name.startswith("freqmerge_viz"))
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_sees_imports_at_every_level():
+    graph = import_graph()
+    assert "freqmerge_viz.io" in graph["freqmerge_viz.merge_job"]
+    assert "freqmerge_viz.outputs" in graph["freqmerge_viz.io"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_analysis_and_plots_do_not_import_each_other():
+    graph = import_graph()
+    wrong = [(a, b) for a, targets in graph.items() for b in targets
+             if (a.startswith("freqmerge_viz.analysis") and b.startswith("freqmerge_viz.plots"))
+             or (a.startswith("freqmerge_viz.plots") and (b.startswith("freqmerge_viz.analysis")
+                                                         or b == "freqmerge_viz.report"))]
+    assert wrong == []
+
+
+def test_lower_floors_never_import_upper_ones():
+    """io, outputs, errors, spectral, metrics and taskvector do not import methods, analysis,
+    plots, widgets, topics or the command line."""
+    graph = import_graph()
+    lower = ("freqmerge_viz.io", "freqmerge_viz.outputs", "freqmerge_viz.errors", "freqmerge_viz.spectral",
+             "freqmerge_viz.metrics", "freqmerge_viz.taskvector", "freqmerge_viz.backend", "freqmerge_viz.keys")
+    upper = ("freqmerge_viz.methods", "freqmerge_viz.analysis", "freqmerge_viz.plots", "freqmerge_viz.widgets",
+             "freqmerge_viz.topics", "freqmerge_viz.cli", "freqmerge_viz.report", "freqmerge_viz.figures")
+    wrong = [(a, b) for a, targets in graph.items() if a.startswith(lower) for b in targets if b.startswith(upper)]
+    assert wrong == []
