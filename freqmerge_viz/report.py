@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .analysis import FilterSetting, interference_table, radial_profiles_table, spectra_of_key
+from .analysis.spectra import spectrum_key
 from .backend import resolve_device
 from .errors import EmptyInputError
 from .io import load_state, write_text_atomically
@@ -67,15 +68,6 @@ def zoo_inputs(path: str | os.PathLike | None = None) -> ReportInputs:
 def _write_csv(table, path: Path) -> None:
     keep_index = not isinstance(table.index, pd.RangeIndex)
     write_text_atomically(path, table.to_csv(index=keep_index, float_format="%.6g"))
-
-
-def spectrum_key(task_vector: TaskVector) -> str:
-    """The matrix the report draws: the first attention weight matrix, else the first matrix."""
-    matrices = [k for k in task_vector if len(task_vector.shape_of(k)) >= 2]
-    if not matrices:
-        raise EmptyInputError(f"task vector {task_vector.name!r} has no matrix to draw")
-    preferred = [k for k in matrices if "attn" in k and k.endswith("weight")]
-    return (preferred or matrices)[0]
 
 
 def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[float] = DEFAULT_CUTOFFS,

@@ -117,7 +117,9 @@ def test_zoo_wrappers_match_the_zoo_evaluation(zoo):
 
 
 def test_write_figures_quick(zoo, tmp_path):
-    files = D.write_figures(zoo, tmp_path, quick=True)
+    from freqmerge_viz.topics import disentanglement as topic
+
+    files = topic.write_figures(zoo, tmp_path, quick=True)
     names = {f.name for f in files}
     assert {"disentanglement.png", "disentanglement.svg", "disentanglement.html", "disentanglement.csv",
             "others_vectors.png", "others_vectors.html", "others_vectors.csv"} <= names

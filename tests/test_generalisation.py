@@ -61,7 +61,9 @@ def test_scaling_and_bad_arguments(zoo):
 
 
 def test_write_figures_quick(zoo, tmp_path):
-    files = G.write_figures(zoo, tmp_path, quick=True)
+    from freqmerge_viz.topics import generalisation as topic
+
+    files = topic.write_figures(zoo, tmp_path, quick=True)
     names = {f.name for f in files}
     assert {"generalisation.png", "generalisation.svg", "generalisation.html", "generalisation.csv",
             "generalisation_difference.csv", "generalisation_pretrained.csv"} <= names

@@ -212,7 +212,9 @@ def test_parallel_or_zero_task_vectors_are_rejected(zoo):
 
 
 def test_write_figures_quick(zoo, tmp_path):
-    files = L.write_figures(zoo, tmp_path, quick=True, formats=("png", "svg"))
+    from freqmerge_viz.topics import landscape as topic
+
+    files = topic.write_figures(zoo, tmp_path, quick=True, formats=("png", "svg"))
     names = {f.name for f in files}
     assert {"landscape.png", "landscape.svg", "landscape_loss.html", "landscape_accuracy.html",
             "landscape_curves.png", "landscape_curves.svg", "landscape_curves.html", "landscape_grid.csv",

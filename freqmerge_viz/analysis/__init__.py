@@ -1,9 +1,10 @@
-"""The paper's analyses as tidy tables (pandas) with matching figures in :mod:`freqmerge_viz.plots`.
+"""The paper's analyses as tidy tables (pandas).
 
-One module per analysis; each also has ``write_figures(zoo, out_dir, quick, formats)``, which
-``freqmerge-viz figures`` runs (:mod:`freqmerge_viz.figures`). The functions named like
-their module stay in it (``analysis.landscape.landscape``, ``analysis.table1.table1``), so
-that ``analysis.landscape`` is always the module.
+One module per analysis. They compute and return tables; they draw nothing (figures are
+:mod:`freqmerge_viz.plots`, and :mod:`freqmerge_viz.topics` puts the two together for
+``freqmerge-viz figures``). The functions named like their module stay in it
+(``analysis.landscape.landscape``, ``analysis.table1.table1``), so that ``analysis.landscape``
+is always the module.
 """
 
 from .correlation import correlation_table, correlation_with_ci, pair_interference_table

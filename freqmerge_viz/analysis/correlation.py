@@ -147,11 +147,3 @@ def correlation_table(pairs: pd.DataFrame, x_columns: Sequence[str] = ("amplitud
     rows = [{"x": x, "y": y_column, **correlation_with_ci(pairs[x], pairs[y_column], n_boot, seed, level)}
             for x in x_columns]
     return pd.DataFrame(rows)
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Fig. 2b on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.interference.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.interference import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)

@@ -89,7 +89,7 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
     error, binomial per task, :func:`~freqmerge_viz.plots.scales.mean_se`), ``n_images`` (per task)
     and ``device``.
     """
-    from ..plots.scales import mean_se
+    from ..stats import mean_se
 
     tasks = zoo_tasks(zoo, tasks)
     k = len(tasks)
@@ -148,11 +148,3 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
     table = table[columns]
     table.attrs.update({"device": device, "limit": limit, "tasks": list(tasks), "model_numel": numel})
     return table
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Table 9 on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.costs.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.costs import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)

@@ -21,7 +21,6 @@ in :mod:`freqmerge_viz.engine`); each task has its own (its own head). The zoo w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,10 +28,10 @@ import torch
 
 from ..engine import Forward, StackedStates, evaluate_params, zoo_backbone_keys, zoo_data, zoo_forward
 from ..errors import EmptyInputError, MissingKeysError, ParameterError
-from ..io import write_atomically
+from ..tables import disentanglement_pivot  # noqa: F401  (part of this analysis' API)
 
 __all__ = ["disentanglement_error", "disentanglement_pivot", "others_table", "others_summary",
-           "zoo_disentanglement_error", "zoo_others_table", "write_figures", "DEFAULT_ALPHAS", "KINDS"]
+           "zoo_disentanglement_error", "zoo_others_table", "DEFAULT_ALPHAS", "KINDS"]
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 """Coefficient grid of :func:`disentanglement_error` (both axes)."""
@@ -130,18 +129,6 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
     return frame
 
 
-def disentanglement_pivot(table: pd.DataFrame, task: str | None = None, value: str = "disagreement") -> pd.DataFrame:
-    """α_1 (rows) × α_2 (columns) matrix of `value`: one task's, or summed over both tasks
-    (``task=None``; for ``disagreement`` that is ξ, in [0, 2])."""
-    missing = [c for c in ("alpha_1", "alpha_2", "task", value) if c not in table.columns]
-    if missing:
-        raise ParameterError(f"disentanglement table lacks column(s) {missing}")
-    part = table if task is None else table[table["task"] == task]
-    if part.empty:
-        raise ParameterError(f"no rows for task {task!r}")
-    return part.pivot_table(index="alpha_1", columns="alpha_2", values=value, aggfunc="sum")
-
-
 def others_table(forwards: Mapping[str, Forward], data: Mapping[str, Data], pretrained: Mapping[str, torch.Tensor],
                  task_vectors: Mapping[str, Mapping[str, torch.Tensor]], *, tasks: Sequence[str] | None = None,
                  scalings: Sequence[float] = (0.3,), keys: Sequence[str] | None = None, batch_size: int = 500,
@@ -221,42 +208,3 @@ def zoo_others_table(zoo, *, tasks: Sequence[str] | None = None, scalings: Seque
     return frame
 
 
-def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
-                  pair: Sequence[str] | None = None) -> list[Path]:
-    """The disentanglement error of the zoo's first two tasks (or `pair`) over
-    :data:`DEFAULT_ALPHAS` and the others'-vectors table at scalings 0.1 to 1.0, as matplotlib
-    figures in `formats`, plotly HTML and CSV tables in `out_dir`. 300 validation images per
-    task (quick: 32 images, a 3 × 3 grid, scalings 0.3 and 1.0)."""
-    import matplotlib.pyplot as plt
-
-    from ..plots import save_figure, save_html
-    from ..plots.disentanglement import (disentanglement_figure, disentanglement_plotly, others_figure,
-                                         others_plotly)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pair = list(zoo.tasks)[:2] if pair is None else list(pair)
-    limit = 32 if quick else 300
-    alphas = (0.0, 0.5, 1.0) if quick else DEFAULT_ALPHAS
-    scalings = (0.3, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-    grid = zoo_disentanglement_error(zoo, pair, alphas=alphas, limit=limit)
-    others = zoo_others_table(zoo, scalings=scalings, limit=limit)
-    written: list[Path] = []
-    title = f"weight disentanglement of {pair[0]} and {pair[1]} (val, {limit} images per task)"
-    fig = disentanglement_figure(grid, title=title)
-    written += save_figure(fig, out / "disentanglement", formats)
-    plt.close(fig)
-    written.append(save_html(disentanglement_plotly(grid, title=title), out / "disentanglement.html",
-                             div_id="freqmerge-disentanglement"))
-    title = f"others' task vectors on each task (val, {limit} images per task)"
-    fig = others_figure(others, title=title)
-    written += save_figure(fig, out / "others_vectors", formats)
-    plt.close(fig)
-    written.append(save_html(others_plotly(others, title=title), out / "others_vectors.html",
-                             div_id="freqmerge-others-vectors"))
-    for name, frame in {"disentanglement.csv": grid, "others_vectors.csv": others}.items():
-        target = out / name
-        frame = frame.rename(columns={"accuracy": "accuracy_fraction"})
-        write_atomically(target, lambda tmp, frame=frame: frame.to_csv(tmp, index=False, float_format="%.6g"))
-        written.append(target)
-    return written

@@ -131,11 +131,3 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
     table["individual"] = table["task"].map(individual)
     table.attrs.update({"split": split, "limit": limit, "seed": seed, "model_numel": numel})
     return table
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Fig. 5b on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.experts.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.experts import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)

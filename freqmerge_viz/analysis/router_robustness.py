@@ -120,11 +120,3 @@ def robustness_references(zoo, *, tasks: Sequence[str] | None = None, quick: boo
     tasks = zoo_tasks(zoo, tasks)
     ta = choose(zoo, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick)["task_arithmetic"]
     return reference_accuracies(zoo, tasks, split=split, limit=limit, task_arithmetic=ta.params)
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Fig. 5c on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.robustness.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.robustness import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import EmptyInputError, ParameterError
 from ..metrics import TaskVectors, stack_key, task_names
+from ..taskvector import TaskVector
 from ..spectral import as_matrix, log_amplitude_spectrum, radial_profile
 
 
@@ -127,10 +128,10 @@ def radial_profiles_by_key(task_vectors: TaskVectors, keys=None, n_bins: int = 1
         raise EmptyInputError("none of the given keys is a matrix")
     return pd.DataFrame(rows)
 
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Fig. 2a on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.spectra.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.spectra import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)
+def spectrum_key(task_vector: TaskVector) -> str:
+    """The matrix the report draws: the first attention weight matrix, else the first matrix."""
+    matrices = [k for k in task_vector if len(task_vector.shape_of(k)) >= 2]
+    if not matrices:
+        raise EmptyInputError(f"task vector {task_vector.name!r} has no matrix to draw")
+    preferred = [k for k in matrices if "attn" in k and k.endswith("weight")]
+    return (preferred or matrices)[0]

@@ -197,12 +197,3 @@ def cutoff_sweep(zoo, kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = C
     run = partial(run_point, zoo)
     results = list(executor.map(run, points)) if executor is not None else [run(p) for p in points]
     return pd.concat(results, ignore_index=True)
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg"), executor=None):
-    """Draw the cutoff sweep on `zoo` into `out_dir` (points mapped with `executor`, default serial):
-    :func:`freqmerge_viz.plots.sweeps.write_figures` (its docstring states the settings); returns
-    the paths written."""
-    from ..plots.sweeps import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats, executor=executor)

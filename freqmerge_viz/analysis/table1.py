@@ -101,11 +101,3 @@ def table1(task_vectors: TaskVectors, rows: Sequence = DEFAULT_ROWS, *, baseline
         table[f"change_{column.replace('_bins', '')}_pct"] = 100.0 * (table[column] / base[column] - 1.0)
     table.attrs.update({"baseline": baseline, "kept_within": repr(within), "tasks": k})
     return table
-
-
-def write_figures(zoo, out_dir, *, quick: bool = False, formats=("png", "svg")):
-    """Draw Table 1 on `zoo` into `out_dir`: :func:`freqmerge_viz.plots.table1.write_figures` (its
-    docstring states the settings); returns the paths written."""
-    from ..plots.table1 import write_figures as draw
-
-    return draw(zoo, out_dir, quick=quick, formats=formats)

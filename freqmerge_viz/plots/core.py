@@ -2,8 +2,8 @@
 
 Every figure function takes plain arrays or tidy tables and returns a figure; the
 ``save_*`` helpers write files atomically (temporary name, then rename). The topic modules'
-``write_figures`` share :func:`write_all` (CSV + static + HTML), :func:`scope` and the quick
-settings, and run with one torch thread (:func:`torch_threads`).
+``write_figures`` (:mod:`freqmerge_viz.topics`) write each figure with :func:`write_all` (CSV +
+static + HTML). Nothing here computes an analysis: every function draws what it is given.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..backend import torch_threads  # noqa: F401  (re-exported for the topic modules)
 from ..io import write_atomically
 
 STATIC_FORMATS = ("png", "svg", "pdf")
@@ -151,15 +150,6 @@ def interference_figure(table: pd.DataFrame, title: str = ""):
 
 
 # ----------------------------------------------------------------------------- shared by the topic modules
-QUICK_TASKS = 3
-"""Tasks (the zoo's first ones) that the topic modules' ``quick=True`` runs use."""
-QUICK_LIMIT = 48
-"""Images per task and split that ``quick=True`` runs evaluate."""
-
-
-def scope(zoo, quick: bool) -> list[str]:
-    """The tasks a topic module analyses: all of the zoo's, or its first :data:`QUICK_TASKS` when quick."""
-    return list(zoo.tasks[:QUICK_TASKS] if quick else zoo.tasks)
 
 
 def save_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 import numpy as np
 
-from ..analysis.costs import cost_table
-from ..analysis.evaluation import reference_accuracies
-from .core import (QUICK_LIMIT, REFERENCE_STYLES, add_caption, new_figure, reference_summary, scope, torch_threads,
-                   write_all)
+from .core import REFERENCE_STYLES, add_caption, new_figure, reference_summary
 from .scales import sample_note
 
-LIMIT = 300
-"""Test images per task for the accuracies."""
 SHOWN = {"method": "method", "extra_values": "extra numbers stored", "extra_pct_of_model": "extra bytes (% model)",
          "merge_seconds": "merge (s)", "inference_seconds_per_1000": "inference /1000 (s)",
          "mean_accuracy": "mean accuracy (%) ± SE"}
@@ -93,24 +85,4 @@ def costs_plotly(table: pd.DataFrame, title: str = ""):
     return fig
 
 
-@torch_threads(1)
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
-                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Table 9 on the zoo as ``costs.*``: every row of :data:`~freqmerge_viz.analysis.costs.ROWS` with
-    settings chosen on validation (200 images per task), accuracies on the first :data:`LIMIT` test
-    images per task (with no merge, θ_pre + heads, on the same images as a reference line), timings
-    over 1000 inputs (median of 3) on this machine's CPU. ``quick``: three tasks, first candidate
-    settings, 48 images, timings over 200 inputs once.
-    """
-    tasks = scope(zoo, quick)
-    limit = QUICK_LIMIT if quick else LIMIT
-    table = cost_table(zoo, tasks=tasks, limit=limit, validation_limit=QUICK_LIMIT if quick else 200, quick=quick,
-                       timing_inputs=200 if quick else 1000, repeats=1 if quick else 3)
-    references = reference_accuracies(zoo, tasks, limit=limit)
-    references = references[references["reference"] == "pretrained"]
-    title = f"Storage, time and accuracy of each merge ({len(tasks)} zoo tasks; times are this run's, not portable)"
-    return write_all(Path(out_dir) / "costs", table, costs_figure(table, title, references), costs_plotly(table, title),
-                     "table9-costs", formats, fractions=("mean_accuracy", "accuracy_se"))
-
-
-__all__ = ["costs_figure", "costs_plotly", "write_figures"]
+__all__ = ["costs_figure", "costs_plotly"]

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ParameterError
+from ..tables import disentanglement_pivot
 from .core import new_figure
 
 _KIND_STYLE = {"pretrained": ("θ_0", "#7f7f7f", ":"), "own": ("θ_0 + α τ_t", "#2ca02c", "-"),
@@ -15,8 +16,6 @@ _KIND_STYLE = {"pretrained": ("θ_0", "#7f7f7f", ":"), "own": ("θ_0 + α τ_t",
 
 
 def _panels(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    from ..analysis.disentanglement import disentanglement_pivot
-
     if table.empty:
         raise ParameterError("empty disentanglement table")
     pair = table.attrs.get("pair") or list(dict.fromkeys(table["task"]))

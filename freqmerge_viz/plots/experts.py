@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.experts_curves import DENSITIES, KINDS, expert_curves
-from .core import (QUICK_LIMIT, accuracy_summary, add_caption, draw_references, new_figure, plotly_references, scope,
-                   torch_threads, write_all)
+from .core import accuracy_summary, add_caption, draw_references, new_figure, plotly_references
 from .scales import sample_note
 
-LIMIT = 300
-"""Test images per task."""
 LABELS = {"topk": "top-k (μ = 1)", "topk_rescaled": "top-k + Eq. 4 rescale", "bernoulli": "Bernoulli (not ÷d)",
           "bernoulli_rescaled": "Bernoulli ÷ d (DARE)", "svd": "SVD (rank matched to storage)"}
 
@@ -133,22 +126,5 @@ def experts_plotly(table: pd.DataFrame, title: str = ""):
     return fig
 
 
-@torch_threads(1)
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
-                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Fig. 5b on the zoo as ``expert_sparsity.*``: every kind of :mod:`~freqmerge_viz.analysis.experts_curves`
-    at densities :data:`~freqmerge_viz.analysis.experts_curves.DENSITIES`, Bernoulli seed 0, first
-    :data:`LIMIT` test images per task. Nothing is tuned (no validation). ``quick``: three tasks,
-    densities 0.01 and 1, 48 images.
-    """
-    tasks = scope(zoo, quick)
-    table = expert_curves(zoo, kinds=KINDS, densities=(0.01, 1.0) if quick else DENSITIES, tasks=tasks,
-                          limit=QUICK_LIMIT if quick else LIMIT)
-    title = f"Expert-only accuracy (θ_pre + e_t on task t), {len(tasks)} zoo tasks, {table.attrs['limit']} test images each"
-    return write_all(Path(out_dir) / "expert_sparsity", table, experts_figure(table, title),
-                     experts_plotly(table, title), "fig5b-expert-sparsity", formats,
-                     fractions=("accuracy", "individual"))
-
-
 __all__ = ["ARTEFACTS", "LABELS", "artefacts", "curve_summary", "experts_figure", "experts_plotly", "mean_curves",
-           "references_of", "write_figures"]
+           "references_of"]

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ParameterError
+from ..tables import generalisation_difference, generalisation_pivot
 
 
 def _matrices(table: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    from ..analysis.generalisation import generalisation_difference, generalisation_pivot
-
     if table.empty:
         raise ParameterError("empty generalisation table")
     return {"unfiltered": generalisation_pivot(table, False, metric),

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.router_robustness import (ROUTER_ACCURACIES, chosen_routed_merges, robustness_references,
-                                          router_robustness)
-from .core import (QUICK_LIMIT, accuracy_summary, add_caption, draw_references, fraction_names, new_figure,
-                   plotly_references, save_csv, scope, torch_threads, write_all)
+from .core import accuracy_summary, add_caption, draw_references, new_figure, plotly_references
 from .scales import as_percent, sample_note
-
-LIMIT = 300
-"""Test images per task."""
 
 
 def mean_by_p(table: pd.DataFrame) -> pd.DataFrame:
@@ -86,32 +76,4 @@ def robustness_plotly(table: pd.DataFrame, title: str = "", references: pd.DataF
     return fig
 
 
-@torch_threads(1)
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
-                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Fig. 5c on the zoo as ``router_robustness.*``: FREE, EMR and Twin with the settings the zoo
-    comparison chooses on validation (200 images per task, oracle routes), then a seeded
-    ``RandomRouter`` (seed 0) at p = 0, 0.1, …, 1 on the first :data:`LIMIT` test images per task,
-    beside no merge (θ_pre + heads), task arithmetic (its validation-chosen scaling) and the
-    fine-tuned models on the same images (``router_robustness_references.csv``).
-    ``quick``: three tasks, each row's first candidate setting, p ∈ {0, 0.5, 1}, 48 images.
-    """
-    tasks = scope(zoo, quick)
-    validation_limit = QUICK_LIMIT if quick else 200
-    limit = QUICK_LIMIT if quick else LIMIT
-    routed = chosen_routed_merges(zoo, tasks=tasks, quick=quick, validation_limit=validation_limit)
-    table = router_robustness(zoo, routed, tasks=tasks, ps=(0.0, 0.5, 1.0) if quick else ROUTER_ACCURACIES,
-                              seed=0, limit=limit)
-    table["settings"] = table["method"].map({name: json.dumps(merge.settings, sort_keys=True, default=str)
-                                             for name, merge in routed.items()})
-    references = robustness_references(zoo, tasks=tasks, quick=quick, validation_limit=validation_limit, limit=limit)
-    title = f"Routed merges under a random router ({len(tasks)} zoo tasks, {table.attrs['limit']} test images each)"
-    out = Path(out_dir)
-    written = write_all(out / "router_robustness", table, robustness_figure(table, title, references),
-                        robustness_plotly(table, title, references), "fig5c-router-robustness", formats,
-                        fractions=("accuracy", "router_accuracy"))
-    written.append(save_csv(fraction_names(references, ["accuracy"]), out / "router_robustness_references.csv"))
-    return written
-
-
-__all__ = ["mean_by_p", "p_summary", "robustness_figure", "robustness_plotly", "write_figures"]
+__all__ = ["mean_by_p", "p_summary", "robustness_figure", "robustness_plotly"]

@@ -6,10 +6,11 @@ an accuracy looks the same in an exported PNG and in a notebook.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..stats import binomial_se, mean_se, within_noise  # noqa: F401  (re-exported: the scales' statistics)
 
 ZERO_RELATIVE = 1e-4
 """An amplitude at most this fraction of the largest one in its matrix counts as zero. A true
@@ -85,43 +86,10 @@ def spectrum_image(amplitude: np.ndarray, low_percentile: float = 1.0, high_perc
     return SpectrumImage(values, vmin, vmax, zero, rows, cols)
 
 
-def binomial_se(accuracy: float | np.ndarray, n: int | np.ndarray) -> float | np.ndarray:
-    """Standard error of an accuracy measured on `n` independent images: sqrt(p (1 − p) / n).
-
-    Same units as `accuracy` (a fraction); NaN where n is 0.
-    """
-    p = np.asarray(accuracy, dtype=np.float64)
-    count = np.asarray(n, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se = np.sqrt(p * (1.0 - p) / count)
-    se = np.where(count > 0, se, np.nan)
-    return float(se) if se.ndim == 0 else se
-
-
-def mean_se(accuracies, counts) -> float:
-    """Standard error of the mean over tasks of per-task accuracies, each on its own `counts`
-    images (tasks independent): sqrt(Σ se_t²) / T. A fraction."""
-    ses = np.atleast_1d(binomial_se(np.asarray(accuracies, dtype=np.float64), np.asarray(counts)))
-    return float(math.sqrt(np.nansum(ses ** 2)) / len(ses)) if len(ses) else float("nan")
-
-
 def as_percent(fraction) -> float | np.ndarray:
     """A fraction in [0, 1] as a percentage (×100); arrays stay arrays."""
     value = np.asarray(fraction, dtype=np.float64) * 100.0
     return float(value) if value.ndim == 0 else value
-
-
-def within_noise(values, ses) -> bool:
-    """Whether every ±1 SE bar ``[v − se, v + se]`` overlaps every other (equivalently, one value
-    lies inside all of them): a curve this flat shows no difference its sample can resolve.
-    NaN standard errors count as 0; NaN values are ignored."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    s = np.nan_to_num(np.asarray(ses, dtype=np.float64).reshape(-1), nan=0.0)
-    keep = np.isfinite(v)
-    if not keep.any():
-        return True
-    v, s = v[keep], np.abs(s[keep])
-    return bool(np.max(v - s) <= np.min(v + s) + 1e-12)
 
 
 def sample_note(tasks: int, images, split: str = "test", bars: str = "bars") -> str:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.sweeps import CUTOFFS, SCALINGS, choose_scaling, cutoff_sweep, sweep_references
-from ..spectral import KINDS
-from .core import (QUICK_LIMIT, accuracy_summary, add_caption, draw_references, fraction_names, new_figure,
-                   plotly_references, save_csv, scope, torch_threads, write_all)
+from .core import accuracy_summary, add_caption, draw_references, new_figure, plotly_references
 from .scales import as_percent, binomial_se, sample_note, within_noise
-
-LIMIT = 300
-"""Test images per task."""
-VALIDATION_LIMIT = 150
-"""Validation images per task used to pick the sweep's one scaling."""
-DEFAULT_KIND, DEFAULT_CUTOFF = "ideal", 0.1
-"""FR's paper default filter, where the sweep's scaling is chosen."""
 
 
 def point_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -156,38 +143,4 @@ def sweep_plotly(table: pd.DataFrame, title: str = "", references: pd.DataFrame 
     return fig
 
 
-@torch_threads(1)
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
-                  formats: Sequence[str] = ("png", "svg"), executor=None) -> list[Path]:
-    """The cutoff sweep on the zoo as ``cutoff_sweep.*``: ideal, Butterworth (order 2) and Gaussian
-    high-pass at :data:`~freqmerge_viz.analysis.sweeps.CUTOFFS`, FR paper reading (λ_i of Eq. 3).
-    One scaling for the whole sweep: the best of :data:`~freqmerge_viz.analysis.sweeps.SCALINGS`
-    on :data:`VALIDATION_LIMIT` validation images per task at FR's default filter (ideal, ρ = 0.1;
-    :func:`~freqmerge_viz.analysis.sweeps.choose_scaling`), held at every kind and cutoff, so the
-    curve shows the cutoff alone. Accuracy on :data:`LIMIT` test images per task, beside no merge,
-    task arithmetic at the same scaling and weights, and the fine-tuned models on the same images
-    (``cutoff_sweep_references.csv``). ``quick``: three tasks, ideal and Gaussian at cutoffs 0 and
-    0.3, scaling 1 (not chosen), 48 images.
-    """
-    tasks = tuple(scope(zoo, quick))
-    limit = QUICK_LIMIT if quick else LIMIT
-    if quick:
-        scaling, chosen_by = 1.0, "fixed, not tuned"
-        table = cutoff_sweep(zoo, ("ideal", "gaussian"), (0.0, 0.3), executor=executor, tasks=tasks, limit=limit)
-    else:
-        scaling, _ = choose_scaling(zoo, DEFAULT_KIND, DEFAULT_CUTOFF, SCALINGS, tasks=tasks,
-                                    validation_limit=VALIDATION_LIMIT)
-        chosen_by = (f"chosen once, on {VALIDATION_LIMIT} validation images per task at {DEFAULT_KIND} "
-                     f"ρ = {DEFAULT_CUTOFF:g}, among {', '.join(f'{v:g}' for v in SCALINGS)}")
-        table = cutoff_sweep(zoo, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
-    references = sweep_references(zoo, scaling, tasks=tasks, limit=limit)
-    title = f"FR-Merging along the cutoff ({len(tasks)} zoo tasks, paper reading: λ_i of Eq. 3)"
-    out = Path(out_dir)
-    written = write_all(out / "cutoff_sweep", table, sweep_figure(table, title, references, chosen_by),
-                        sweep_plotly(table, title, references, chosen_by), "cutoff-sweep", formats,
-                        fractions=("accuracy", "validation_mean"))
-    written.append(save_csv(fraction_names(references, ["accuracy"]), out / "cutoff_sweep_references.csv"))
-    return written
-
-
-__all__ = ["point_means", "point_summary", "sweep_figure", "sweep_plotly", "write_figures"]
+__all__ = ["point_means", "point_summary", "sweep_figure", "sweep_plotly"]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..analysis.evaluation import zoo_task_vectors
-from ..analysis.table1 import DEFAULT_ROWS, table1
-from .core import new_figure, scope, torch_threads, write_all
+from .core import new_figure
 
 MEASURES = {"change_all_pct": "all bins (paper's measure)", "change_kept_pct": "bins the reference filter keeps",
             "change_normalized_pct": "all bins / mean amplitude"}
@@ -49,20 +44,4 @@ def table1_plotly(table: pd.DataFrame, title: str = ""):
     return fig
 
 
-@torch_threads(1)
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
-                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Table 1 on the zoo's task vectors as ``table1.*``: :data:`~freqmerge_viz.analysis.table1.DEFAULT_ROWS`
-    (registered defaults of each method's per-task step), kept bins = those of FR's default ideal
-    high-pass (ρ ≥ 0.1). No evaluation; ``quick`` uses the first three tasks.
-    """
-    table = table1(zoo_task_vectors(zoo, scope(zoo, quick)), DEFAULT_ROWS)
-    fr = table.set_index("label").loc["FR"]
-    title = (f"Across-task amplitude variance after each method's step ({table.attrs['tasks']} zoo tasks); "
-             f"FR: {fr['change_all_pct']:+.1f}% over all bins, {fr['change_kept_pct']:+.1f}% over the "
-             f"{100 * fr['kept_fraction']:.1f}% of bins it keeps")
-    return write_all(Path(out_dir) / "table1", table, table1_bars(table, title), table1_plotly(table, title),
-                     "table1-amplitude-variance", formats)
-
-
-__all__ = ["MEASURES", "table1_bars", "table1_plotly", "write_figures"]
+__all__ = ["MEASURES", "table1_bars", "table1_plotly"]
