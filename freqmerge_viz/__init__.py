@@ -23,9 +23,9 @@ _EXPORTS = {
                  "band_energy_fraction", "clear_mask_cache", "filter_parameter", "filter_stack",
                  "fourier_transform", "frequency_filter", "frequency_mask", "log_amplitude_spectrum",
                  "power_spectrum", "radial_frequency", "radial_profile"],
-    "methods": ["MergeMethod", "Param", "get_method", "list_methods", "merge", "method_transform"],
-    "routed": ["EMRMerging", "FreeMerging", "RoutedMerge", "TwinMerging", "emr_merging", "free_merging",
-               "list_routed_methods", "routed_merge", "twin_merging"],
+    "methods": ["MergeMethod", "Param", "ResolvedMethod", "get_method", "list_methods", "merge", "method_transform",
+                "EMRMerging", "FreeMerging", "RoutedMerge", "TwinMerging", "emr_merging", "free_merging",
+                "list_routed_methods", "routed_merge", "twin_merging"],
     "routing": ["MLPRouter", "OracleRouter", "RandomRouter", "Router", "group_by_route", "routed_apply"],
     "taskvector": ["TaskVector"],
     "engine": ["EvalResult", "StackedStates", "evaluate_on_zoo", "evaluate_params"],
@@ -36,8 +36,8 @@ _EXPORTS = {
 """Public names and the module each comes from. They are imported on first use (PEP 562), so
 ``import freqmerge_viz`` and the command line's ``--help`` do not pay for torch, pandas or plotly."""
 _SUBMODULES = ("analysis", "zoo", "plots", "widgets", "tutorial", "methods", "io", "outputs", "spectral",
-               "metrics", "taskvector", "engine", "routed", "routing", "experts", "errors", "backend",
-               "merge_job", "figures", "report", "keys", "benchmarks", "synthetic")
+               "metrics", "taskvector", "engine", "routing", "experts", "errors", "backend",
+               "merge_job", "figures", "report", "keys", "benchmarks", "synthetic", "topics", "tables", "stats")
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_ORIGIN) + ["analysis", "zoo", "__version__"]

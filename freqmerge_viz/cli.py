@@ -185,10 +185,8 @@ def _cmd_verify(args) -> int:
 def _cmd_methods(args) -> None:
     from .methods import get_method, list_methods
 
-    from .routed import list_routed_methods, routed_doc
-
-    for name in [args.name] if args.name else list_methods() + list_routed_methods():
-        print(routed_doc(name) if name in list_routed_methods() else get_method(name).doc())
+    for name in [args.name] if args.name else list_methods():
+        print(get_method(name).doc())
         print()
 
 

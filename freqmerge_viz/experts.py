@@ -32,7 +32,7 @@ from .backend import as_compute_tensor, resolve_device
 from .errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError, check_choice, check_positive_int
 from .keys import Patterns
 from .methods.fr import fr_coefficients
-from .metrics import TaskVectors, common_keys, stack_key, task_names
+from .taskvector import TaskVectors, common_keys, stack_key, task_names
 from .spectral import as_matrix
 
 RESCALES = ("paper", "official", None)

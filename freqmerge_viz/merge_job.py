@@ -158,23 +158,21 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     validated, `out` is checked not to overlap any input and to be writable with room for
     the output, and the inputs are hashed.
     """
-    from .methods import get_method, merge
-    from .routed import list_routed_methods, routed_merge
+    from .methods import get_method, merge, routed_merge
 
     params = dict(parameters or {})
     if preset is not None:
         params["preset"] = preset
     torch_dtype = _torch_dtype(dtype)
     out = Path(out)
-    routed = method in list_routed_methods()
+    routed = get_method(method).routed
     single_file = out.suffix.lower() == ".safetensors"
     if routed and single_file:
         raise ParameterError(f"{method} writes one checkpoint per task: give a folder for --out, not {out.name}")
     finetuned = list(finetuned)
     pre_state = load_state(pretrained)
     ft_states = [load_state(item) for item in finetuned]
-    if not routed:
-        get_method(method).resolve(params, len(finetuned))
+    get_method(method).resolve(params, len(finetuned))
     protect = [p for p in (pretrained, *finetuned) if isinstance(p, (str, os.PathLike))]
     protect += [p for state in (pre_state, *ft_states) for p in state.origins]
     plan = plan_shards(pre_state, max_shard_size, torch_dtype)

@@ -8,55 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 import pandas as pd
 import torch
 
 from .backend import as_compute_tensor, resolve_device
 from .errors import EmptyInputError, ParameterError, check_choice
-from .keys import Patterns, require_same_keys, select_keys
+from .keys import Patterns
 from .spectral import FilterSpec, as_matrix
+from .taskvector import TaskVectors, common_keys, stack_key, task_names  # noqa: F401  (re-exported)
 
-TaskVectors = Sequence[Mapping[str, torch.Tensor]]
 StackTransform = Callable[[torch.Tensor, str], torch.Tensor]
 """A per-task transform over one key: ``(stack[K, *shape], key) -> stack[K, *shape]``."""
-
-
-def task_names(task_vectors: TaskVectors) -> list[str]:
-    """Each task's ``name`` attribute, or ``task0, task1, …``; duplicates get a ``#i`` suffix."""
-    names = [getattr(tv, "name", None) or f"task{i}" for i, tv in enumerate(task_vectors)]
-    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-
-
-def common_keys(task_vectors: TaskVectors, include: Patterns = None, exclude: Patterns = None) -> list[str]:
-    """Keys of the first task selected by the globs; every task must have the same keys."""
-    if len(task_vectors) == 0:
-        raise EmptyInputError("need at least one task vector, got an empty list")
-    names = task_names(task_vectors)
-    first = list(task_vectors[0])
-    for tv, name in zip(task_vectors[1:], names[1:]):
-        require_same_keys(first, list(tv), names[0], name)
-    return select_keys(first, include, exclude)
-
-
-def stack_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> torch.Tensor:
-    """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`.
-
-    Filled one task at a time, so that building it holds the stack plus one task's entry.
-    """
-    target = resolve_device(device)
-    first = as_compute_tensor(task_vectors[0][key], target)
-    stack = torch.empty((len(task_vectors), *first.shape), dtype=first.dtype, device=target)
-    stack[0] = first
-    del first
-    for i, tv in enumerate(task_vectors[1:], start=1):
-        entry = as_compute_tensor(tv[key], target)
-        if entry.dtype != stack.dtype:
-            stack = stack.to(torch.promote_types(stack.dtype, entry.dtype))
-        stack[i] = entry
-        del entry
-    return stack
 
 
 def _matrix_stack(stack: torch.Tensor, one_d: str) -> torch.Tensor | None:

@@ -8,8 +8,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .backend import compute_dtype, resolve_device
-from .errors import MissingKeysError, NonFiniteError, ShapeMismatchError
+from .backend import as_compute_tensor, compute_dtype, resolve_device
+from .errors import EmptyInputError, MissingKeysError, NonFiniteError, ShapeMismatchError
 from .io import LazyState, load_state
 from .keys import Patterns, require_same_keys, select_keys
 
@@ -291,3 +291,43 @@ def _short_name(name: str) -> str:
         if tail.endswith(suffix):
             return tail[: -len(suffix)]
     return tail
+
+
+# ------------------------------------------------------------------ stacks of task vectors
+TaskVectors = Sequence[Mapping[str, torch.Tensor]]
+
+
+def task_names(task_vectors: TaskVectors) -> list[str]:
+    """Each task's ``name`` attribute, or ``task0, task1, …``; duplicates get a ``#i`` suffix."""
+    names = [getattr(tv, "name", None) or f"task{i}" for i, tv in enumerate(task_vectors)]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def common_keys(task_vectors: TaskVectors, include: Patterns = None, exclude: Patterns = None) -> list[str]:
+    """Keys of the first task selected by the globs; every task must have the same keys."""
+    if len(task_vectors) == 0:
+        raise EmptyInputError("need at least one task vector, got an empty list")
+    names = task_names(task_vectors)
+    first = list(task_vectors[0])
+    for tv, name in zip(task_vectors[1:], names[1:]):
+        require_same_keys(first, list(tv), names[0], name)
+    return select_keys(first, include, exclude)
+
+
+def stack_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`.
+
+    Filled one task at a time, so that building it holds the stack plus one task's entry.
+    """
+    target = resolve_device(device)
+    first = as_compute_tensor(task_vectors[0][key], target)
+    stack = torch.empty((len(task_vectors), *first.shape), dtype=first.dtype, device=target)
+    stack[0] = first
+    del first
+    for i, tv in enumerate(task_vectors[1:], start=1):
+        entry = as_compute_tensor(tv[key], target)
+        if entry.dtype != stack.dtype:
+            stack = stack.to(torch.promote_types(stack.dtype, entry.dtype))
+        stack[i] = entry
+        del entry
+    return stack

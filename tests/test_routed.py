@@ -11,7 +11,7 @@ import torch
 
 import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
-from freqmerge_viz.routed import emr_elect
+from freqmerge_viz.methods.routed import emr_elect
 from freqmerge_viz.synthetic import make_model_set
 
 
@@ -213,10 +213,10 @@ def test_merge_cli_writes_one_checkpoint_per_task_for_routed_merges(tmp_path, ca
             assert torch.equal(written[key], expected.task_state(task)[key]), (task, key)
     assert main(["merge", "--method", "twin", "--preset", "paper", "--pretrained", str(paths["pretrained"]),
                  "--finetuned", *finetuned, "--out", str(tmp_path / "twin")]) == 2
-    assert "twin: unknown parameter(s) ['preset']" in capsys.readouterr().err
+    assert "twin: unknown preset 'paper'; available: none" in capsys.readouterr().err
     assert main(["merge", "--method", "emr", "--preset", "official", "--pretrained", str(paths["pretrained"]),
                  "--finetuned", *finetuned, "--out", str(tmp_path / "emr")]) == 0
     record = json.loads((tmp_path / "emr" / "merge.json").read_text())
     assert record["parameters"]["rescaler"] == "per_key_mean" and record["parameters"]["zero_sign"] == "negative"
     assert main(["methods", "emr"]) == 0 and "presets: official, paper" in capsys.readouterr().out
-    assert main(["methods", "twin"]) == 0 and "rank (default 8)" in capsys.readouterr().out
+    assert main(["methods", "twin"]) == 0 and "rank (default 8; ≥ 1): rank of each task's residual" in capsys.readouterr().out

@@ -273,3 +273,34 @@ def test_slider_benchmark_quick(monkeypatch, capsys):
     assert printed == result
     assert {"p50_ms", "p95_ms", "n", "device"} <= set(result) and result["n"] == 3
     assert result["accuracy_cache_misses"] >= 3
+
+
+def test_explorer_models_run_headless_without_ipywidgets():
+    """Each explorer's computation is a model class that needs no widget library."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import freqmerge_viz as fmv\n"
+             "from freqmerge_viz.widgets.cutoff import CutoffModel\n"
+             "from freqmerge_viz.widgets.landscape import LandscapeModel\n"
+             "z = fmv.zoo.load()\n"
+             "m = CutoffModel(z, eval_per_task=4)\n"
+             "view = m.compute({**m.default_values('fr'), 'cutoff': 0.3})\n"
+             "lm = LandscapeModel(z, limit=8)\n"
+             "lv = lm.compute({'task_a': 'landcover', 'task_b': 'textures', 'eval_task': None, 'grid': 3,\n"
+             "                 'filtered': False, 'metric': 'loss', 'methods': ('task_arithmetic',)})\n"
+             "print(len(view.accuracy), 0 < view.kept_fraction < 1, len(lv.grid), 'ipywidgets' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["8", "True", "9", "False"]
+
+
+def test_a_cutoff_change_resolves_the_method_once(explorer, monkeypatch):
+    explorer.set(method="fr", kind="ideal", band="high", scaling=1.0, cutoff=0.2)
+    method = fmv.get_method("fr")
+    calls = []
+    original = type(method).resolve
+    monkeypatch.setattr(type(method), "resolve", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    explorer.set(cutoff=0.2345)
+    assert len(calls) == 1

@@ -20,7 +20,7 @@ import torch
 from ..engine import evaluate_on_zoo
 from ..errors import check_positive_int
 from ..experts import storage_table
-from ..routed import EMRMerging, RoutedMerge
+from ..methods import EMRMerging, RoutedMerge
 from .evaluation import (backbone_numel, device_label, evaluate_per_task, image_counts, individual_accuracies,
                          materialize, zoo_tasks)
 from .selection import VALIDATION_LIMIT, build_chosen, choose

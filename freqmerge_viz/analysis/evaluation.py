@@ -17,7 +17,7 @@ import torch
 from ..engine import evaluate_on_zoo, zoo_backbone_keys, zoo_data
 from ..errors import EmptyInputError, ParameterError
 from ..io import load_state
-from ..metrics import common_keys, stack_key, task_names
+from ..taskvector import common_keys, stack_key, task_names
 from ..taskvector import TaskVector
 
 

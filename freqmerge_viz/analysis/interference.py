@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from ..keys import Patterns
-from ..metrics import TaskVectors, amplitude_variance
+from ..metrics import amplitude_variance
+from ..taskvector import TaskVectors
 from ..spectral import FilterSpec, filter_stack
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..errors import ParameterError
-from ..routed import RoutedMerge
+from ..methods import RoutedMerge
 from ..routing import RandomRouter
 from .evaluation import reference_accuracies, zoo_tasks
 from .selection import VALIDATION_LIMIT, build_chosen, choose

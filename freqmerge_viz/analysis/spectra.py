@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..errors import EmptyInputError, ParameterError
-from ..metrics import TaskVectors, stack_key, task_names
+from ..taskvector import TaskVectors, stack_key, task_names
 from ..taskvector import TaskVector
 from ..spectral import as_matrix, log_amplitude_spectrum, radial_profile
 

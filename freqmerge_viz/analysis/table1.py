@@ -18,7 +18,8 @@ import torch
 
 from ..errors import ParameterError
 from ..methods import get_method, method_transform
-from ..metrics import TaskVectors, amplitude_variance
+from ..metrics import amplitude_variance
+from ..taskvector import TaskVectors
 from ..methods.fr import filter_spec
 from ..spectral import FilterSpec
 from .evaluation import transformed

@@ -36,7 +36,7 @@ import torch
 from ..backend import resolve_device
 from ..errors import ParameterError
 from ..methods import merge
-from ..metrics import stack_key
+from ..taskvector import stack_key
 from ..spectral import (COST_TERMS, FilterSpec, fft_path_terms, filter_path, filter_stack, lowband_plans,
                         lowband_terms)
 from ..taskvector import TaskVector

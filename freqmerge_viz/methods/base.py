@@ -19,8 +19,7 @@ from ..backend import as_compute_tensor, resolve_device
 from ..errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
 from ..io import LazyState, load_state
 from ..keys import Patterns
-from ..metrics import common_keys, stack_key
-from ..taskvector import DerivedState, TaskVector
+from ..taskvector import DerivedState, TaskVector, common_keys, stack_key
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,10 @@ class Param:
             if not isinstance(value, bool):
                 raise ParameterError(f"{where} must be true or false, got {value!r}")
             return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ParameterError(f"{where} must be a name (a string), got {value!r}")
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParameterError(f"{where} must be a number, got {value!r}")
         value = self.kind(value)
@@ -71,10 +74,17 @@ class Param:
         return value
 
     def describe(self) -> str:
-        """One line for docs and ``--help``."""
-        allowed = f" one of {list(self.choices)};" if self.choices else ""
-        bounds = f" range [{self.low}, {self.high}];" if self.low is not None or self.high is not None else ""
-        return f"{self.name} (default {self.default!r};{allowed}{bounds}) {self.doc}"
+        """One line for docs and ``--help``: name, default, allowed values, meaning."""
+        parts = [f"default {self.default!r}"]
+        if self.choices:
+            parts.append(f"one of {list(self.choices)}")
+        elif self.low is not None and self.high is not None:
+            parts.append(f"in {'(' if self.low_open else '['}{self.low}, {self.high}]")
+        elif self.low is not None:
+            parts.append(f"{'>' if self.low_open else '≥'} {self.low}")
+        elif self.high is not None:
+            parts.append(f"≤ {self.high}")
+        return f"{self.name} ({'; '.join(parts)}): {self.doc}"
 
 
 @dataclass
@@ -120,12 +130,17 @@ def resolve_params(owner: str, params: Sequence[Param], presets: Mapping[str, Ma
 
 
 class MergeMethod:
-    """Base of every registered method; subclasses set ``name``, ``summary``, ``params``."""
+    """Base of every registered method; subclasses set ``name``, ``summary``, ``params``.
+
+    ``routed`` methods (FREE, EMR, Twin: :class:`~freqmerge_viz.methods.routed.RoutedMethod`)
+    give one state per task instead of one merged state; the others are plain merges.
+    """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    routed: ClassVar[bool] = False
 
     def resolve(self, given: Mapping[str, Any], n_tasks: int | None = None) -> dict:
         """Defaults, then the chosen preset's values, then `given`; all validated, together too
@@ -137,6 +152,14 @@ class MergeMethod:
     def check(self, params: dict) -> None:
         """Checks that need several parameters at once (e.g. a cutoff's range depends on its
         units); :class:`ParameterError` if they fail. Default: none."""
+
+    def resolved(self, given: Mapping[str, Any], n_tasks: int | None = None) -> ResolvedMethod:
+        """This method with `given` resolved once (:meth:`resolve`), ready to merge or transform."""
+        return ResolvedMethod(self, self.resolve(given, n_tasks), n_tasks)
+
+    def filter_spec(self, params: Mapping[str, Any]):
+        """The frequency filter the resolved `params` describe (methods that filter), else None."""
+        return None
 
     def merges_key(self, key: str, ctx: MergeContext) -> bool:
         """Whether `key` is merged; other keys keep their pretrained values."""
@@ -172,6 +195,43 @@ class MergeMethod:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A method with its parameters resolved once: what widgets and analyses pass around.
+
+    ``params`` are the validated values (defaults, preset, given); ``filter_spec`` is the
+    frequency filter they describe (None for methods that do not filter).
+    """
+
+    method: MergeMethod
+    params: dict
+    n_tasks: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def filter_spec(self):
+        return self.method.filter_spec(self.params)
+
+    def transform(self, stack: torch.Tensor, key: str) -> torch.Tensor:
+        """The per-task step on one key's ``stack[K, *shape]`` (identity on keys the method does not merge)."""
+        _refuse_routed(self.method, "method_transform")
+        ctx = MergeContext(self.params, [f"task{i}" for i in range(stack.shape[0])])
+        return self.method.transform(stack, key, ctx) if self.method.merges_key(key, ctx) else stack
+
+    def merge(self, pretrained, finetuned_or_task_vectors, **options) -> LazyState:
+        """:func:`merge` with these parameters (`options`: include, exclude, device, dtype)."""
+        return merge(self.method.name, pretrained, finetuned_or_task_vectors, _resolved=self, **options)
+
+
+def _refuse_routed(method: MergeMethod, what: str) -> None:
+    if method.routed:
+        raise ParameterError(f"{method.name!r} is a routed merge (one state per task, chosen per input by a "
+                             f"router); it has no single {what}: use routed_merge({method.name!r}, ...)")
+
+
 _REGISTRY: dict[str, MergeMethod] = {}
 
 
@@ -203,13 +263,8 @@ def method_transform(name: str, n_tasks: int | None = None, **params) -> Callabl
     that need global statistics (e.g. FR's coefficients) do not need them for this step.
     """
     method = get_method(name)
-    resolved = method.resolve(params, n_tasks)
-
-    def transform(stack: torch.Tensor, key: str) -> torch.Tensor:
-        ctx = MergeContext(resolved, [f"task{i}" for i in range(stack.shape[0])])
-        return method.transform(stack, key, ctx) if method.merges_key(key, ctx) else stack
-
-    transform.__name__ = f"{name}.transform"
+    _refuse_routed(method, "per-task transform")
+    transform = method.resolved(params, n_tasks).transform
     return transform
 
 
@@ -247,7 +302,7 @@ def as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: P
 
 def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns = None,
           exclude: Patterns = None, device: str | torch.device | None = "cpu",
-          dtype: torch.dtype | None = None, **params) -> LazyState:
+          dtype: torch.dtype | None = None, _resolved: ResolvedMethod | None = None, **params) -> LazyState:
     """Merge with method `name`; returns a lazy state ``key -> tensor`` over every pretrained key.
 
     `finetuned_or_task_vectors` holds fine-tuned models (anything :func:`load_state` reads)
@@ -257,6 +312,7 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     float64), and returned in `dtype` (default: the pretrained tensor's dtype).
     """
     method = get_method(name)
+    _refuse_routed(method, "merged state")
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
@@ -269,7 +325,13 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
             raise ShapeMismatchError(key, pre.shape_of(key), vectors[0].shape_of(key), pre.source_of(key),
                                      "the task vectors")
     names = [getattr(v, "name", f"task{i}") for i, v in enumerate(vectors)]
-    ctx = MergeContext(method.resolve(params, len(vectors)), names)
+    if _resolved is None:
+        resolved_params = method.resolve(params, len(vectors))
+    elif _resolved.n_tasks == len(vectors):
+        resolved_params = dict(_resolved.params)
+    else:
+        resolved_params = method.resolve(_resolved.params, len(vectors))
+    ctx = MergeContext(resolved_params, names)
     merged_keys = {k for k in keys if method.merges_key(k, ctx)}
     ctx.statistics = method.statistics(vectors, sorted(merged_keys, key=keys.index), ctx, target)
 

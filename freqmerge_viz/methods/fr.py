@@ -161,6 +161,9 @@ class FilteredMethod(MergeMethod):
     def check(self, params):
         filter_spec(params)
 
+    def filter_spec(self, params):
+        return filter_spec(params)
+
 
 @register
 class FRMerging(FilteredMethod):

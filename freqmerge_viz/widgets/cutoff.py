@@ -20,7 +20,7 @@ import html
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,8 +30,7 @@ import torch
 from ..backend import resolve_device, torch_threads
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..io import load_state
-from ..methods import get_method, list_methods, merge, method_transform
-from ..methods.fr import filter_spec
+from ..methods import ResolvedMethod, get_method, list_methods
 from ..metrics import amplitude_variance
 from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, spectrum_image
 from ..spectral import amplitude_spectrum, as_matrix
@@ -120,46 +119,24 @@ class _LRU(OrderedDict):
         return value
 
 
-class CutoffExplorer(Explorer):
-    """Sliders for a cutoff-based merge (FR and its compositions) over a zoo, or any models.
+class CutoffModel:
+    """What the cutoff explorer computes, without any widget: sources, caches, references and
+    :meth:`compute` of one :class:`CutoffView` per setting (tests drive it headless).
 
-    `source` is a zoo (:func:`freqmerge_viz.zoo.load`) or ``(pretrained, finetuned, evaluator)``:
-    ``finetuned`` a ``{task: state}`` mapping (or a list, tasks ``task0…``), ``evaluator``
-    either ``{task: engine.Evaluator}`` or a function ``state -> {task: accuracy in [0, 1]}``.
-    With a zoo, accuracies are measured on the first `eval_per_task` images of each task's
-    `eval_split` with the engine (``evaluate_params`` + ``zoo_forward``, mode `eval_mode`).
-
-    Settings (``values``, changed by the controls or :meth:`set`): ``cutoff`` and
-    ``upper_cutoff`` (normalised radius in [0, 1]: 0 = DC, 1 = the corner of the centred
-    spectrum; the upper one is used by ``band="band"`` only), ``kind``, ``band``,
-    ``scaling``, ``method`` (one of :func:`cutoff_methods`), ``key`` (a matrix: a task vector
-    entry with 2 or more dimensions, seen as :func:`~freqmerge_viz.as_matrix` sees it),
-    ``task`` (whose spectrum is drawn) and ``variance_over`` (``"matrix"``: the chosen
-    matrix; ``"all"``: the mean over every matrix, which adds about 0.4 s to each filter
-    change on a busy 2-core CPU).
-
-    `params` are fixed parameters of the method besides those (e.g. ``coefficients``,
-    ``order``); the filter stays the paper's centred one in normalised units on every matrix.
-    `threads` torch CPU threads run each update (default 1: an update is many small
-    tensors, where a second thread costs more than it saves on a busy 2-core machine);
-    ``None`` keeps torch's setting.
+    Arguments as :class:`CutoffExplorer`'s; `params` are fixed method parameters.
     """
 
-    export_div_id = "freqmerge-cutoff-explorer"
-    default_export = "cutoff_explorer.html"
-
-    def __init__(self, source, *, key: str | None = None, task: str | None = None, method: str = "fr",
-                 cutoff: float | None = None, scaling: float | None = None, eval_split: str = "val",
-                 eval_per_task: int = 16, eval_mode: str = "loop", device: torch.device | str | None = None,
-                 params: Mapping[str, Any] | None = None, threads: int | None = 1,
-                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
-        super().__init__(debounce=debounce, schedule=schedule)
+    def __init__(self, source, *, method: str = "fr", eval_split: str = "val", eval_per_task: int = 16,
+                 eval_mode: str = "loop", device: torch.device | str | None = None,
+                 params: Mapping[str, Any] | None = None, threads: int | None = 1):
         self.device = resolve_device(device)
         self.threads = threads
+        self.timings: dict[str, float] = {}
         self.cache_stats: Counter = Counter()
         self.methods = cutoff_methods()
         check_choice("method", method, self.methods)
         self.fixed_params = self._check_fixed(params or {})
+        self.source = source
         with torch_threads(threads):
             self._load_source(source, eval_split, eval_per_task, eval_mode)
             self._amplitudes: dict[str, np.ndarray] = {}
@@ -167,27 +144,26 @@ class CutoffExplorer(Explorer):
             self._unfiltered: dict[tuple, tuple] = {}
             self._accuracies = _LRU()
             self._variances = _LRU()
+            self._resolved = _LRU()
             self.finetuned_accuracy = {t: self._accuracy_of(self._finetuned[t], t) for t in self.eval_tasks
                                        if t in self._finetuned}
             self.no_merge_accuracy = self._accuracy_dict(self._pretrained)
         self.matrix_keys = [k for k in self._vectors[0] if len(self._vectors[0].shape_of(k)) >= 2]
         if not self.matrix_keys:
             raise ParameterError("the task vectors hold no matrix (entry with 2 or more dimensions)")
-        key = key if key is not None else self._default_key()
-        task = task if task is not None else self.tasks[0]
+
+    def default_values(self, method: str, *, key: str | None = None, task: str | None = None,
+                       cutoff: float | None = None, scaling: float | None = None) -> dict:
+        """The settings an explorer starts from (see :class:`CutoffExplorer`)."""
         defaults = {p.name: p.default for p in get_method(method).params}
         self.scaling_note = "the method's default"
         if scaling is None:
-            scaling, self.scaling_note = self._default_scaling(source, defaults.get("scaling", 1.0))
-        self.values = {"cutoff": defaults["cutoff"] if cutoff is None else cutoff,
-                       "upper_cutoff": 0.5, "kind": defaults.get("kind", "ideal"),
-                       "band": defaults.get("band", "high"), "scaling": scaling,
-                       "method": method, "key": key, "task": task, "variance_over": "matrix"}
-        self._view: CutoffView | None = None
-        self._build_controls(method)
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
+            scaling, self.scaling_note = self._default_scaling(self.source, defaults.get("scaling", 1.0))
+        return {"cutoff": defaults["cutoff"] if cutoff is None else cutoff,
+                "upper_cutoff": 0.5, "kind": defaults.get("kind", "ideal"),
+                "band": defaults.get("band", "high"), "scaling": scaling, "method": method,
+                "key": key if key is not None else self._default_key(),
+                "task": task if task is not None else self.tasks[0], "variance_over": "matrix"}
 
     # ------------------------------------------------------------------ inputs
     def _check_fixed(self, params: Mapping[str, Any]) -> dict:
@@ -270,9 +246,8 @@ class CutoffExplorer(Explorer):
             return float(self._evaluator[task]([state]).accuracy[0])
         return float(self._evaluator(state)[task])
 
-    def method_params(self, values: Mapping[str, Any] | None = None) -> dict:
-        """The parameters handed to :func:`~freqmerge_viz.merge` for `values` (default: the current)."""
-        values = self.values if values is None else values
+    def method_params(self, values: Mapping[str, Any]) -> dict:
+        """The parameters handed to :func:`~freqmerge_viz.merge` for the settings `values`."""
         method = values["method"]
         if method not in self.methods:
             raise ParameterError(f"method must be one with a cutoff ({', '.join(self.methods)}); got {method!r}")
@@ -292,59 +267,66 @@ class CutoffExplorer(Explorer):
             self._images[(key, task_index)] = spectrum_image(self._amplitudes[key][task_index])
         return self._images[(key, task_index)]
 
-    def _merged_accuracy(self, method: str, params: dict) -> dict[str, float]:
+    def resolved(self, method: str, params: Mapping[str, Any]) -> ResolvedMethod:
+        """`method` with `params` resolved once (cached: a slider walked back is not re-resolved)."""
+        return self._resolved.get_or((method, _frozen(params)),
+                                     lambda: get_method(method).resolved(params, len(self._vectors)),
+                                     self.cache_stats, "resolutions")
+
+    def _merged_accuracy(self, resolved: ResolvedMethod) -> dict[str, float]:
         def compute():
             start = time.perf_counter()
-            merged = merge(method, self._pretrained, self._vectors, device=self.device, **params)
+            merged = resolved.merge(self._pretrained, self._vectors, device=self.device)
             state = {k: merged[k] for k in merged}
-            self.last_timings["merge_ms"] = self.last_timings.get("merge_ms", 0.0) + 1e3 * (time.perf_counter() - start)
+            self.timings["merge_ms"] = self.timings.get("merge_ms", 0.0) + 1e3 * (time.perf_counter() - start)
             start = time.perf_counter()
             accuracy = self._accuracy_dict(state)
-            self.last_timings["evaluate_ms"] = (self.last_timings.get("evaluate_ms", 0.0)
+            self.timings["evaluate_ms"] = (self.timings.get("evaluate_ms", 0.0)
                                                 + 1e3 * (time.perf_counter() - start))
             return accuracy
 
-        return self._accuracies.get_or((method, _frozen(params)), compute, self.cache_stats, "merges")
+        return self._accuracies.get_or((resolved.name, _frozen(resolved.params)), compute, self.cache_stats, "merges")
 
-    def _variances_for(self, method: str, params: dict, spec, key: str, scope: str):
+    def _variances_for(self, resolved: ResolvedMethod, key: str, scope: str):
         subset = self._vectors if scope == "all" else [{key: tv[key]} for tv in self._vectors]
         where = key if scope == "matrix" else None
         if (scope, where) not in self._unfiltered:
             self._unfiltered[(scope, where)] = _summary(amplitude_variance(subset, normalize=True,
                                                                            device=self.device))
-        transform_params = {k: v for k, v in params.items() if k not in COMBINE_ONLY}
+        transform_params = {k: v for k, v in resolved.params.items() if k not in COMBINE_ONLY}
 
         def compute():
             start = time.perf_counter()
-            transform = method_transform(method, len(self._vectors), **transform_params)
+            transform, spec = resolved.transform, resolved.filter_spec
             filtered = amplitude_variance(subset, transform=transform, normalize=True, device=self.device)
             kept = amplitude_variance(subset, transform=transform, within=spec, normalize=True, device=self.device)
-            self.last_timings["variance_ms"] = 1e3 * (time.perf_counter() - start)
+            self.timings["variance_ms"] = 1e3 * (time.perf_counter() - start)
             return _summary(filtered), _summary(kept), dict(zip(kept.per_matrix["key"],
                                                                 kept.per_matrix["kept_fraction"]))
 
-        filtered, kept, fractions = self._variances.get_or((method, _frozen(transform_params), scope, where),
+        filtered, kept, fractions = self._variances.get_or((resolved.name, _frozen(transform_params), scope, where),
                                                            compute, self.cache_stats, "variances")
         return self._unfiltered[(scope, where)], filtered, kept, fractions[key]
 
-    def _check(self, values):
+    def check(self, values):
         check_choice("key", values["key"], self.matrix_keys)
         check_choice("task", values["task"], self.tasks)
         check_choice("variance_over", values["variance_over"], VARIANCE_SCOPES)
 
-    def _compute(self, values) -> CutoffView:
+    def compute(self, values) -> CutoffView:
+        self.timings = {}
         with torch_threads(self.threads):
             method, key = values["method"], values["key"]
             params = self.method_params(values)
-            spec = filter_spec(get_method(method).resolve(params, len(self._vectors)))
+            resolved = self.resolved(method, params)
             task_index = self.tasks.index(values["task"])
             image = self._spectrum_image(key, task_index)
-            accuracy = self._merged_accuracy(method, params)
+            accuracy = self._merged_accuracy(resolved)
             unfiltered_params = {k: v for k, v in params.items() if k != "upper_cutoff"}
-            no_filter = self._merged_accuracy(method, {**unfiltered_params, "cutoff": 0.0, "band": "high"})
-            unfiltered, filtered, kept, fraction = self._variances_for(method, params, spec, key,
-                                                                       values["variance_over"])
-            mask = spec.mask(image.values.shape[-2:]).cpu().numpy()
+            no_filter = self._merged_accuracy(self.resolved(method, {**unfiltered_params, "cutoff": 0.0,
+                                                                     "band": "high"}))
+            unfiltered, filtered, kept, fraction = self._variances_for(resolved, key, values["variance_over"])
+            mask = resolved.filter_spec.mask(image.values.shape[-2:]).cpu().numpy()
         if fraction == 0.0:
             kept = (float("nan"), float("nan"))
         title = (f"{key} · task {values['task']} · kept {_share(fraction)} of this matrix's bins"
@@ -366,6 +348,81 @@ class CutoffExplorer(Explorer):
         values = [accuracy[t] for t in self.eval_tasks]
         counts = [self.eval_counts.get(t) or 0 for t in self.eval_tasks]
         return float(as_percent(np.mean(values))), float(as_percent(mean_se(values, counts)))
+
+    def unfiltered_note(self, values: Mapping[str, Any]) -> str:
+        """What the filter never touches under the settings `values` (1-D parameters), or ''."""
+        resolved = self.resolved(values["method"], self.method_params(values)).params
+        if resolved.get("one_d", "skip") != "skip":
+            return ""
+        shapes = {k: self._vectors[0].shape_of(k) for k in self._vectors[0]}
+        flat = [k for k, shape in shapes.items() if len(shape) < 2]
+        if not flat:
+            return ""
+        share = sum(math.prod(shapes[k]) for k in flat) / sum(math.prod(s) for s in shapes.values())
+        return (f"{len(flat)} one-dimensional parameters (biases, norms; {_share(share)} of the entries) are "
+                "not filtered at any cutoff: they are merged in full.")
+
+
+class CutoffExplorer(Explorer):
+    """Sliders for a cutoff-based merge (FR and its compositions) over a zoo, or any models.
+
+    `source` is a zoo (:func:`freqmerge_viz.zoo.load`) or ``(pretrained, finetuned, evaluator)``:
+    ``finetuned`` a ``{task: state}`` mapping (or a list, tasks ``task0…``), ``evaluator``
+    either ``{task: engine.Evaluator}`` or a function ``state -> {task: accuracy in [0, 1]}``.
+    With a zoo, accuracies are measured on the first `eval_per_task` images of each task's
+    `eval_split` with the engine (``evaluate_params`` + ``zoo_forward``, mode `eval_mode`).
+
+    Settings (``values``, changed by the controls or :meth:`set`): ``cutoff`` and
+    ``upper_cutoff`` (normalised radius in [0, 1]: 0 = DC, 1 = the corner of the centred
+    spectrum; the upper one is used by ``band="band"`` only), ``kind``, ``band``,
+    ``scaling``, ``method`` (one of :func:`cutoff_methods`), ``key`` (a matrix: a task vector
+    entry with 2 or more dimensions, seen as :func:`~freqmerge_viz.as_matrix` sees it),
+    ``task`` (whose spectrum is drawn) and ``variance_over`` (``"matrix"``: the chosen
+    matrix; ``"all"``: the mean over every matrix, which adds about 0.4 s to each filter
+    change on a busy 2-core CPU).
+
+    `params` are fixed parameters of the method besides those (e.g. ``coefficients``,
+    ``order``); the filter stays the paper's centred one in normalised units on every matrix.
+    `threads` torch CPU threads run each update (default 1: an update is many small
+    tensors, where a second thread costs more than it saves on a busy 2-core machine);
+    ``None`` keeps torch's setting.
+    """
+
+    export_div_id = "freqmerge-cutoff-explorer"
+    default_export = "cutoff_explorer.html"
+
+    def __init__(self, source, *, key: str | None = None, task: str | None = None, method: str = "fr",
+                 cutoff: float | None = None, scaling: float | None = None, eval_split: str = "val",
+                 eval_per_task: int = 16, eval_mode: str = "loop", device: torch.device | str | None = None,
+                 params: Mapping[str, Any] | None = None, threads: int | None = 1,
+                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+        super().__init__(debounce=debounce, schedule=schedule)
+        self.model = CutoffModel(source, method=method, eval_split=eval_split, eval_per_task=eval_per_task,
+                                 eval_mode=eval_mode, device=device, params=params, threads=threads)
+        self.values = self.model.default_values(method, key=key, task=task, cutoff=cutoff, scaling=scaling)
+        self._view: CutoffView | None = None
+        self._build_controls(method)
+        self._build_figure()
+        self._build_widget()
+        self._apply({}, raise_errors=True)
+
+    def __getattr__(self, name: str):
+        """The model's attributes (tasks, matrix keys, references, caches) read through the explorer."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def method_params(self, values: Mapping[str, Any] | None = None) -> dict:
+        """The parameters handed to :func:`~freqmerge_viz.merge` for `values` (default: the current)."""
+        return self.model.method_params(self.values if values is None else values)
+
+    def _check(self, values):
+        self.model.check(values)
+
+    def _compute(self, values) -> CutoffView:
+        view = self.model.compute(values)
+        self.last_timings.update(self.model.timings)
+        return view
 
     # ------------------------------------------------------------------ display
     def _build_controls(self, method: str) -> None:
@@ -557,7 +614,7 @@ class CutoffExplorer(Explorer):
                           f'{delta:+.1f} ± {spread:.1f} points ({verdict})</span>')
         nothing = (f'<br><b class="fmv-nothing-kept">No bin of {html.escape(view.key)} is kept: its merged delta '
                    'is zero.</b>') if view.nothing_kept else ""
-        unfiltered = self.unfiltered_note(self.values["method"])
+        unfiltered = self.model.unfiltered_note(self.values)
         n = (f"{self.eval_per_task} images per task, ±1 binomial SE" if self.eval_per_task
              else "the evaluator's data")
         return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
@@ -567,19 +624,6 @@ class CutoffExplorer(Explorer):
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
                 f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}</div>')
 
-    def unfiltered_note(self, method: str) -> str:
-        """What the filter never touches under `method`'s settings (1-D parameters), or ''."""
-        resolved = get_method(method).resolve(self.method_params({**self.values, "method": method}),
-                                              len(self._vectors))
-        if resolved.get("one_d", "skip") != "skip":
-            return ""
-        shapes = {k: self._vectors[0].shape_of(k) for k in self._vectors[0]}
-        flat = [k for k, shape in shapes.items() if len(shape) < 2]
-        if not flat:
-            return ""
-        share = sum(math.prod(shapes[k]) for k in flat) / sum(math.prod(s) for s in shapes.values())
-        return (f"{len(flat)} one-dimensional parameters (biases, norms; {_share(share)} of the entries) are "
-                "not filtered at any cutoff: they are merged in full.")
 
     def static_figure(self):
         """The current view as a matplotlib figure (what :meth:`export` writes as PNG/SVG/PDF)."""

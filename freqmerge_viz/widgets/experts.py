@@ -31,11 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..experts import check_density, storage_table
-from ..routed import list_routed_methods, routed_merge
+from ..methods import list_routed_methods, routed_merge
 from ..analysis.evaluation import (backbone_numel, evaluate_per_task, finetuned_subset, individual_accuracies,
                                    materialize, zoo_task_vectors, zoo_tasks)
 from ..analysis.experts_curves import KINDS, build_experts, expert_state, svd_storage_by_rank
@@ -73,28 +72,16 @@ class ExpertView:
     ps: tuple
 
 
-class ExpertExplorer(Explorer):
-    """Expert density and router accuracy sliders over a zoo (see the module docstring).
-
-    Settings (``values``): ``density`` (fraction of entries kept, in (0, 1]; the slider walks
-    :data:`DENSITY_STEPS`, :meth:`set` takes any fraction) and ``router_accuracy`` ``p`` in [0, 1].
-    Accuracies are on the first `eval_per_task` images of each task's `eval_split`.
-    `kinds` are expert kinds of :mod:`~freqmerge_viz.analysis.experts_curves`; `methods` routed
-    merges; `routed_params` ``{method: parameters}`` (default :data:`DEFAULT_ROUTED_PARAMS`) or
-    ``"chosen"`` for the zoo comparison's validation-chosen settings
-    (:func:`~freqmerge_viz.analysis.selection.choose`, slow on first use). `seed` seeds the
-    Bernoulli masks and the router; `ps` is the p grid of panel (b).
+class ExpertModel:
+    """What the expert explorer computes, without any widget: experts per density, routed merges'
+    per-input outcomes, references, and :meth:`compute` of one :class:`ExpertView` per setting
+    (tests drive it headless). Arguments as :class:`ExpertExplorer`'s.
     """
 
-    export_div_id = "freqmerge-expert-explorer"
-    default_export = "expert_explorer.html"
-
-    def __init__(self, zoo, *, density: float = 0.01, router_accuracy: float = 1.0,
-                 methods: Sequence[str] = ("free", "emr", "twin"), kinds: Sequence[str] = DEFAULT_KINDS,
-                 eval_split: str = "val", eval_per_task: int = 16, seed: int = 0, tasks: Sequence[str] | None = None,
-                 routed_params: Mapping[str, Mapping] | str | None = None, ps: Sequence[float] = ROUTER_ACCURACIES,
-                 threads: int | None = 1, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
-        super().__init__(debounce=debounce, schedule=schedule)
+    def __init__(self, zoo, *, density: float = 0.01, methods: Sequence[str] = ("free", "emr", "twin"),
+                 kinds: Sequence[str] = DEFAULT_KINDS, eval_split: str = "val", eval_per_task: int = 16, seed: int = 0,
+                 tasks: Sequence[str] | None = None, routed_params: Mapping[str, Mapping] | str | None = None,
+                 ps: Sequence[float] = ROUTER_ACCURACIES, threads: int | None = 1):
         if not (hasattr(zoo, "finetuned") and hasattr(zoo, "model_config")):
             raise ParameterError(f"ExpertExplorer needs a zoo (freqmerge_viz.zoo.load()), got {type(zoo).__name__}")
         for kind in kinds:
@@ -106,6 +93,7 @@ class ExpertExplorer(Explorer):
         self.zoo = zoo
         self.kinds = list(kinds)
         self.methods = list(methods)
+        self.default_density = density
         self.eval_split = eval_split
         self.eval_per_task = check_positive_int("eval_per_task", eval_per_task)
         self.seed = seed
@@ -137,12 +125,6 @@ class ExpertExplorer(Explorer):
             self._fixed_storage = {m: self._storage_of(m) for m in self.methods if m != "free"}
         self.timings["init_ms"] = 1e3 * (time.perf_counter() - start)
         self._by_density: dict[float, tuple] = {}
-        self._view: ExpertView | None = None
-        self.values = {"density": density, "router_accuracy": router_accuracy}
-        self._build_controls()
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
 
     # ------------------------------------------------------------------ computations
     @staticmethod
@@ -188,7 +170,7 @@ class ExpertExplorer(Explorer):
         """The routed merge `method` as the explorer builds it (FREE with experts at `density`)."""
         params = dict(self.routed_params[method])
         if method == "free":
-            params["density"] = self.values["density"] if density is None else density
+            params["density"] = self.default_density if density is None else density
         return routed_merge(method, self.zoo.pretrained, finetuned_subset(self.zoo, self.tasks), **params)
 
     def _outcomes(self, method: str, density: float | None):
@@ -217,26 +199,27 @@ class ExpertExplorer(Explorer):
             measured = evaluate_per_task(self.zoo, states, split=self.eval_split, limit=self.eval_per_task)
             for task, position, value in zip(measured["task"], measured["state"], measured["accuracy"]):
                 accuracy[self.kinds[position]][task] = float(value)
-        self.last_timings["experts_ms"] = 1e3 * (time.perf_counter() - start)
+        self.timings["experts_ms"] = 1e3 * (time.perf_counter() - start)
         free = None
         if "free" in self.methods:
             start = time.perf_counter()
             free, routed = self._outcomes("free", density)
             storage[METHOD_LABELS["free"]] = self._storage_of("free", routed)
-            self.last_timings["free_ms"] = 1e3 * (time.perf_counter() - start)
+            self.timings["free_ms"] = 1e3 * (time.perf_counter() - start)
         for method in self.methods:
             if method != "free":
                 storage[METHOD_LABELS[method]] = self._fixed_storage[method]
         self._by_density[density] = (accuracy, parameters, storage, free)
         return self._by_density[density]
 
-    def _check(self, values):
+    def check(self, values):
         check_density(values["density"])
         p = values["router_accuracy"]
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ParameterError(f"router_accuracy must be a probability in [0, 1], got {p!r}")
 
-    def _compute(self, values) -> ExpertView:
+    def compute(self, values) -> ExpertView:
+        self.timings = {}
         density, p = float(values["density"]), float(values["router_accuracy"])
         with torch_threads(self.threads):
             accuracy, parameters, storage, free = self._at_density(density)
@@ -252,8 +235,64 @@ class ExpertExplorer(Explorer):
                       for m, rows in at_p.groupby("method", sort=False)}
             first = at_p[at_p["method"] == next(iter(outcomes))]
             measured = float(first["router_accuracy"].mean())
-        self.last_timings["routes_ms"] = 1e3 * (time.perf_counter() - start)
+        self.timings["routes_ms"] = 1e3 * (time.perf_counter() - start)
         return ExpertView(density, p, accuracy, parameters, storage, routed, curve, measured, self.ps)
+
+    def _curve_errors(self, view: ExpertView, method: str) -> list[float]:
+        counts = [self.eval_counts[t] for t in self.tasks]
+        return [float(as_percent(mean_se([m] * len(counts), counts))) for m in view.routed_curve[method]]
+
+
+class ExpertExplorer(Explorer):
+    """Expert density and router accuracy sliders over a zoo (see the module docstring).
+
+    Settings (``values``): ``density`` (fraction of entries kept, in (0, 1]; the slider walks
+    :data:`DENSITY_STEPS`, :meth:`set` takes any fraction) and ``router_accuracy`` ``p`` in [0, 1].
+    Accuracies are on the first `eval_per_task` images of each task's `eval_split`.
+    `kinds` are expert kinds of :mod:`~freqmerge_viz.analysis.experts_curves`; `methods` routed
+    merges; `routed_params` ``{method: parameters}`` (default :data:`DEFAULT_ROUTED_PARAMS`) or
+    ``"chosen"`` for the zoo comparison's validation-chosen settings
+    (:func:`~freqmerge_viz.analysis.selection.choose`, slow on first use). `seed` seeds the
+    Bernoulli masks and the router; `ps` is the p grid of panel (b).
+    """
+
+    export_div_id = "freqmerge-expert-explorer"
+    default_export = "expert_explorer.html"
+
+
+    def __init__(self, zoo, *, density: float = 0.01, router_accuracy: float = 1.0,
+                 methods: Sequence[str] = ("free", "emr", "twin"), kinds: Sequence[str] = DEFAULT_KINDS,
+                 eval_split: str = "val", eval_per_task: int = 16, seed: int = 0, tasks: Sequence[str] | None = None,
+                 routed_params: Mapping[str, Mapping] | str | None = None, ps: Sequence[float] = ROUTER_ACCURACIES,
+                 threads: int | None = 1, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+        super().__init__(debounce=debounce, schedule=schedule)
+        self.model = ExpertModel(zoo, density=density, methods=methods, kinds=kinds, eval_split=eval_split,
+                                 eval_per_task=eval_per_task, seed=seed, tasks=tasks, routed_params=routed_params,
+                                 ps=ps, threads=threads)
+        self._view: ExpertView | None = None
+        self.values = {"density": density, "router_accuracy": router_accuracy}
+        self._build_controls()
+        self._build_figure()
+        self._build_widget()
+        self._apply({}, raise_errors=True)
+
+    def __getattr__(self, name: str):
+        """The model's attributes (tasks, references, caches) read through the explorer."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def routed(self, method: str, density: float | None = None):
+        """The routed merge `method` as the explorer builds it (FREE's experts at the shown density)."""
+        return self.model.routed(method, self.values["density"] if density is None else density)
+
+    def _check(self, values):
+        self.model.check(values)
+
+    def _compute(self, values) -> ExpertView:
+        view = self.model.compute(values)
+        self.last_timings.update(self.model.timings)
+        return view
 
     # ------------------------------------------------------------------ display
     def _build_controls(self) -> None:
@@ -367,9 +406,6 @@ class ExpertExplorer(Explorer):
         return (f"expert density d = {view.density:g} · router accuracy p = {view.router_accuracy:.2f} "
                 f"(measured {view.measured_router_accuracy:.3f}) · {self.eval_description}, ±1 SE")
 
-    def _curve_errors(self, view: ExpertView, method: str) -> list[float]:
-        counts = [self.eval_counts[t] for t in self.tasks]
-        return [float(as_percent(mean_se([m] * len(counts), counts))) for m in view.routed_curve[method]]
 
     def _draw(self, view: ExpertView) -> None:
         start = time.perf_counter()

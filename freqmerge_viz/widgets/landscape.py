@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,27 +59,16 @@ class LandscapeView:
     title: str
 
 
-class LandscapeViewer(Explorer):
-    """Loss/accuracy landscape on the plane of two zoo task vectors (see the module docstring).
-
-    Settings (``values``): ``task_a``, ``task_b`` (zoo tasks spanning the plane), ``eval_task``
-    (the task evaluated, ``None``: task A), ``grid`` (points per axis), ``filtered`` (both task
-    vectors through `filter` first: FR-Merging's parameters, ``True`` for its defaults),
-    ``metric`` (``"loss"``: mean cross-entropy, or ``"accuracy"`` in [0, 1]) and ``methods``
-    (labels of :func:`method_choices` merged from A and B and projected). Data: the first
-    `limit` images of `split`. `grid_range` ``(low, high)`` puts both axes on that range
-    (default: the analysis' axes around θ_pre, A and B).
+class LandscapeModel:
+    """What the landscape viewer computes, without any widget: planes, grids and projected points
+    per setting, kept in memory, and :meth:`compute` of one :class:`LandscapeView` (tests drive
+    it headless). Arguments as :class:`LandscapeViewer`'s; `busy(what)` is told before each
+    uncached computation (the viewer shows it in its status line).
     """
 
-    export_div_id = "freqmerge-landscape-viewer"
-    default_export = "landscape_viewer.html"
-
-    def __init__(self, zoo, *, task_a: str = "landcover", task_b: str = "textures", eval_task: str | None = None,
-                 grid: int = 11, filtered: bool = False, metric: str = "loss",
-                 methods: Sequence[str] = tuple(DEFAULT_METHODS), limit: int | None = 64, split: str = "test",
+    def __init__(self, zoo, *, limit: int | None = 64, split: str = "test",
                  grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
-                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
-        super().__init__(debounce=debounce, schedule=schedule)
+                 busy: Callable[[str], None] | None = None):
         if not (hasattr(zoo, "finetuned") and hasattr(zoo, "model_config")):
             raise ParameterError(f"LandscapeViewer needs a zoo (freqmerge_viz.zoo.load()), got {type(zoo).__name__}")
         if filter is None or filter is False:
@@ -90,6 +79,7 @@ class LandscapeViewer(Explorer):
         self.split = split
         self.filter = filter
         self.cache_dir = cache_dir
+        self.busy = busy or (lambda what: None)
         if grid_range is not None:
             low, high = (float(v) for v in grid_range)
             if not low < high:
@@ -97,21 +87,14 @@ class LandscapeViewer(Explorer):
             grid_range = (low, high)
         self.grid_range = grid_range
         self.method_options = method_choices()
+        self.timings: dict[str, float] = {}
         self._studies: dict[tuple, object] = {}
         self._grids: dict[tuple, pd.DataFrame] = {}
         self._points: dict[tuple, pd.DataFrame] = {}
         self._merged: dict[tuple, dict] = {}
-        self._view: LandscapeView | None = None
-        self.values = {"task_a": task_a, "task_b": task_b, "eval_task": eval_task, "grid": grid,
-                       "filtered": filtered, "metric": metric, "methods": tuple(methods)}
-        self._check(self.values)
-        self._build_controls()
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
 
     # ------------------------------------------------------------------ computations
-    def _check(self, values) -> None:
+    def check(self, values) -> None:
         for name in ("task_a", "task_b"):
             check_choice(name, values[name], self.tasks)
         if values["task_a"] == values["task_b"]:
@@ -133,43 +116,34 @@ class LandscapeViewer(Explorer):
         if unknown:
             raise ParameterError(f"unknown merged-point method(s) {unknown}; available: {self.method_options}")
 
-    def _on_control(self, name: str, value) -> None:
-        super()._on_control(name, None if (name, value) == ("eval_task", SAME_AS_A) else value)
-
-    def _sync_controls(self, values) -> None:
-        super()._sync_controls({**values, "eval_task": values.get("eval_task") or SAME_AS_A})
-
     def _plane_key(self, values) -> tuple:
         return (values["task_a"], values["task_b"], values["eval_task"] or values["task_a"], bool(values["filtered"]))
 
-    def _busy(self, what: str) -> None:
-        self.status.value = f'<span class="fmv-status-busy" style="color:#a60">computing {html.escape(what)}…</span>'
-
-    def study(self, values: Mapping | None = None):
-        """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of `values` (default: the current)."""
-        values = self.values if values is None else values
+    def study(self, values: Mapping):
+        """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of the settings `values`."""
         key = self._plane_key(values)
         if key not in self._studies:
-            self._busy("plane")
+            self.busy("plane")
             start = time.perf_counter()
             self._studies[key] = plane_study(self.zoo, key[0], key[1], eval_task=key[2],
                                              filtered=self.filter if key[3] else None, split=self.split,
                                              limit=self.limit, cache_dir=self.cache_dir)
-            self.last_timings["plane_ms"] = 1e3 * (time.perf_counter() - start)
+            self.timings["plane_ms"] = 1e3 * (time.perf_counter() - start)
         return self._studies[key]
 
-    def _compute(self, values) -> LandscapeView:
+    def compute(self, values) -> LandscapeView:
+        self.timings = {}
         study = self.study(values)
         plane = self._plane_key(values)
         size = int(values["grid"])
         if (plane, size) not in self._grids:
-            self._busy(f"{size} × {size} grid")
+            self.busy(f"{size} × {size} grid")
             start = time.perf_counter()
             self._grids[(plane, size)] = study.grid((size, self.grid_range) if self.grid_range else size)
-            self.last_timings["grid_ms"] = 1e3 * (time.perf_counter() - start)
+            self.timings["grid_ms"] = 1e3 * (time.perf_counter() - start)
         methods = tuple(values["methods"])
         if (plane, methods) not in self._points:
-            self._busy("merged points")
+            self.busy("merged points")
             start = time.perf_counter()
             pair = plane[:2]
             missing = [m for m in methods if (pair, m) not in self._merged]
@@ -178,12 +152,74 @@ class LandscapeViewer(Explorer):
                                      study.finetuned_b, study.names, list(study.plane.origin))
                 self._merged.update({(pair, m): s for m, s in made.items()})
             self._points[(plane, methods)] = study.points({}, {m: self._merged[(pair, m)] for m in methods})
-            self.last_timings["points_ms"] = 1e3 * (time.perf_counter() - start)
+            self.timings["points_ms"] = 1e3 * (time.perf_counter() - start)
         grid, points = self._grids[(plane, size)], self._points[(plane, methods)]
         setting = filter_label(self.filter) if values["filtered"] else "unfiltered"
         title = (f"{values['metric']} on {plane[2]} ({grid.attrs['samples']} {self.split} images) · plane of "
                  f"τ_{plane[0]} and τ_{plane[1]} · {setting}")
         return LandscapeView(grid, points, values["metric"], title)
+
+
+class LandscapeViewer(Explorer):
+    """Loss/accuracy landscape on the plane of two zoo task vectors (see the module docstring).
+
+    Settings (``values``): ``task_a``, ``task_b`` (zoo tasks spanning the plane), ``eval_task``
+    (the task evaluated, ``None``: task A), ``grid`` (points per axis), ``filtered`` (both task
+    vectors through `filter` first: FR-Merging's parameters, ``True`` for its defaults),
+    ``metric`` (``"loss"``: mean cross-entropy, or ``"accuracy"`` in [0, 1]) and ``methods``
+    (labels of :func:`method_choices` merged from A and B and projected). Data: the first
+    `limit` images of `split`. `grid_range` ``(low, high)`` puts both axes on that range
+    (default: the analysis' axes around θ_pre, A and B).
+    """
+
+    export_div_id = "freqmerge-landscape-viewer"
+    default_export = "landscape_viewer.html"
+
+
+    def __init__(self, zoo, *, task_a: str = "landcover", task_b: str = "textures", eval_task: str | None = None,
+                 grid: int = 11, filtered: bool = False, metric: str = "loss",
+                 methods: Sequence[str] = tuple(DEFAULT_METHODS), limit: int | None = 64, split: str = "test",
+                 grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
+                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+        super().__init__(debounce=debounce, schedule=schedule)
+        self.model = LandscapeModel(zoo, limit=limit, split=split, grid_range=grid_range, filter=filter,
+                                    cache_dir=cache_dir, busy=self._busy)
+        self._view: LandscapeView | None = None
+        self.values = {"task_a": task_a, "task_b": task_b, "eval_task": eval_task, "grid": grid,
+                       "filtered": filtered, "metric": metric, "methods": tuple(methods)}
+        self.model.check(self.values)
+        self._build_controls()
+        self._build_figure()
+        self._build_widget()
+        self._apply({}, raise_errors=True)
+
+    def __getattr__(self, name: str):
+        """The model's attributes (zoo, tasks, caches) read through the viewer."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def study(self, values: Mapping | None = None):
+        """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of `values` (default: the current)."""
+        return self.model.study(self.values if values is None else values)
+
+    def _busy(self, what: str) -> None:
+        self.status.value = f'<span class="fmv-status-busy" style="color:#a60">computing {html.escape(what)}…</span>'
+
+    def _check(self, values) -> None:
+        self.model.check(values)
+
+    def _compute(self, values) -> LandscapeView:
+        view = self.model.compute(values)
+        self.last_timings.update(self.model.timings)
+        return view
+
+    def _on_control(self, name: str, value) -> None:
+        super()._on_control(name, None if (name, value) == ("eval_task", SAME_AS_A) else value)
+
+    def _sync_controls(self, values) -> None:
+        super()._sync_controls({**values, "eval_task": values.get("eval_task") or SAME_AS_A})
+
 
     # ------------------------------------------------------------------ display
     def _build_controls(self) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ParameterError
 from ..methods import merge
-from ..routed import RoutedMerge, routed_merge
+from ..methods import RoutedMerge, routed_merge
 from ..routing import MLPRouter, OracleRouter, Router
 from .core import Zoo, mean_accuracy
 from .model import backbone_forward

@@ -25,7 +25,6 @@ model's worth of deltas) plus the per-task parts.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import OrderedDict
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -33,17 +32,15 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .backend import as_compute_tensor, resolve_device
-from .errors import EmptyInputError, ParameterError, check_positive_int
-from .experts import Expert, LowRankExpert, extract_experts, svd_experts
-from .io import InMemoryState, LazyState, load_state
-from .keys import Patterns
-from .methods import list_methods, merge, method_transform
-from .methods.base import Param, as_task_vectors, resolve_params
-from .methods.fr import is_attn_mlp_weight
-from .metrics import common_keys, stack_key, task_names
-from .routing import Router, as_task_ids, routed_apply
-from .taskvector import TaskVector
+from ..backend import as_compute_tensor, resolve_device
+from ..errors import EmptyInputError, ParameterError, check_positive_int
+from ..experts import Expert, LowRankExpert, extract_experts, svd_experts
+from ..io import InMemoryState, LazyState, load_state
+from ..keys import Patterns
+from ..routing import Router, as_task_ids, routed_apply
+from ..taskvector import TaskVector, common_keys, stack_key, task_names
+from .base import MergeMethod, Param, as_task_vectors, get_method, list_methods, merge, method_transform, register
+from .fr import is_attn_mlp_weight
 
 ATTN_MLP = ("attn", "mlp")
 
@@ -216,7 +213,7 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
     preset λ_i of the experts' μ are the backbone's FR coefficients (one pass over the task
     vectors computes them); with other backbone coefficients they are recomputed from E(v_i).
     """
-    settings = resolve_params("free", FREE_PARAMS, FREE_PRESETS, params)
+    settings = get_method("free").resolve(params)
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
@@ -302,7 +299,7 @@ def emr_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None 
     :data:`EMR_PARAMS`: the sign elected where ``Σ_t τ_t = 0`` and whether λ_t pools every
     entry (paper) or sums per-key means (the authors' code and fusion-bench).
     """
-    settings = resolve_params("emr", EMR_PARAMS, EMR_PRESETS, params)
+    settings = get_method("emr").resolve(params)
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
@@ -327,6 +324,13 @@ def emr_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None 
 
 
 # --------------------------------------------------------------------------- Twin-Merging
+TWIN_PARAMS = (
+    Param("rank", 8, "rank of each task's residual expert τ_t − τ_shared (SVD per matrix)", kind=int, low=1),
+    Param("shared_method", "task_arithmetic", "the registered plain merge that makes τ_shared", kind=str),
+    Param("shared_params", {}, "parameters of the shared merge, e.g. {'scaling': 0.3}", kind=dict),
+)
+
+
 class TwinMerging(RoutedMerge):
     """Twin-Merging: a shared merge plus each task's low-rank residual expert."""
 
@@ -344,67 +348,94 @@ class TwinMerging(RoutedMerge):
         return [expert.storage_bytes() for expert in self.experts]
 
 
-def twin_merging(pretrained, finetuned_or_task_vectors, *, rank: int = 8, shared_method: str = "task_arithmetic",
-                 shared_params: Mapping[str, Any] | None = None, router: Router | None = None,
+def twin_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None = None,
                  include: Patterns = None, exclude: Patterns = None, device: str | torch.device | None = "cpu",
-                 cache_size: int = 8) -> TwinMerging:
+                 cache_size: int = 8, **params) -> TwinMerging:
     """Twin-Merging: ``θ_t = θ_pre + τ_shared + SVD_rank(τ_t − τ_shared)``.
 
-    ``τ_shared`` is the delta of ``merge(shared_method, ..., **shared_params)`` (any registered
-    method); residual matrices are kept at rank `rank` (1-D keys and thin matrices whole, see
-    :func:`~freqmerge_viz.svd_experts`).
+    Parameters (:data:`TWIN_PARAMS`): ``τ_shared`` is the delta of ``merge(shared_method, ...,
+    **shared_params)`` (any registered plain method); residual matrices are kept at rank `rank`
+    (1-D keys and thin matrices whole, see :func:`~freqmerge_viz.svd_experts`).
     """
-    rank = check_positive_int("rank", rank)
-    if shared_method not in list_methods():
-        raise ParameterError(f"twin: unknown shared_method {shared_method!r}; registered: {list_methods()}")
+    settings = get_method("twin").resolve(params)
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
-    merged = merge(shared_method, pre, vectors, device=target, **dict(shared_params or {}))
+    merged = merge(settings["shared_method"], pre, vectors, device=target, **settings["shared_params"])
     keys = [k for k in common_keys(vectors) if k in pre]
     shared = _shared_delta(merged, pre, keys, target)
     shared_vector = TaskVector.from_tensors(shared, name="shared")
     residuals = [tv - shared_vector for tv in vectors]
-    experts = svd_experts(residuals, rank, device=target)
-    settings = {"rank": rank, "shared_method": shared_method, "shared_params": dict(merged.params)}
+    experts = svd_experts(residuals, settings["rank"], device=target)
+    settings["shared_params"] = dict(merged.params)
     return TwinMerging(pre, shared, task_names(vectors), settings, experts, router, cache_size)
 
 
 # --------------------------------------------------------------------------- registry
-ROUTED_METHODS: dict[str, Callable[..., RoutedMerge]] = {
-    "free": free_merging, "emr": emr_merging, "twin": twin_merging}
+class RoutedMethod(MergeMethod):
+    """A registered merge that gives one state per task, chosen per input by a router.
+
+    It declares its parameters like every method; :meth:`build` makes the
+    :class:`RoutedMerge`. It has no single merged state, so :func:`~freqmerge_viz.merge` and
+    :func:`~freqmerge_viz.method_transform` refuse it and say to use :func:`routed_merge`.
+    """
+
+    routed = True
+    builder: ClassVar[Callable[..., RoutedMerge]]
+
+    def build(self, pretrained, finetuned_or_task_vectors, **params) -> RoutedMerge:
+        """The routed merge of the fine-tuned models (or task vectors) with `params` (its
+        declared parameters, plus ``router``, ``include``, ``exclude``, ``device``, ``cache_size``)."""
+        return type(self).builder(pretrained, finetuned_or_task_vectors, **params)
+
+    def doc(self) -> str:
+        return super().doc().replace(f"{self.name}: ", f"{self.name} (routed: one state per task): ", 1)
+
+
+@register
+class FreeMethod(RoutedMethod):
+    name = "free"
+    summary = "FREE-Merging: FR backbone plus one sparse, rescaled expert per task, chosen by a router"
+    params = FREE_PARAMS
+    presets = FREE_PRESETS
+    builder = staticmethod(free_merging)
+
+
+@register
+class EMRMethod(RoutedMethod):
+    name = "emr"
+    summary = "EMR-Merging: elected unified vector, per-task masks and rescalers"
+    params = EMR_PARAMS
+    presets = EMR_PRESETS
+    builder = staticmethod(emr_merging)
+
+
+@register
+class TwinMethod(RoutedMethod):
+    name = "twin"
+    summary = "Twin-Merging: a shared merge plus each task's low-rank residual"
+    params = TWIN_PARAMS
+    builder = staticmethod(twin_merging)
+
+    def check(self, params):
+        if params["shared_method"] not in list_methods():
+            raise ParameterError(f"twin: unknown shared_method {params['shared_method']!r}; plain merges: "
+                                 f"{[m for m in list_methods() if not get_method(m).routed]}")
+        method = get_method(params["shared_method"])
+        if method.routed:
+            raise ParameterError(f"twin: shared_method {method.name!r} is itself routed; give a plain merge")
 
 
 def list_routed_methods() -> list[str]:
-    """Names of the merges with per-task parts and a router, sorted."""
-    return sorted(ROUTED_METHODS)
+    """Names of the registered merges with per-task parts and a router, sorted."""
+    return [name for name in list_methods() if get_method(name).routed]
 
 
 def routed_merge(name: str, pretrained, finetuned_or_task_vectors, **params) -> RoutedMerge:
-    """Build routed merge `name` (``free``, ``emr`` or ``twin``) with its keyword parameters."""
-    if name not in ROUTED_METHODS:
-        raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
-    build = ROUTED_METHODS[name]
-    accepted = [p for p in inspect.signature(build).parameters if p not in ("pretrained", "finetuned_or_task_vectors")]
-    if build is twin_merging:
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise ParameterError(f"{name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}")
-    return build(pretrained, finetuned_or_task_vectors, **params)
-
-
-def routed_doc(name: str) -> str:
-    """Summary and parameters of routed merge `name`, for ``freqmerge-viz methods``."""
-    if name not in ROUTED_METHODS:
-        raise ParameterError(f"unknown routed merge {name!r}; available: {list_routed_methods()}")
-    build = ROUTED_METHODS[name]
-    lines = [f"{name} (routed: one state per task): {build.__doc__.strip().splitlines()[0]}"]
-    declared = {free_merging: (FREE_PARAMS, FREE_PRESETS), emr_merging: (EMR_PARAMS, EMR_PRESETS)}
-    if build in declared:
-        params, presets = declared[build]
-        lines += [f"  {p.describe()}" for p in params] + [f"  presets: {', '.join(sorted(presets))}"]
-    else:
-        skip = {"pretrained", "finetuned_or_task_vectors", "router", "include", "exclude", "device", "cache_size"}
-        lines += [f"  {p.name} (default {p.default!r})" for p in inspect.signature(build).parameters.values()
-                  if p.name not in skip]
-    return "\n".join(lines)
+    """Build routed merge `name` (``free``, ``emr``, ``twin``: :func:`list_routed_methods`) with
+    its declared parameters as keywords (``freqmerge-viz methods NAME`` lists them)."""
+    method = get_method(name)
+    if not method.routed:
+        raise ParameterError(f"{name!r} is a plain merge (one merged state): use merge({name!r}, ...); "
+                             f"routed merges: {list_routed_methods()}")
+    return method.build(pretrained, finetuned_or_task_vectors, **params)
