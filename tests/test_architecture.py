@@ -1,7 +1,8 @@
 """The package's import graph: floors that only look down, and no import circles.
 
 Every ``import``/``from ... import`` of a ``freqmerge_viz`` module is an edge, at module level
-or inside a function alike (a function-level import is still a dependency, only a late one).
+or inside a function alike (a function-level import is still a dependency, only a late one);
+imports under ``if TYPE_CHECKING:`` (type annotations only, never run) are not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def import_graph() -> dict[str, set[str]]:
     """``module -> modules it imports`` over the package (names like ``freqmerge_viz.io``)."""
     paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -24,7 +37,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")
@@ -80,6 +93,8 @@ def test_the_graph_sees_imports_at_every_level():
     graph = import_graph()
     assert "freqmerge_viz.io" in graph["freqmerge_viz.merge_job"]
     assert "freqmerge_viz.outputs" in graph["freqmerge_viz.io"]
+    assert "freqmerge_viz.spectral.masks" in graph["freqmerge_viz.spectral.spec"]
+    assert "freqmerge_viz.spectral.spec" not in graph["freqmerge_viz.spectral.masks"]  # TYPE_CHECKING only
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

@@ -121,7 +121,8 @@ def test_direct_mode_overwrites_the_matrix():
 
 
 def test_blocks_cross_matrix_and_row_boundaries(monkeypatch):
-    monkeypatch.setattr(spectral, "BLOCK_ENTRIES", 64)
+    for floor in (spectral.masks, spectral.fastpath, spectral.filters):
+        monkeypatch.setattr(floor, "BLOCK_ENTRIES", 64)
     clear_mask_cache()
     try:
         x = rand(3, 37, 29, seed=9)
@@ -263,13 +264,13 @@ def test_plan_and_dft_caches_are_cleared():
     clear_mask_cache()
     spec = FilterSpec(0.05)
     filter_stack(rand(1, 64, 64), spec, path="lowband")
-    assert spectral._lowband_plans.cache_info().currsize >= 1
-    assert spectral._lowband_tensors.cache_info().currsize >= 1
-    assert spectral._band_support.cache_info().currsize >= 1
+    assert spectral.fastpath._lowband_plans.cache_info().currsize >= 1
+    assert spectral.fastpath._lowband_tensors.cache_info().currsize >= 1
+    assert spectral.fastpath._band_support.cache_info().currsize >= 1
     clear_mask_cache()
-    assert spectral._lowband_plans.cache_info().currsize == 0
-    assert spectral._lowband_tensors.cache_info().currsize == 0
-    assert spectral._band_support.cache_info().currsize == 0
+    assert spectral.fastpath._lowband_plans.cache_info().currsize == 0
+    assert spectral.fastpath._lowband_tensors.cache_info().currsize == 0
+    assert spectral.fastpath._band_support.cache_info().currsize == 0
 
 
 def test_float32_input_of_other_dtypes_is_filtered_in_float32():

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 import freqmerge_viz as fmv
 from freqmerge_viz.errors import ParameterError
-from freqmerge_viz.spectral import (FilterSpec, _cached_half_mask, _cached_mask, amplitude_spectrum,
-                                    angular_profile, as_matrix, band_energy_fraction, clear_mask_cache,
-                                    filter_parameter, fourier_transform, frequency_filter,
-                                    frequency_mask, power_spectrum, radial_frequency, radial_profile)
+from freqmerge_viz.spectral import (FilterSpec, amplitude_spectrum, angular_profile, as_matrix,
+                                    band_energy_fraction, clear_mask_cache, filter_parameter, fourier_transform,
+                                    frequency_filter, frequency_mask, power_spectrum, radial_frequency,
+                                    radial_profile)
+from freqmerge_viz.spectral.masks import _cached_half_mask, _cached_mask
 
 KINDS = ("ideal", "butterworth", "gaussian")
 SHAPES = [(8, 8), (6, 10), (10, 6), (7, 9), (9, 9), (15, 5)]
@@ -558,7 +559,8 @@ def test_in_place_blockwise_filter_equals_rfft2_path(h, w, cutoff, convention, k
 
 def test_blockwise_filter_crosses_block_boundaries(monkeypatch):
     import freqmerge_viz.spectral as spectral
-    monkeypatch.setattr(spectral, "BLOCK_ENTRIES", 64)
+    for floor in (spectral.masks, spectral.fastpath, spectral.filters):
+        monkeypatch.setattr(floor, "BLOCK_ENTRIES", 64)
     spec = fmv.FilterSpec(0.3)
     x = torch.randn(1, 37, 29, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = torch.fft.ifft2(torch.fft.fft2(x) * spec.mask((37, 29), dtype=torch.float64, centered=False)).real
