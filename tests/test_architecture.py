@@ -121,3 +121,21 @@ def test_lower_floors_never_import_upper_ones():
              "freqmerge_viz.topics", "freqmerge_viz.cli", "freqmerge_viz.report", "freqmerge_viz.figures")
     wrong = [(a, b) for a, targets in graph.items() if a.startswith(lower) for b in targets if b.startswith(upper)]
     assert wrong == []
+
+
+def test_worked_examples_run():
+    """docs/architecture.md's worked examples (a method, an analysis, a topic, an explorer) run
+    as written, in order, in one namespace."""
+    import re
+
+    from freqmerge_viz.methods import base
+
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", doc, re.S)
+    assert [name for name, _ in blocks] == ["method", "analysis", "topic", "explorer"]
+    namespace: dict = {"__name__": "architecture_examples"}
+    try:
+        for name, code in blocks:
+            exec(compile(code, f"docs/architecture.md:{name}", "exec"), namespace)  # noqa: S102
+    finally:
+        base._REGISTRY.pop("signed_median", None)
