@@ -594,9 +594,7 @@ def write_file(state: LazyState, path: Path, metadata: Mapping[str, str] | None 
 
 
 def _saved_nbytes(state: LazyState, key: str, dtype: torch.dtype | None) -> int:
-    stored = state.dtype_of(key)
-    itemsize = (dtype if dtype is not None and stored.is_floating_point else stored).itemsize
-    return math.prod(state.shape_of(key)) * itemsize
+    return math.prod(state.shape_of(key)) * _saved_dtype(state, key, dtype).itemsize
 
 
 def _plan_shards(keys: list[str], sizes: dict[str, int], limit: int | None) -> list[list[str]]:
@@ -614,19 +612,31 @@ def _plan_shards(keys: list[str], sizes: dict[str, int], limit: int | None) -> l
 
 def _write_shard(state: LazyState, keys: list[str], target: Path,
                  dtype: torch.dtype | None, metadata: dict[str, str]) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storages: set[int] = set()
-    for key in keys:
+    """Write `keys` of `state` as one safetensors file, atomically, one tensor in memory at a time.
+
+    The header is laid out from the keys' shapes and dtypes before any tensor is read; then each
+    tensor is read, checked against its header entry and written, and dropped. So writing a
+    whole model as one file needs one tensor's memory, not the model's.
+    """
+    specs = {key: (_saved_dtype(state, key, dtype), tuple(state.shape_of(key))) for key in keys}
+    layout, order = _safetensors_layout(specs, metadata)
+
+    def tensor_of(key: str) -> torch.Tensor:
         tensor = state[key].detach().to("cpu")
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        storage = tensor.untyped_storage()
-        shares = storage.data_ptr() in seen_storages or storage.nbytes() != tensor.nbytes
-        tensor = tensor.clone(memory_format=torch.contiguous_format) if shares else tensor.contiguous()
-        if tensor.numel():
-            seen_storages.add(tensor.untyped_storage().data_ptr())
-        tensors[key] = tensor
-    write_atomically(target, lambda tmp: write_safetensors(tensors, tmp, metadata))
+        if (tensor.dtype, tuple(tensor.shape)) != specs[key]:
+            raise CheckpointError(state.name, f"tensor {key!r} came out as {tensor.dtype} "
+                                              f"{tuple(tensor.shape)}, but its header entry says "
+                                              f"{specs[key][0]} {specs[key][1]}")
+        return tensor
+
+    write_atomically(target, lambda tmp: _write_layout(tmp, layout, order, tensor_of))
+
+
+def _saved_dtype(state: LazyState, key: str, dtype: torch.dtype | None) -> torch.dtype:
+    stored = state.dtype_of(key)
+    return dtype if dtype is not None and stored.is_floating_point else stored
 
 
 _SAFETENSORS_DTYPES = {
@@ -640,7 +650,7 @@ _SAFETENSORS_RANK = [torch.bool, torch.uint8, torch.int8, torch.float8_e5m2, tor
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                       metadata: Mapping[str, str] | None = None) -> None:
-    """Write contiguous CPU `tensors` as a safetensors file whose bytes depend only on the input.
+    """Write CPU `tensors` as a safetensors file whose bytes depend only on the input.
 
     The layout is the one ``safetensors.torch.save_file`` writes (tensors ordered by dtype as
     safetensors ranks them, highest first, then by name; header padded with spaces to 8
@@ -648,26 +658,37 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
     metadata entries are sorted by key: safetensors keeps them in a hash map, so with more
     than one entry its byte order changes from process to process.
     """
-    for key, tensor in tensors.items():
-        if tensor.dtype not in _SAFETENSORS_DTYPES:
-            raise ParameterError(f"tensor {key!r} has dtype {tensor.dtype}, which safetensors cannot store")
-    order = sorted(tensors, key=lambda k: (-_SAFETENSORS_RANK.index(tensors[k].dtype), k))
+    layout, order = _safetensors_layout({k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}, metadata)
+    _write_layout(path, layout, order, tensors.__getitem__)
+
+
+def _safetensors_layout(specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                        metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
+    """(the file's first bytes: length + JSON header, the keys in data order) from dtypes and shapes."""
+    for key, (dtype, _) in specs.items():
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ParameterError(f"tensor {key!r} has dtype {dtype}, which safetensors cannot store")
+    order = sorted(specs, key=lambda k: (-_SAFETENSORS_RANK.index(specs[k][0]), k))
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
     offset = 0
     for key in order:
-        tensor = tensors[key]
-        size = tensor.numel() * tensor.element_size()
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + size]}
+        dtype, shape = specs[key]
+        size = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded, order
+
+
+def _write_layout(path, layout: bytes, order: Sequence[str], tensor_of: Callable[[str], torch.Tensor]) -> None:
+    """Write `layout`, then each tensor of `order` (asked for one at a time) as raw bytes."""
     with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
+        handle.write(layout)
         for key in order:
-            tensor = tensors[key]
+            tensor = tensor_of(key)
             if tensor.numel():
-                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+                handle.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            del tensor

@@ -295,12 +295,12 @@ def test_failed_write_leaves_destination_untouched(tmp_path, monkeypatch):
     save_state({"a": torch.ones(4)}, target)
     before = target.read_bytes()
 
-    def broken_writer(tensors, filename, metadata=None):
+    def broken_writer(filename, layout, order, tensor_of):
         with open(filename, "wb") as handle:
             handle.write(b"\x10\x00\x00\x00partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(freqmerge_viz.io, "write_safetensors", broken_writer)
+    monkeypatch.setattr(freqmerge_viz.io, "_write_layout", broken_writer)
     with pytest.raises(OutputError, match="keep.safetensors: cannot write it: disk full"):
         save_state({"a": torch.zeros(4), "b": torch.ones(2)}, target)
     assert target.read_bytes() == before
@@ -316,3 +316,41 @@ def test_file_replaced_after_open_is_detected(tmp_path):
     save_state({"a": torch.zeros(4)}, file)
     with pytest.raises(CheckpointError, match="changed on disk"):
         state["a"]
+
+
+def test_one_file_output_is_written_one_tensor_at_a_time(tmp_path):
+    """Writing 64 tensors as one safetensors file holds about one tensor, not the 64 (VmHWM in a
+    subprocess, in units of one 1024 x 512 float32 tensor), and gives the same bytes as
+    safetensors' own writer would for the same tensors."""
+    import subprocess
+    import sys
+
+    script = """
+import json, sys, torch
+from freqmerge_viz.io import load_state, save_state
+from freqmerge_viz.taskvector import DerivedState
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+keys = [f"k{i:02d}" for i in range(64)]
+shape = (1024, 512)
+def make(key):
+    return torch.full(shape, float(int(key[1:])))
+state = DerivedState("synthetic", keys, make, lambda k: shape, lambda k: torch.float32)
+make("k00"); save_state({"x": torch.zeros(4)}, sys.argv[1] + "/warm.safetensors")
+start = status("VmRSS")
+save_state(state, sys.argv[1] + "/one.safetensors")
+print(json.dumps({"peak": status("VmHWM") - start}))
+"""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    peak_tensors = json.loads(run.stdout)["peak"] / (1024 * 512 * 4)
+    assert peak_tensors <= 2.5, peak_tensors
+    written = load_state(tmp_path / "one.safetensors")
+    assert len(written) == 64 and float(written["k37"][0, 0]) == 37.0
+    expected = {f"k{i:02d}": torch.full((1024, 512), float(i)) for i in range(64)}
+    safetensors.torch.save_file(expected, str(tmp_path / "reference.safetensors"), metadata={"format": "pt"})
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "reference.safetensors").read_bytes()

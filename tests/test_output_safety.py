@@ -127,11 +127,10 @@ CHILD = textwrap.dedent('''
         outputs.os.rename = rename
 
     if point == "single_file":
-        original_safetensors = io.write_safetensors
-        def partial_safetensors(tensors, path, metadata=None):
+        def partial_layout(path, layout, order, tensor_of):
             Path(path).write_bytes(b"x" * 4096)
             pause("single_file")
-        io.write_safetensors = partial_safetensors
+        io._write_layout = partial_layout
 
     job.merge_to_disk("fr", pre, fts, out, max_shard_size="4kB" if not out.endswith(".safetensors") else None)
     print("FINISHED", flush=True)
