@@ -4,6 +4,8 @@
 ``LazyState``: a read-only mapping ``name -> torch.Tensor`` whose shapes and dtypes are
 known without reading tensor data, and whose safetensors tensors are read from disk one
 at a time, on access. ``save_state`` writes any such mapping back as safetensors.
+A pickled whole module (``torch.save(model)``) is read, on request only
+(``pickled_modules=True``), by :mod:`freqmerge_viz.pickled` without running its code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import struct
 from abc import abstractmethod
@@ -23,11 +26,13 @@ from typing import Callable
 import torch
 
 from .errors import CheckpointError, MissingKeysError, ParameterError
+from .pickled import TORCH_WRAPPER_KEYS, foreign_globals, open_pickled, refusal_reason, torch_error_text
 from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
 
 __all__ = [
     "LazyState", "SafetensorsState", "ShardedState", "TorchFileState", "InMemoryState",
-    "load_state", "save_state", "parse_size", "write_safetensors", "ShardPlan", "plan_shards",
+    "PickledModuleState", "PickledObjectError", "KeyMapState", "strip_prefix", "load_state", "save_state",
+    "parse_size", "write_safetensors", "ShardPlan", "plan_shards",
     "write_shards", "write_file", "write_atomically", "write_text_atomically", "is_own_weight_file",
 ]
 
@@ -42,8 +47,6 @@ for _code, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
 
 MAX_HEADER_BYTES = 100_000_000
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-TORCH_WRAPPER_KEYS = ("state_dict", "model_state_dict")
-"""Keys of a torch checkpoint dict whose value is the state dict; sibling entries are ignored."""
 
 _OWN_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
 
@@ -113,6 +116,11 @@ class LazyState(Mapping):
         """Path of the file that holds ``key`` (``self.name`` for in-memory states)."""
         self._require(key)
         return self._source(key)
+
+    def shared_keys(self) -> list[tuple[str, ...]]:
+        """Groups of keys that are one tensor in the source (same storage, offset, shape and
+        stride: tied weights); empty where the format cannot share (safetensors)."""
+        return []
 
     def _require(self, key: str) -> None:
         if key not in self:
@@ -287,6 +295,9 @@ class ShardedState(LazyState):
     def _source(self, key: str) -> str:
         return self._shard_of[key].source_of(key)
 
+    def shared_keys(self) -> list[tuple[str, ...]]:
+        return [group for shard in self.shards for group in shard.shared_keys()]
+
 
 class InMemoryState(LazyState):
     """Tensors already in memory (a dict or a module's ``state_dict``); returned as stored
@@ -317,6 +328,15 @@ class InMemoryState(LazyState):
     def _dtype(self, key: str) -> torch.dtype:
         return self._tensors[key].dtype
 
+    def shared_keys(self) -> list[tuple[str, ...]]:
+        groups: dict[tuple, list[str]] = {}
+        for key, tensor in self._tensors.items():
+            if tensor.numel() and not tensor.is_meta:
+                view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+                        tuple(tensor.shape), tensor.stride())
+                groups.setdefault(view, []).append(key)
+        return [tuple(keys) for keys in groups.values() if len(keys) > 1]
+
 
 class TorchFileState(InMemoryState):
     """A ``torch.save`` file loaded with ``weights_only=True`` and ``mmap=True``.
@@ -336,6 +356,11 @@ class TorchFileState(InMemoryState):
             self._bytes_read = sum(t.nbytes for t in tensors.values())
 
 
+class PickledObjectError(CheckpointError):
+    """A torch file holds pickled Python objects (a whole module, custom classes), which the
+    default, weights-only loader refuses; ``pickled_modules=True`` reads such a module's weights."""
+
+
 def _torch_load(path: Path) -> tuple[object, bool]:
     """Load with mmap if the format allows; return (object, whether it is memory-mapped)."""
     try:
@@ -345,9 +370,92 @@ def _torch_load(path: Path) -> tuple[object, bool]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=False), False
     except Exception as exc:
-        message = " ".join(str(exc).split())
+        foreign = foreign_globals(path) if isinstance(exc, pickle.UnpicklingError) else None
+        if foreign:
+            raise PickledObjectError(path, refusal_reason(foreign, torch_error_text(exc, 200))) from None
         raise CheckpointError(path, f"not a loadable torch file ({type(exc).__name__}: "
-                                    f"{message[:300]})") from exc
+                                    f"{torch_error_text(exc)})") from exc
+
+
+class PickledModuleState(LazyState):
+    """A pickled whole module (``torch.save(model)``) read without running its code
+    (:mod:`freqmerge_viz.pickled`): keys as ``model.state_dict()`` names them, shapes and
+    dtypes known at open, each tensor read from the file on access (seek + read)."""
+
+    fresh_tensors = True
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoint = open_pickled(self.path)
+        super().__init__(str(self.path), list(self.checkpoint.tensors))
+
+    def _file_origins(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    @property
+    def bytes_read(self) -> int:
+        return self.checkpoint.bytes_read
+
+    def _load(self, key: str) -> torch.Tensor:
+        return self.checkpoint.read(key)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return self.checkpoint.tensors[key].shape
+
+    def _dtype(self, key: str) -> torch.dtype:
+        return self.checkpoint.tensors[key].dtype
+
+    def shared_keys(self) -> list[tuple[str, ...]]:
+        return self.checkpoint.shared_groups()
+
+
+class KeyMapState(LazyState):
+    """`base` under other names: key ``k`` reads ``base[mapping[k]]``. Several keys may read
+    one base key (tied weights); base keys not in the mapping's values are left out."""
+
+    def __init__(self, base: LazyState, mapping: Mapping[str, str], name: str | None = None):
+        missing = [source for source in mapping.values() if source not in base]
+        if missing:
+            raise MissingKeysError(missing, where=base.name)
+        self.base, self._mapping = base, dict(mapping)
+        super().__init__(name or base.name, list(self._mapping))
+
+    @property
+    def fresh_tensors(self) -> bool:
+        return self.base.fresh_tensors
+
+    @property
+    def bytes_read(self) -> int:
+        return self.base.bytes_read
+
+    def _file_origins(self) -> tuple[Path, ...]:
+        return self.base.origins
+
+    def _load(self, key: str) -> torch.Tensor:
+        return self.base[self._mapping[key]]
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return self.base.shape_of(self._mapping[key])
+
+    def _dtype(self, key: str) -> torch.dtype:
+        return self.base.dtype_of(self._mapping[key])
+
+    def _source(self, key: str) -> str:
+        return self.base.source_of(self._mapping[key])
+
+
+def strip_prefix(state, prefix: str) -> KeyMapState:
+    """`state` (anything :func:`load_state` reads) with `prefix` removed from the keys that
+    start with it, e.g. ``"model."`` from a task_vectors ``ImageEncoder`` checkpoint."""
+    state = load_state(state)
+    mapping: dict[str, str] = {}
+    for key in state:
+        short = key[len(prefix):] if prefix and key.startswith(prefix) else key
+        if short in mapping:
+            raise ParameterError(f"stripping {prefix!r} from {state.name} gives key {short!r} twice "
+                                 f"({mapping[short]!r} and {key!r})")
+        mapping[short] = key
+    return KeyMapState(state, mapping)
 
 
 def _unwrap_torch_checkpoint(path: Path, loaded: object) -> dict[str, torch.Tensor]:
@@ -364,9 +472,15 @@ def _unwrap_torch_checkpoint(path: Path, loaded: object) -> dict[str, torch.Tens
     return {str(key): value for key, value in state.items()}
 
 
-def load_state(source) -> LazyState:
+def load_state(source, *, pickled_modules: bool = False) -> LazyState:
     """Open ``source`` lazily: a LazyState (returned as is), an ``nn.Module``, a mapping of
-    tensors, a ``.safetensors``/``.pt``/``.pth``/``.bin`` file, or a checkpoint directory."""
+    tensors, a ``.safetensors``/``.pt``/``.pth``/``.bin`` file, or a checkpoint directory.
+
+    Torch files load with ``weights_only=True``. With ``pickled_modules=True``, one that
+    torch refuses because it holds a pickled whole module (``torch.save(model)``) is read
+    by the restricted unpickler of :mod:`freqmerge_viz.pickled`, which runs none of the
+    file's code: a :class:`PickledModuleState` keyed as ``model.state_dict()`` would be.
+    """
     if isinstance(source, LazyState):
         return source
     if isinstance(source, torch.nn.Module):
@@ -380,8 +494,8 @@ def load_state(source) -> LazyState:
     if not path.exists():
         raise CheckpointError(path, _why_missing(path))
     if path.is_dir():
-        return _load_directory(path).with_origins(path)
-    return _load_file(path)
+        return _load_directory(path, pickled_modules).with_origins(path)
+    return _load_file(path, pickled_modules)
 
 
 def _why_missing(path: Path) -> str:
@@ -397,25 +511,36 @@ def _why_missing(path: Path) -> str:
     return "path does not exist"
 
 
-def _load_file(path: Path) -> LazyState:
+def _load_file(path: Path, pickled_modules: bool = False) -> LazyState:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return SafetensorsState(path)
     if suffix in TORCH_SUFFIXES:
-        return TorchFileState(path)
+        return _load_torch_file(path, pickled_modules)
     raise CheckpointError(path, f"unknown checkpoint suffix {path.suffix!r} (expected "
                                 f".safetensors, {', '.join(TORCH_SUFFIXES)})")
 
 
-def _load_directory(directory: Path) -> LazyState:
+def _load_torch_file(path: Path, pickled_modules: bool = False) -> LazyState:
+    """A torch file: weights-only first; a pickled module through the restricted unpickler if allowed."""
+    try:
+        return TorchFileState(path)
+    except PickledObjectError:
+        if not pickled_modules:
+            raise
+    return PickledModuleState(path)
+
+
+def _load_directory(directory: Path, pickled_modules: bool = False) -> LazyState:
+    open_torch = lambda path: _load_torch_file(path, pickled_modules)  # noqa: E731
     if (directory / "model.safetensors.index.json").is_file():
         return _load_index(directory / "model.safetensors.index.json", SafetensorsState, True)
     if (directory / "model.safetensors").is_file():
         return SafetensorsState(directory / "model.safetensors")
     if (directory / "pytorch_model.bin.index.json").is_file():
-        return _load_index(directory / "pytorch_model.bin.index.json", TorchFileState, False)
+        return _load_index(directory / "pytorch_model.bin.index.json", open_torch, False)
     if (directory / "pytorch_model.bin").is_file():
-        return TorchFileState(directory / "pytorch_model.bin")
+        return open_torch(directory / "pytorch_model.bin")
     names = sorted(p.name for p in directory.iterdir())
     candidates = [n for n in names if n.endswith(".safetensors") and not n.startswith(".")]
     if len(candidates) == 1:
