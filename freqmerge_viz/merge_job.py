@@ -6,6 +6,11 @@ free space, parameters) happens before any tensor is read. The record (``merge.j
 holds the sha256 of every input file as read before the merge, the toolkit version, the
 method with its resolved parameters, and the sha256 of every output file;
 :func:`verify_merge` recomputes and compares them.
+
+A merged Hugging Face model is usable as it is: when the pretrained input is a model folder,
+its ``config.json``, generation and tokenizer files are copied beside the weights, and
+weights the pretrained model ties (one tensor under two names, or embeddings tied by
+``tie_word_embeddings``) stay tied, under the pretrained checkpoint's own set of keys.
 """
 
 from __future__ import annotations
@@ -14,17 +19,25 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from .errors import FreqMergeError, OutputError, ParameterError
-from .io import LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
-from .outputs import prepare_file_output, staged_folder, write_text_atomically
+from .io import KeyMapState, LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
+from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
-                 "max_shard_size", "dtype")
+                 "max_shard_size", "dtype", "pickled_modules")
+HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json", "merges.txt",
+                 "vocab.*", "*.model")
+"""Files of a Hugging Face model folder (globs, top level) copied beside a merged checkpoint."""
+OUTPUT_EMBEDDINGS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
+TOKEN_EMBEDDINGS = ("shared.weight", "embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+"""Key endings of token-embedding matrices, in order of preference as a tied group's representative."""
 RECORD_NAME = "merge.json"
 RECORD_FORMAT = "freqmerge-viz merge record"
 RECORD_VERSION = 2
@@ -139,6 +152,88 @@ def _torch_dtype(dtype):
     return torch_dtype
 
 
+def hf_side_files(folder) -> list[Path]:
+    """The config, generation and tokenizer files (:data:`HF_SIDE_FILES`) of a model folder;
+    empty when `folder` is not a folder."""
+    if not isinstance(folder, (str, os.PathLike)) or not Path(folder).is_dir():
+        return []
+    return sorted({path for pattern in HF_SIDE_FILES for path in Path(folder).glob(pattern) if path.is_file()})
+
+
+def hf_config(source) -> dict:
+    """``config.json`` of a model folder as a dict; empty when there is none or it is not a JSON object."""
+    if not isinstance(source, (str, os.PathLike)):
+        return {}
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+        if isinstance(config, dict):
+            return config
+    return {}
+
+
+def tie_groups(state: LazyState, config: Mapping | None = None) -> list[list[str]]:
+    """Groups of keys of `state` that must hold one value, representative first.
+
+    Keys tie when `state` holds them as one tensor (:meth:`LazyState.shared_keys`), or when
+    `config` (a Hugging Face ``config.json``) says ``tie_word_embeddings: true``: then the
+    output embedding (``lm_head.weight``, ...) and the token embeddings of its shape are one
+    group. The representative is a token embedding (``shared.weight`` first) where the group
+    has one, else its first key in `state`'s order.
+    """
+    order = {key: i for i, key in enumerate(state)}
+    groups = [list(group) for group in state.shared_keys()]
+    if config and config.get("tie_word_embeddings") is True:
+        tokens = sorted((k for k in state if k.endswith(TOKEN_EMBEDDINGS)), key=_tie_rank(order))
+        if tokens:
+            shape = state.shape_of(tokens[0])
+            groups.append([k for k in [*tokens, *OUTPUT_EMBEDDINGS] if k in state and state.shape_of(k) == shape])
+    joined: list[set[str]] = []
+    for group in map(set, groups):
+        for overlapping in [g for g in joined if g & group]:
+            group |= overlapping
+            joined.remove(overlapping)
+        joined.append(group)
+    return [sorted(group, key=_tie_rank(order)) for group in joined if len(group) > 1]
+
+
+def _tie_rank(order: Mapping[str, int]):
+    def rank(key: str) -> tuple[int, int]:
+        ending = next((i for i, end in enumerate(TOKEN_EMBEDDINGS) if key.endswith(end)), len(TOKEN_EMBEDDINGS))
+        return ending, order[key]
+
+    return rank
+
+
+def _tied(state: LazyState, groups: list[list[str]]) -> LazyState:
+    """`state` with every key of a tie group reading its representative."""
+    alias = {key: group[0] for group in groups for key in group[1:] if key in state and group[0] in state}
+    return KeyMapState(state, {key: alias.get(key, key) for key in state}) if alias else state
+
+
+def _without_extra_ties(pre: LazyState, ft: LazyState, config: Mapping) -> tuple[LazyState, list[str]]:
+    """`ft` without the keys the pretrained checkpoint omits that `ft` ties to a key it has."""
+    extra = [key for group in tie_groups(ft, config) if any(k in pre for k in group)
+             for key in group if key not in pre]
+    if not extra:
+        return ft, []
+    return KeyMapState(ft, {key: key for key in ft if key not in extra}), extra
+
+
+def _copy_side_files(files: Sequence[Path], folder: Path, dtype: str | None) -> list[str]:
+    """Copy `files` into `folder` (atomically; ``config.json``'s dtype set to `dtype` if given)."""
+    for source in files:
+        target = folder / source.name
+        config = hf_config(source.parent) if source.name == "config.json" and dtype is not None else {}
+        if config:
+            for field in ("torch_dtype", "dtype"):
+                if field in config:
+                    config[field] = dtype
+            write_text_atomically(target, json.dumps(config, indent=2) + "\n")
+        else:
+            write_atomically(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    return [source.name for source in files]
+
+
 def _version() -> str:
     from . import __version__
 
@@ -148,7 +243,7 @@ def _version() -> str:
 def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.PathLike, *,
                   parameters: Mapping[str, Any] | None = None, preset: str | None = None,
                   include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
-                  device=None) -> dict:
+                  device=None, pickled_modules: bool = False) -> dict:
     """Merge and write the result with its record; return the record.
 
     `out` is a folder receiving ``model.safetensors`` (sharded past `max_shard_size`) and
@@ -156,7 +251,13 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     merge (``free``, ``emr``, ``twin``) writes one state per task, ``out/<task>/...``, and
     its storage table in the record. Before any tensor is read: the parameters are
     validated, `out` is checked not to overlap any input and to be writable with room for
-    the output, and the inputs are hashed.
+    the output, and the inputs are hashed. `pickled_modules` reads pickled whole modules
+    (:func:`~freqmerge_viz.io.load_state`).
+
+    A pretrained model folder's :data:`HF_SIDE_FILES` are copied into each output folder
+    (listed with their sha256 in the record); the keys of each :func:`tie_groups` group are
+    written with their representative's merged value, and a fine-tuned key the pretrained
+    checkpoint omits but ties to one it has is left out (the record's ``ties``).
     """
     from .methods import get_method, merge, routed_merge
 
@@ -170,9 +271,17 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     if routed and single_file:
         raise ParameterError(f"{method} writes one checkpoint per task: give a folder for --out, not {out.name}")
     finetuned = list(finetuned)
-    pre_state = load_state(pretrained)
-    ft_states = [load_state(item) for item in finetuned]
+    pre_state = load_state(pretrained, pickled_modules=pickled_modules)
+    ft_states = [load_state(item, pickled_modules=pickled_modules) for item in finetuned]
     get_method(method).resolve(params, len(finetuned))
+    side_files = [] if single_file else hf_side_files(pretrained)
+    pre_config = hf_config(pretrained)
+    groups = tie_groups(pre_state, pre_config)
+    dropped = {}
+    for i, item in enumerate(finetuned):
+        ft_states[i], extra = _without_extra_ties(pre_state, ft_states[i], hf_config(item) or pre_config)
+        if extra:
+            dropped[f"finetuned[{i}]"] = extra
     protect = [p for p in (pretrained, *finetuned) if isinstance(p, (str, os.PathLike))]
     protect += [p for state in (pre_state, *ft_states) for p in state.origins]
     plan = plan_shards(pre_state, max_shard_size, torch_dtype)
@@ -193,6 +302,7 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
             "inputs": {"pretrained": describe_input(pretrained, pre_state),
                        "finetuned": [describe_input(f, s) for f, s in zip(finetuned, ft_states)]},
             "include": include, "exclude": exclude, "dtype": dtype, "max_shard_size": max_shard_size,
+            "pickled_modules": pickled_modules, "ties": {"groups": groups, "left_out": dropped},
         }
         metadata = {"format": "pt", "freqmerge_viz.method": method, "freqmerge_viz.version": _version(),
                     "freqmerge_viz.inputs": json.dumps({"pretrained": record["inputs"]["pretrained"]["sha256"],
@@ -206,9 +316,11 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
                 if torch_dtype is not None:
                     state = load_state({k: v.to(torch_dtype) if v.is_floating_point() else v
                                         for k, v in state.items()})
+                state = _tied(state, groups)
                 (folder / task).mkdir()
                 names = write_shards(state, plan_shards(state, max_shard_size), folder / task,
                                      {**metadata, "freqmerge_viz.task": task})
+                names += _copy_side_files(side_files, folder / task, dtype)
                 files += [f"{task}/{name}" for name in names]
             record["parameters"] = merged.settings
             record["statistics"] = {"storage": merged.storage_table().to_dict("records")}
@@ -216,6 +328,8 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
             state = merge(method, pre_state, ft_states, include=include, exclude=exclude, device=device,
                           dtype=torch_dtype, **params)
             metadata["freqmerge_viz.parameters"] = json.dumps(state.params, sort_keys=True, default=str)
+            record["parameters"], record["statistics"] = state.params, state.statistics
+            state = _tied(state, groups)
             output_plan = plan_shards(state, max_shard_size)
             if single_file:
                 output_plan.require_single_file(out)
@@ -223,7 +337,7 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
                 files = [out.name]
             else:
                 files = write_shards(state, output_plan, folder, metadata)
-            record["parameters"], record["statistics"] = state.params, state.statistics
+                files += _copy_side_files(side_files, folder, dtype)
         record["files"] = files
         record["outputs"] = [{"path": name, "bytes": (folder / name).stat().st_size,
                               "sha256": file_sha256(folder / name)} for name in files]
@@ -289,4 +403,4 @@ def _check_digest(role: str, path: Path, recorded: str) -> dict:
 
 
 __all__ = ["merge_to_disk", "verify_merge", "load_config", "parse_param", "record_path", "file_digest",
-           "file_sha256", "describe_input"]
+           "file_sha256", "describe_input", "hf_side_files", "hf_config", "tie_groups"]
