@@ -10,6 +10,14 @@ from typing import Sequence
 
 from .errors import FreqMergeError
 
+PICKLED_HELP = ("read .pt/.pth/.bin files that hold a pickled whole module (torch.save(model), as task_vectors "
+                "releases them) without running their code: weights only, named as model.state_dict() names them")
+
+
+def _add_pickled(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pickled-modules", action="store_true", help=PICKLED_HELP)
+
+
 
 def _add_inputs(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--pretrained", required=required,
@@ -20,6 +28,7 @@ def _add_inputs(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--include", nargs="+", metavar="GLOB", help="analyse only keys matching a glob")
     parser.add_argument("--exclude", nargs="+", metavar="GLOB", help="skip keys matching a glob")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
+    _add_pickled(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Print key, shape and dtype of every tensor in a checkpoint.")
     inspect.add_argument("checkpoint", help=".safetensors, .pt/.bin, sharded or Hugging Face directory")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_pickled(inspect)
+
+    convert = sub.add_parser("convert", help="write a checkpoint as safetensors (e.g. a pickled module's weights)",
+                             description="Read a checkpoint (with --pickled-modules also a pickled whole module, "
+                                         "without running its code) and write its tensors as safetensors: OUT "
+                                         "ending in .safetensors is one file, anything else a folder. OUT may not "
+                                         "be or overlap IN; it is written atomically.")
+    convert.add_argument("input", metavar="IN", help=".safetensors, .pt/.bin, sharded or Hugging Face directory")
+    convert.add_argument("output", metavar="OUT", help="X.safetensors, or a folder (model.safetensors or shards)")
+    _add_pickled(convert)
+    convert.add_argument("--dtype", help="cast floating tensors to this dtype (float32, float16, bfloat16)")
+    convert.add_argument("--strip-prefix", metavar="PREFIX",
+                         help="remove PREFIX from the keys that start with it (e.g. 'model.' for task_vectors)")
+    convert.add_argument("--max-shard-size", help="folder output: shard past this size, e.g. 2GB")
+
 
     interference = sub.add_parser("interference", help="amplitude variance of task vectors, as JSON",
                                   description="Amplitude variance across tasks (the paper's Table 1 "
@@ -107,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--max-shard-size", help="e.g. 2GB; larger outputs are sharded")
     merge.add_argument("--dtype", help="output dtype of merged tensors (default: the pretrained dtype)")
     merge.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
+    _add_pickled(merge)
 
     zoo = sub.add_parser("zoo", help="the bundled demo zoo: build it, evaluate every method on it",
                          description="The demo zoo in data/zoo: eight procedural tasks, a small ViT.")
@@ -159,7 +184,8 @@ def _cmd_merge(args) -> None:
     record = merge_to_disk(settings["method"], settings["pretrained"], settings["finetuned"], args.out,
                            parameters=params, preset=settings["preset"], include=settings["include"],
                            exclude=settings["exclude"], max_shard_size=settings["max_shard_size"],
-                           dtype=settings["dtype"], device=args.device)
+                           dtype=settings["dtype"], device=args.device,
+                           pickled_modules=args.pickled_modules or bool(config.get("pickled_modules")))
     if Path(args.out).suffix.lower() == ".safetensors":
         print(f"merged with {record['method']} into {args.out} (record: {record_path(args.out)})")
     else:
@@ -197,7 +223,7 @@ def _cmd_report(args) -> dict:
         raise FreqMergeError("give both --pretrained and --finetuned, or neither (the demo zoo)")
     comparison = None
     if args.pretrained:
-        inputs = ReportInputs(args.pretrained, args.finetuned, args.names, args.include, args.exclude,
+        inputs = ReportInputs(*_open_inputs(args), args.names, args.include, args.exclude,
                               description="user checkpoints")
     elif args.synthetic:
         inputs = synthetic_inputs(Path(args.out) / "synthetic", n_tasks=args.tasks, seed=args.seed)
@@ -242,10 +268,20 @@ def _cmd_synth(args) -> None:
         print(f"{name}\t{path}")
 
 
+def _open_inputs(args) -> tuple:
+    """--pretrained and --finetuned: as given, or opened as states with --pickled-modules."""
+    if not args.pickled_modules:
+        return args.pretrained, args.finetuned
+    from .io import load_state
+
+    return (load_state(args.pretrained, pickled_modules=True),
+            [load_state(path, pickled_modules=True) for path in args.finetuned])
+
+
 def _cmd_inspect(args) -> None:
     from .io import load_state
 
-    state = load_state(args.checkpoint)
+    state = load_state(args.checkpoint, pickled_modules=args.pickled_modules)
     rows = [{"key": k, "shape": list(state.shape_of(k)), "dtype": str(state.dtype_of(k)).replace("torch.", ""),
              "file": state.source_of(k)} for k in state]
     if args.json:
@@ -262,14 +298,26 @@ def _cmd_interference(args) -> None:
 
     if args.names and len(args.names) != len(args.finetuned):
         raise FreqMergeError(f"{len(args.names)} names for {len(args.finetuned)} fine-tuned checkpoints")
-    vectors = [TaskVector.from_states(args.pretrained, ft, include=args.include, exclude=args.exclude,
+    pretrained, finetuned = _open_inputs(args)
+    vectors = [TaskVector.from_states(pretrained, ft, include=args.include, exclude=args.exclude,
                                       name=args.names[i] if args.names else None, device=args.device)
-               for i, ft in enumerate(args.finetuned)]
+               for i, ft in enumerate(finetuned)]
     spec = FilterSpec(args.cutoff, kind=args.kind, units=args.units, convention=args.convention)
     table = interference_table([tv.materialize() for tv in vectors], [FilterSetting("filtered", spec)],
                                device=args.device)
     print(json.dumps({"tasks": [tv.name for tv in vectors], "filter": repr(spec),
                       "rows": table.to_dict(orient="records")}, indent=2, ensure_ascii=False))
+
+
+def _cmd_convert(args) -> None:
+    from .io import load_state, save_state, strip_prefix
+    from .merge_job import _torch_dtype as torch_dtype
+
+    state = load_state(args.input, pickled_modules=args.pickled_modules)
+    if args.strip_prefix:
+        state = strip_prefix(state, args.strip_prefix)
+    written = save_state(state, args.output, dtype=torch_dtype(args.dtype), max_shard_size=args.max_shard_size)
+    print(f"{len(state)} tensors from {args.input} written to {', '.join(map(str, written))}")
 
 
 def _cmd_zoo(args) -> None:
@@ -311,7 +359,7 @@ def _cmd_bench(args) -> None:
 
 COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
             "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
-            "bench": _cmd_bench, "verify": _cmd_verify}
+            "bench": _cmd_bench, "verify": _cmd_verify, "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
