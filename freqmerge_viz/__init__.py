@@ -13,10 +13,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "backend": ["default_device"],
     "errors": ["CheckpointError", "EmptyInputError", "FreqMergeError", "MissingKeysError", "NonFiniteError",
-               "OutputError", "ParameterError", "ShapeMismatchError"],
+               "OutputError", "ParameterError", "ScopeWarning", "ShapeMismatchError"],
     "experts": ["Expert", "LowRankExpert", "extract_experts", "storage_table", "svd_experts"],
     "io": ["LazyState", "load_state", "parse_size", "save_state"],
     "keys": ["select_keys"],
+    "scopes": ["detect_architecture"],
     "metrics": ["AmplitudeVarianceResult", "SignConflictResult", "amplitude_variance", "cosine_similarity_matrix",
                 "low_frequency_energy", "low_frequency_energy_by_task", "sign_conflicts"],
     "spectral": ["FilterSpec", "Profile", "amplitude_spectrum", "angular_profile", "apply_filter", "as_matrix",
@@ -37,7 +38,7 @@ _EXPORTS = {
 ``import freqmerge_viz`` and the command line's ``--help`` do not pay for torch, pandas or plotly."""
 _SUBMODULES = ("analysis", "zoo", "plots", "widgets", "tutorial", "methods", "io", "outputs", "spectral",
                "metrics", "taskvector", "engine", "routing", "experts", "errors", "backend",
-               "merge_job", "figures", "report", "keys", "benchmarks", "synthetic", "topics", "tables", "stats")
+               "merge_job", "figures", "report", "keys", "scopes", "benchmarks", "synthetic", "topics", "tables", "stats")
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_ORIGIN) + ["analysis", "zoo", "__version__"]

@@ -82,6 +82,11 @@ class EmptyInputError(FreqMergeError, ValueError):
     """An operation that needs at least one task (or key) was given none."""
 
 
+class ScopeWarning(UserWarning):
+    """A method's key scope misses a model's layers: it selects no key, or none of the attention
+    matrices of a recognised architecture (:func:`freqmerge_viz.scopes.scope_warning`)."""
+
+
 def check_choice(name: str, value, allowed: Sequence) -> None:
     """:class:`ParameterError` naming `name` and the allowed values unless `value` is one of them."""
     if value not in allowed:
