@@ -18,7 +18,6 @@ def _add_pickled(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pickled-modules", action="store_true", help=PICKLED_HELP)
 
 
-
 def _add_inputs(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--pretrained", required=required,
                         help="pretrained checkpoint: .safetensors, .pt/.bin, sharded or Hugging Face directory")
@@ -91,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--strip-prefix", metavar="PREFIX",
                          help="remove PREFIX from the keys that start with it (e.g. 'model.' for task_vectors)")
     convert.add_argument("--max-shard-size", help="folder output: shard past this size, e.g. 2GB")
-
 
     interference = sub.add_parser("interference", help="amplitude variance of task vectors, as JSON",
                                   description="Amplitude variance across tasks (the paper's Table 1 "
