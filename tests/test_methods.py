@@ -164,7 +164,8 @@ def test_fr_paper_preset_is_eq_1_to_3(vit_like):
     for key in keys:
         expected = pre[key].double().clone()
         for lam, v in zip(lambdas, vectors):
-            filtered = fmv.filter_parameter(v[key], fmv.FilterSpec(0.2)) if v[key].ndim >= 2 else v[key]
+            in_layers = key.startswith("blocks.") and v[key].ndim >= 2  # layer_matrices: not the patch embedding
+            filtered = fmv.filter_parameter(v[key], fmv.FilterSpec(0.2)) if in_layers else v[key]
             expected += lam * filtered
         torch.testing.assert_close(state[key].double(), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(state["pos_embed_index"], pre["pos_embed_index"])
@@ -181,8 +182,9 @@ def test_fr_with_cutoff_zero_is_weighted_task_arithmetic(vit_like):
 def test_fr_ties_filters_before_trimming(vit_like):
     pre, fts = vit_like
     direct = fmv.merge("fr_ties", pre, fts, cutoff=0.3, density=0.5)
-    vectors = [fmv.TaskVector.from_states(pre, ft).map(
-        lambda t: fmv.filter_parameter(t, fmv.FilterSpec(0.3))) for ft in fts]
+    vectors = [fmv.TaskVector.from_states(pre, ft).map(  # the default scope filters the blocks' matrices only
+        lambda key, t: fmv.filter_parameter(t, fmv.FilterSpec(0.3)) if key.startswith("blocks.") else t,
+        with_key=True) for ft in fts]
     reference = fmv.merge("ties", pre, vectors, density=0.5)
     for key in pre:
         torch.testing.assert_close(direct[key], reference[key], rtol=1e-5, atol=1e-6)

@@ -10,15 +10,17 @@ over all keys (``statistics``) for quantities such as the mean magnitude of each
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..backend import as_compute_tensor, resolve_device
-from ..errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
+from ..errors import EmptyInputError, MissingKeysError, ParameterError, ScopeWarning, ShapeMismatchError
 from ..io import LazyState, load_state
 from ..keys import Patterns
+from ..scopes import SCOPE_NAMES, scope_parts, scope_warning
 from ..taskvector import DerivedState, TaskVector, common_keys, stack_key
 
 
@@ -85,6 +87,33 @@ class Param:
         elif self.high is not None:
             parts.append(f"≤ {self.high}")
         return f"{self.name} ({'; '.join(parts)}): {self.doc}"
+
+
+@dataclass(frozen=True)
+class ScopeParam(Param):
+    """A key scope (:mod:`freqmerge_viz.scopes`): one of ``choices`` or a ``+``-union of them.
+
+    ``suggestion`` is the scope a :class:`~freqmerge_viz.errors.ScopeWarning` proposes when this
+    one misses a model's layers.
+    """
+
+    kind: type = str
+    choices: tuple | None = SCOPE_NAMES
+    suggestion: str = "layer_matrices"
+
+    def validate(self, value: Any, method: str) -> Any:
+        try:
+            parts = scope_parts(value)
+        except ParameterError as error:
+            raise ParameterError(f"{method}: parameter {self.name!r}: {error}") from None
+        if not set(parts) <= {scope_parts(choice)[0] for choice in self.choices}:
+            raise ParameterError(f"{method}: parameter {self.name!r} must be one of {list(self.choices)} or a "
+                                 f"'+'-union of them, got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        return (f"{self.name} (default {self.default!r}; one of {list(self.choices)} or a '+'-union of them): "
+                f"{self.doc}")
 
 
 @dataclass
@@ -161,9 +190,13 @@ class MergeMethod:
         """The frequency filter the resolved `params` describe (methods that filter), else None."""
         return None
 
-    def merges_key(self, key: str, ctx: MergeContext) -> bool:
-        """Whether `key` is merged; other keys keep their pretrained values."""
+    def merges_key(self, key: str, ctx: MergeContext, ndim: int | None = None) -> bool:
+        """Whether `key` (a tensor of `ndim` dimensions) is merged; other keys keep their pretrained values."""
         return True
+
+    def scope_settings(self, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """``parameter -> (scope, suggested scope)`` for every :class:`ScopeParam` in `params`."""
+        return {p.name: (params[p.name], p.suggestion) for p in self.params if isinstance(p, ScopeParam)}
 
     def statistics(self, task_vectors: Sequence[Mapping[str, torch.Tensor]], keys: Sequence[str],
                    ctx: MergeContext, device: torch.device) -> dict:
@@ -219,7 +252,8 @@ class ResolvedMethod:
         """The per-task step on one key's ``stack[K, *shape]`` (identity on keys the method does not merge)."""
         _refuse_routed(self.method, "method_transform")
         ctx = MergeContext(self.params, [f"task{i}" for i in range(stack.shape[0])])
-        return self.method.transform(stack, key, ctx) if self.method.merges_key(key, ctx) else stack
+        merged = self.method.merges_key(key, ctx, stack.ndim - 1)
+        return self.method.transform(stack, key, ctx) if merged else stack
 
     def merge(self, pretrained, finetuned_or_task_vectors, **options) -> LazyState:
         """:func:`merge` with these parameters (`options`: include, exclude, device, dtype)."""
@@ -300,16 +334,27 @@ def as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: P
     return vectors
 
 
+def warn_about_scopes(owner: str, scopes: Mapping[str, tuple[str, str]], shapes: Mapping[str, Sequence[int]],
+                      stacklevel: int = 3) -> None:
+    """One :class:`~freqmerge_viz.errors.ScopeWarning` if `scopes` (``parameter -> (scope,
+    suggestion)``) miss the model of `shapes` (:func:`~freqmerge_viz.scopes.scope_warning`)."""
+    message = scope_warning(owner, scopes, shapes)
+    if message:
+        warnings.warn(message, ScopeWarning, stacklevel=stacklevel)
+
+
 def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns = None,
           exclude: Patterns = None, device: str | torch.device | None = "cpu",
-          dtype: torch.dtype | None = None, _resolved: ResolvedMethod | None = None, **params) -> LazyState:
+          dtype: torch.dtype | None = None, _resolved: ResolvedMethod | None = None,
+          _check_scopes: bool = True, **params) -> LazyState:
     """Merge with method `name`; returns a lazy state ``key -> tensor`` over every pretrained key.
 
     `finetuned_or_task_vectors` holds fine-tuned models (anything :func:`load_state` reads)
     or :class:`TaskVector` objects. Keys outside the include/exclude globs, non-floating
     keys and keys the method does not merge keep their pretrained values. Each merged key
     is computed when read, from one key's K tensors, in float32 (float64 sources stay
-    float64), and returned in `dtype` (default: the pretrained tensor's dtype).
+    float64), and returned in `dtype` (default: the pretrained tensor's dtype). A method's key
+    scopes that miss the model's layers give one :class:`~freqmerge_viz.errors.ScopeWarning`.
     """
     method = get_method(name)
     _refuse_routed(method, "merged state")
@@ -332,7 +377,10 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     else:
         resolved_params = method.resolve(_resolved.params, len(vectors))
     ctx = MergeContext(resolved_params, names)
-    merged_keys = {k for k in keys if method.merges_key(k, ctx)}
+    shapes = {k: tuple(pre.shape_of(k)) for k in keys}
+    if _check_scopes:
+        warn_about_scopes(name, method.scope_settings(resolved_params), shapes)
+    merged_keys = {k for k in keys if method.merges_key(k, ctx, len(shapes[k]))}
     ctx.statistics = method.statistics(vectors, sorted(merged_keys, key=keys.index), ctx, target)
 
     def load(key: str) -> torch.Tensor:

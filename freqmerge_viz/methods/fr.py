@@ -12,7 +12,7 @@ filter_convention  ``paper``: centred ideal    ``official``: unshifted         `
                                                ``(H//2, W//2)``                is the same)
 cutoff             0.1                         0.7 (``filter_ratio``)          0.9 (``high_ratio``)
 ring               (no effect)                 ``twice``                       ``twice``
-filter_scope       ``matrices``                ``attn_mlp_weights``            ``two_d``
+filter_scope       ``layer_matrices``          ``official``                    ``two_d``
 merge_scope        ``all``                     ``attn_mlp``                    ``all``
 sum_keys           ``all``                     ``attn_mlp_weights``: other     ``all``
                                                merged keys take the first
@@ -22,6 +22,9 @@ consensus          ``none``                    ``none``                        `
                                                                                consensus, no division)
 scaling            1.0                         0.7                             0.88 (weight 0.8 × λ 1.1)
 =================  ==========================  ==============================  ==============================
+
+Key scopes (``filter_scope``, ``merge_scope``) are named in :mod:`freqmerge_viz.scopes`; one that
+misses a model's layers gives a :class:`~freqmerge_viz.errors.ScopeWarning` once per merge.
 """
 
 from __future__ import annotations
@@ -31,13 +34,12 @@ from dataclasses import replace
 import torch
 
 from ..errors import ParameterError
+from ..scopes import is_official, selects
 from ..spectral import FilterSpec, filter_stack
-from .base import MergeContext, MergeMethod, Param, register
+from .base import MergeContext, MergeMethod, Param, ScopeParam, register
 from .linear import WEIGHTS, weighted_sum
 from .sparse import BREADCRUMB_PARAMS, CONVENTION, COUNT, DENSITY, MAJORITY, disjoint_mean, \
     drop_largest_and_smallest_, keep_agreeing_, keep_top_magnitude_
-
-ATTN_MLP = ("attn", "mlp")
 
 FILTER_PARAMS = (
     Param("cutoff", 0.1, "filter cutoff: a normalised radius in [0, 1] (units='normalized'), bins "
@@ -52,14 +54,17 @@ FILTER_PARAMS = (
     Param("ring", "twice", "official convention: twice = bins at distance min(H, W)//10 count twice, as the "
                            "authors' code adds its disc and its band; once = every kept bin once",
           choices=("twice", "once")),
-    Param("filter_scope", "matrices", "which keys are filtered: every tensor of 2 or more dimensions "
-                                      "(matrices), only keys with 'weight' and 'attn'/'mlp' (official), or "
-                                      "only 2-D tensors (two_d, the authors' LLM code)",
-          choices=("matrices", "attn_mlp_weights", "two_d")),
+    ScopeParam("filter_scope", "layer_matrices",
+               "which keys are filtered (freqmerge_viz.scopes): layer_matrices = the weight matrices of the "
+               "layers (no embeddings, heads, norms, biases); add embeddings with 'layer_matrices+embeddings'; "
+               "all_matrices = every tensor of 2+ dimensions; attention, mlp; official = the authors' rule "
+               "('weight' and 'attn'/'mlp' in the name); two_d = 2-D tensors (the authors' LLM code); "
+               "all = every key (1-D ones only with one_d='fft'); matrices, attn_mlp_weights: older names of "
+               "all and official", suggestion="attention+mlp"),
     Param("one_d", "skip", "1-D tensors: left unfiltered, or filtered with a 1-D FFT", choices=("skip", "fft")),
 )
 
-OFFICIAL_FILTER = {"cutoff": 0.7, "filter_convention": "official", "filter_scope": "attn_mlp_weights"}
+OFFICIAL_FILTER = {"cutoff": 0.7, "filter_convention": "official", "filter_scope": "official"}
 
 
 def filter_spec(params: dict) -> FilterSpec:
@@ -72,18 +77,13 @@ def filter_spec(params: dict) -> FilterSpec:
 
 
 def is_attn_mlp_weight(key: str) -> bool:
-    """The authors' key rule: the name contains ``weight`` and ``attn`` or ``mlp``."""
-    return "weight" in key and any(part in key for part in ATTN_MLP)
+    """The authors' key rule: the name contains ``weight`` and ``attn`` or ``mlp`` (scope ``official``)."""
+    return is_official(key)
 
 
-def filters_key(key: str, params: dict, ndim: int | None = None) -> bool:
-    """Whether `key` (a tensor of `ndim` dimensions, if known) is filtered under ``filter_scope``."""
-    scope = params["filter_scope"]
-    if scope == "matrices":
-        return True
-    if scope == "two_d":
-        return ndim == 2
-    return is_attn_mlp_weight(key)
+def filters_key(key: str, params: dict, ndim: int) -> bool:
+    """Whether `key` (a tensor of `ndim` dimensions) is filtered under ``filter_scope``."""
+    return selects(params["filter_scope"], key, ndim)
 
 
 def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
@@ -185,8 +185,9 @@ class FRMerging(FilteredMethod):
         Param("scaling", 1.0, "global factor on the merged sum", low=0.0),
         Param("weight_scaling", 1.0, "extra factor on keys with 'weight' and 'attn'/'mlp' only (the authors' "
                                      "TaskVector multiplication scales only those)", low=0.0),
-        Param("merge_scope", "all", "all selected keys, or only keys with 'attn'/'mlp' (official); "
-                                    "others keep θ_pre", choices=("all", "attn_mlp")),
+        ScopeParam("merge_scope", "all", "keys merged (freqmerge_viz.scopes), the others keep θ_pre: all, or "
+                                         "attn_mlp = keys with 'attn' or 'mlp' in the name (the authors' rule), "
+                                         "or any other scope", suggestion="all"),
     )
     presets = {"paper": {},
                "official": {**OFFICIAL_FILTER, "coefficients": "align", "scaling": 0.7, "merge_scope": "attn_mlp",
@@ -194,8 +195,9 @@ class FRMerging(FilteredMethod):
                "official_lm": {"cutoff": 0.9, "filter_convention": "official", "filter_scope": "two_d",
                                "coefficients": "none", "consensus": "sign", "scaling": 0.88}}
 
-    def merges_key(self, key, ctx):
-        return ctx.params["merge_scope"] == "all" or any(part in key for part in ATTN_MLP)
+    def merges_key(self, key, ctx, ndim=None):
+        scope = ctx.params["merge_scope"]
+        return scope == "all" or selects(scope, key, ndim)
 
     def statistics(self, task_vectors, keys, ctx, device):
         if ctx.params["coefficients"] != "mean_abs":

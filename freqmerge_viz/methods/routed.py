@@ -38,11 +38,10 @@ from ..experts import Expert, LowRankExpert, extract_experts, svd_experts
 from ..io import InMemoryState, LazyState, load_state
 from ..keys import Patterns
 from ..routing import Router, as_task_ids, routed_apply
+from ..scopes import selects
 from ..taskvector import TaskVector, common_keys, stack_key, task_names
-from .base import MergeMethod, Param, as_task_vectors, get_method, list_methods, merge, method_transform, register
-from .fr import is_attn_mlp_weight
-
-ATTN_MLP = ("attn", "mlp")
+from .base import MergeMethod, Param, ScopeParam, as_task_vectors, get_method, list_methods, merge, \
+    method_transform, register, warn_about_scopes
 
 
 class RoutedMerge:
@@ -138,10 +137,6 @@ def _shared_delta(merged: LazyState, pretrained: LazyState, keys: Sequence[str],
     return {k: as_compute_tensor(merged[k], device) - as_compute_tensor(pretrained[k], device) for k in keys}
 
 
-def _in_scope(key: str, scope: str) -> bool:
-    return scope == "all" or any(part in key for part in ATTN_MLP)
-
-
 # --------------------------------------------------------------------------- FREE-Merging
 FREE_PARAMS = (
     Param("density", 0.01, "fraction of each task vector's entries kept in its expert", low=0.0, high=1.0,
@@ -154,11 +149,12 @@ FREE_PARAMS = (
     Param("mode", "add", "add: θ_m + w·e_t (paper); replace: e_t's non-zero entries replace the backbone "
                          "delta's (official)", choices=("add", "replace")),
     Param("expert_scale", 1.0, "w, the factor on every expert entry", low=0.0),
-    Param("expert_scope", "all", "keys the experts change: every expert key, or only keys with "
-                                 "'attn'/'mlp' (official)", choices=("all", "attn_mlp")),
-    Param("mu_scope", "all", "keys whose expert entries μ multiplies: all, or only keys with 'weight' and "
-                             "'attn'/'mlp' (official: the other keys, e.g. attn/mlp biases, use μ = 1)",
-          choices=("all", "attn_mlp_weights")),
+    ScopeParam("expert_scope", "all", "keys the experts change (freqmerge_viz.scopes): all, or attn_mlp = keys "
+                                      "with 'attn'/'mlp' in the name (official), or any other scope",
+               suggestion="all"),
+    ScopeParam("mu_scope", "all", "keys whose expert entries μ multiplies (freqmerge_viz.scopes): all, or "
+                                  "official = keys with 'weight' and 'attn'/'mlp' (the other keys, e.g. attn/mlp "
+                                  "biases, use μ = 1), or any other scope", suggestion="attention+mlp"),
     Param("ties", "index", "entries tying the k-th largest magnitude: lowest flat index first (index), or "
                            "as torch.topk along the last dimension picks them (torch_topk, official)",
           choices=("index", "torch_topk")),
@@ -168,7 +164,7 @@ FREE_PARAMS = (
 FREE_PRESETS = {
     "paper": {},
     "official": {"per_row": True, "rescale": "official", "scale_reference": "filtered", "mode": "replace",
-                 "expert_scale": 0.5, "expert_scope": "attn_mlp", "mu_scope": "attn_mlp_weights",
+                 "expert_scale": 0.5, "expert_scope": "attn_mlp", "mu_scope": "official",
                  "ties": "torch_topk",
                  "backbone": {"preset": "official", "coefficients": "none", "scaling": 0.5, "weight_scaling": 0.5}},
 }
@@ -191,10 +187,10 @@ class FreeMerging(RoutedMerge):
 
     def task_delta(self, task, key, shared):
         expert = self.experts[task]
-        if key not in expert or not _in_scope(key, self.settings["expert_scope"]):
+        if key not in expert or not selects(self.settings["expert_scope"], key, shared.ndim):
             return shared
         weight = self.settings["expert_scale"]
-        scaled = self.settings["mu_scope"] == "all" or is_attn_mlp_weight(key)
+        scaled = selects(self.settings["mu_scope"], key, shared.ndim)
         if self.settings["mode"] == "add":
             return expert.add_to(key, shared, weight, scaled=scaled)
         return expert.replace_in(key, shared, weight, scaled=scaled)
@@ -217,8 +213,11 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
     pre = load_state(pretrained)
     target = resolve_device(device)
     vectors = as_task_vectors(pre, finetuned_or_task_vectors, include, exclude, target)
-    backbone = merge("fr", pre, vectors, device=target, **settings["backbone"])
+    backbone = merge("fr", pre, vectors, device=target, _check_scopes=False, **settings["backbone"])
     keys = [k for k in common_keys(vectors) if k in pre]
+    scopes = {f"backbone {name}": value for name, value in get_method("fr").scope_settings(backbone.params).items()}
+    warn_about_scopes("free", {**scopes, **get_method("free").scope_settings(settings)},
+                      {k: tuple(pre.shape_of(k)) for k in keys})
     shared = _shared_delta(backbone, pre, keys, target)
     reference = None
     if settings["scale_reference"] == "filtered":
