@@ -72,10 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--tasks", type=int, default=4, help="number of fine-tuned models (default: 4)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
-    inspect = sub.add_parser("inspect", help="list a checkpoint's keys, shapes and dtypes (reads no tensor)",
-                             description="Print key, shape and dtype of every tensor in a checkpoint.")
+    inspect = sub.add_parser("inspect", help="list a checkpoint's keys, shapes, dtypes and key scopes (reads no "
+                                             "tensor)",
+                             description="Print the architecture recognised from the key names, then key, shape "
+                                         "and dtype of every tensor and which key scopes (filter_scope, "
+                                         "merge_scope, ...: freqmerge_viz.scopes) select it.")
     inspect.add_argument("checkpoint", help=".safetensors, .pt/.bin, sharded or Hugging Face directory")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--scope", default=None, metavar="NAME",
+                         help="list only the keys this scope selects (a name such as attention, layer_matrices, "
+                              "official, or a '+'-union such as layer_matrices+embeddings)")
     _add_pickled(inspect)
 
     convert = sub.add_parser("convert", help="write a checkpoint as safetensors (e.g. a pickled module's weights)",
@@ -278,15 +284,31 @@ def _open_inputs(args) -> tuple:
 
 def _cmd_inspect(args) -> None:
     from .io import load_state
+    from .scopes import INSPECT_SCOPES, detect_architecture, scope_parts, selects
 
+    if args.scope is not None:
+        scope_parts(args.scope)
     state = load_state(args.checkpoint, pickled_modules=args.pickled_modules)
-    rows = [{"key": k, "shape": list(state.shape_of(k)), "dtype": str(state.dtype_of(k)).replace("torch.", ""),
-             "file": state.source_of(k)} for k in state]
+    arch = detect_architecture(state)
+    rows = []
+    for k in state:
+        shape = list(state.shape_of(k))
+        if args.scope is not None and not selects(args.scope, k, len(shape)):
+            continue
+        rows.append({"key": k, "shape": shape, "dtype": str(state.dtype_of(k)).replace("torch.", ""),
+                     "file": state.source_of(k), "scopes": [s for s in INSPECT_SCOPES if selects(s, k, len(shape))]})
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"architecture": arch.name if arch else None, "label": arch.label if arch else None,
+                          "transposed": bool(arch and arch.transposed), "scope": args.scope,
+                          "scopes": list(INSPECT_SCOPES), "keys": rows}, indent=1))
         return
+    print(f"# architecture: {arch.label if arch else 'not recognised'}"
+          + ("; matrices stored in × out (transposed)" if arch and arch.transposed else "")
+          + (f"; keys selected by {args.scope}: {len(rows)}" if args.scope is not None else ""))
+    print("\t".join(("key", "shape", "dtype") + INSPECT_SCOPES))
     for row in rows:
-        print(f"{row['key']}\t{'×'.join(map(str, row['shape'])) or 'scalar'}\t{row['dtype']}")
+        marks = ["x" if s in row["scopes"] else "." for s in INSPECT_SCOPES]
+        print("\t".join([row["key"], "×".join(map(str, row["shape"])) or "scalar", row["dtype"], *marks]))
 
 
 def _cmd_interference(args) -> None:

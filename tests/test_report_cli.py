@@ -74,7 +74,7 @@ def test_inspect_reads_no_tensor_data(tmp_path, capsys):
     path = tmp_path / "m.safetensors"
     fmv.save_state({"w": torch.ones(3, 4), "b": torch.zeros(2, dtype=torch.float16)}, path)
     assert main(["inspect", str(path), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["keys"]
     assert {r["key"]: (r["shape"], r["dtype"]) for r in rows} == {"w": ([3, 4], "float32"),
                                                                  "b": ([2], "float16")}
 
