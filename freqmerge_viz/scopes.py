@@ -12,9 +12,11 @@ scope              selects
 ``mlp``            MLP matrices: an MLP pattern of the table, 2+ dimensions
 ``layer_matrices`` the weight matrices of the transformer layers: every tensor of 2+
                    dimensions except embeddings (below), output heads and projections
-                   outside the numbered layers (``lm_head``, ``head``, ``classifier``,
-                   ``pooler``, ``*proj``/``*projection``), norms, biases and masks.
-                   Keys of a model without numbered layers (``w``, ``fc.weight``) count
+                   outside the numbered layers (a name part ``lm_head``, ``head(s)``,
+                   ``classifier``, ``pooler``, ``fc``, ``score``, ``qa_outputs``, ``cls``,
+                   ``pre_logits``, ``*proj``, ``*projection``), norms, biases, masks and
+                   ``*_ids`` buffers. In a model without numbered layers every other
+                   matrix counts (``w``, ``fc1.weight``)
 ``embeddings``     token, patch and position embeddings, class tokens, relative-position
                    tables and ``lm_head`` (any number of dimensions; not their biases
                    or norms)
