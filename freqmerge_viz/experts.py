@@ -31,7 +31,8 @@ import torch
 from .backend import as_compute_tensor, resolve_device
 from .errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError, check_choice, check_positive_int
 from .keys import Patterns
-from .methods.fr import fr_coefficients
+from .dropout import dare_mask
+from .metrics import fr_coefficients
 from .taskvector import TaskVectors, common_keys, stack_key, task_names
 from .spectral import as_matrix
 
@@ -148,9 +149,6 @@ def bernoulli_mask(shape: Sequence[int], density: float, seed: int, key: str, ta
 
     The same draw as DARE's mask for (`seed`, `key`, `task`): independent of key order and device.
     """
-    # imported here: the methods package will import this module (FREE-Merging)
-    from .methods.sparse import dare_mask
-
     density = check_density(density)
     return dare_mask(tuple(shape), density, seed, key, task) > 0
 

@@ -205,3 +205,27 @@ def low_frequency_energy_by_task(table: pd.DataFrame) -> pd.Series:
         raise ParameterError("expected a table from low_frequency_energy (task, energy, low_energy)")
     sums = table.groupby("task", sort=False)[["low_energy", "energy"]].sum()
     return sums["low_energy"] / sums["energy"]
+
+
+# --------------------------------------------------------------------------- FR's coefficients
+def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
+    """``E(v_i)``: mean absolute value of each task vector over `keys` (all entries pooled)."""
+    totals = [0.0] * len(task_vectors)
+    count = 0
+    for key in keys:
+        for i, tv in enumerate(task_vectors):
+            totals[i] += float(tv[key].to(device).abs().sum())
+        count += task_vectors[0][key].numel()
+    return [t / max(count, 1) for t in totals]
+
+
+def fr_coefficients(mean_abs_values) -> list[float]:
+    """FR-Merging's ``λ_i = E(v_i) / Σ_j E(v_j)`` (Eq. 3) from each task's mean |v|.
+
+    If every task vector is zero, every λ gives the same merge and ``1/K`` is returned.
+    """
+    values = [float(v) for v in mean_abs_values]
+    if any(v < 0 or v != v for v in values):
+        raise ParameterError(f"mean absolute values must be >= 0, got {values}")
+    total = sum(values)
+    return [v / total for v in values] if total > 0 else [1.0 / len(values)] * len(values)

@@ -52,7 +52,15 @@ def import_graph() -> dict[str, set[str]]:
                     targets.add(candidate if candidate in paths else source)
             elif isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names if a.name.startswith("freqmerge_viz"))
-        graph[name] = {t for t in targets if t in paths and t != name}
+        targets = {t for t in targets if t in paths and t != name}
+        # importing a.b.c first runs the package a.b: an edge too, unless a.b encloses the importer
+        for target in list(targets):
+            parts = target.split(".")
+            for depth in range(2, len(parts)):
+                package_name = ".".join(parts[:depth])
+                if package_name in paths and not name.startswith(package_name + ".") and package_name != name:
+                    targets.add(package_name)
+        graph[name] = targets
     return graph
 
 
@@ -96,6 +104,7 @@ def test_the_graph_sees_imports_at_every_level():
     assert "freqmerge_viz.spectral.masks" in graph["freqmerge_viz.spectral.spec"]
     assert "freqmerge_viz.spectral.spec" not in graph["freqmerge_viz.spectral.masks"]  # TYPE_CHECKING only
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert "freqmerge_viz.methods" in graph["freqmerge_viz.analysis.sweeps"]  # via methods.fr: runs methods/__init__
 
 
 def test_no_import_circles():

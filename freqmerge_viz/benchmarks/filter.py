@@ -13,8 +13,16 @@ repeats of a full merge (every key computed once, results dropped):
     complex ``fft2``, ``fftshift``, a mask built per call with ``meshgrid``, the product,
     ``ifftshift``, ``ifft2`` and ``.real`` (:func:`reference_filter`).
 ``task_arithmetic_s``
-    ``freqmerge_viz.merge("task_arithmetic", ...)``: reading the K stacks and summing them,
-    the floor any merge of these vectors pays.
+    ``freqmerge_viz.merge("task_arithmetic", ...)``: reading the K task vectors and summing
+    them, the floor any merge of these vectors pays.
+``fr_files_s`` / ``task_arithmetic_files_s``
+    the same two merges as a user runs them: from a pretrained and K fine-tuned safetensors
+    files (written to a temporary folder first), each task vector computed lazily key by key;
+    ``fr_over_task_arithmetic_files`` is the ratio the target (≤ 1.3) is about.
+``fr_official_s`` / ``authors_official_s``
+    the ``official`` preset (the authors' code: unshifted spectrum, disc plus band, per-key
+    ``align``, scaling 0.7) against a transcription of the published code, one task matrix at
+    a time (:func:`authors_official_merge_key`).
 
 ``filter_auto_s`` / ``filter_fft_s`` time only the filter of every task matrix (in place,
 as the merge does) on the path ``"auto"`` picks and on the full-spectrum path.
@@ -36,10 +44,9 @@ import torch
 from ..backend import resolve_device
 from ..errors import ParameterError
 from ..methods import merge
-from ..taskvector import stack_key
 from ..spectral import (COST_TERMS, FilterSpec, fft_path_terms, filter_path, filter_stack, lowband_plans,
                         lowband_terms)
-from ..taskvector import TaskVector
+from ..taskvector import TaskVector, stack_key
 
 CLIP_B32_BLOCKS = (("attn.in_proj_weight", (2304, 768)), ("attn.out_proj.weight", (768, 768)),
                    ("mlp.c_fc.weight", (3072, 768)), ("mlp.c_proj.weight", (768, 3072)))
@@ -95,6 +102,32 @@ def reference_merge_key(pretrained: dict, vectors: Sequence[dict], key: str, coe
     return total
 
 
+def authors_official_filter(matrix: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The published code's filter of one matrix (merge_vit): ``fft2`` without shift, distance
+    ``d`` from the array index ``(H//2, W//2)``, a disc ``d ≤ min(H, W)//10`` and a band
+    ``min(H, W)//10 ≤ d ≤ ratio·min(H, W)`` filtered separately (``ifft2(...).real``) and added."""
+    h, w = matrix.shape
+    spectrum = torch.fft.fft2(matrix)
+    rows = torch.arange(h, device=matrix.device).view(-1, 1) - h // 2
+    cols = torch.arange(w, device=matrix.device).view(1, -1) - w // 2
+    distance = torch.sqrt((rows**2 + cols**2).to(torch.float32))
+    inner, outer = min(h, w) // 10, ratio * min(h, w)
+    disc = distance <= inner
+    band = (distance >= inner) & (distance <= outer)
+    return torch.fft.ifft2(spectrum * disc).real + torch.fft.ifft2(spectrum * band).real
+
+
+def authors_official_merge_key(pretrained: dict, vectors: Sequence[dict], key: str, ratio: float = 0.7,
+                               scaling: float = 0.7) -> torch.Tensor:
+    """One attn/mlp weight merged as the published code does: filter every task's matrix, rescale
+    each to the largest mean |filtered| ("align"), sum, times `scaling`, plus θ_pre."""
+    filtered = [authors_official_filter(tv[key], ratio) for tv in vectors]
+    means = [float(f.abs().mean()) for f in filtered]
+    largest = max(means)
+    total = sum(f * (largest / m) for f, m in zip(filtered, means))
+    return pretrained[key] + scaling * total
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,6 +161,26 @@ def _filter_every_matrix(vectors: Sequence[TaskVector], spec: FilterSpec, path: 
         _synchronize(device)
         spent += time.perf_counter() - start
     return spent
+
+
+def _from_files(pretrained: dict, vectors: Sequence[dict], repeats: int, device: torch.device) -> tuple[float, float]:
+    """Seconds of an FR and a task-arithmetic merge read from safetensors files, as a user runs them."""
+    import tempfile
+    from pathlib import Path
+
+    from ..io import save_state
+
+    with tempfile.TemporaryDirectory(prefix="fmv-bench-filter-") as folder:
+        save_state(pretrained, Path(folder) / "pre.safetensors")
+        paths = []
+        for i, vector in enumerate(vectors):
+            paths.append(Path(folder) / f"ft{i}.safetensors")
+            save_state({key: pretrained[key] + vector[key] for key in pretrained}, paths[-1])
+
+        def run(name: str):
+            return lambda: _compute_all(merge(name, Path(folder) / "pre.safetensors", paths, device=device))
+
+        return best_time(run("fr"), repeats, device), best_time(run("task_arithmetic"), repeats, device)
 
 
 def _with_threads(threads: int | None, work: Callable[[], dict]) -> dict:
@@ -168,21 +221,35 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
     def task_arithmetic():
         _compute_all(merge("task_arithmetic", pretrained, vectors, device=target))
 
+    def toolkit_official():
+        _compute_all(merge("fr", pretrained, vectors, device=target, preset="official"))
+
+    def authors_official():
+        for key in shapes:
+            authors_official_merge_key(pretrained, raw_vectors, key)
+
     toolkit_fr()
+    fr_files_s, task_arithmetic_files_s = _from_files(pretrained, raw_vectors, repeats, target)
     fr_s = best_time(toolkit_fr, repeats, target)
     reference_s = best_time(reference_fr, repeats, target)
     task_arithmetic_s = best_time(task_arithmetic, repeats, target)
+    fr_official_s = best_time(toolkit_official, repeats, target)
+    authors_official_s = best_time(authors_official, repeats, target)
     filter_auto_s = min(_filter_every_matrix(vectors, spec, "auto", target) for _ in range(repeats))
     filter_fft_s = min(_filter_every_matrix(vectors, spec, "fft", target) for _ in range(repeats))
 
     checked = list(shapes) if quick else [key for key in shapes if ".resblocks.0." in key]
     state = merge("fr", pretrained, vectors, device=target)
     coefficients = reference_coefficients(raw_vectors)
-    difference = 0.0
+    official = merge("fr", pretrained, vectors, device=target, preset="official")
+    difference = official_difference = 0.0
     for key in checked:
         expected = reference_merge_key(pretrained, raw_vectors, key, coefficients)
         delta = (expected - pretrained[key]).norm()
         difference = max(difference, float((state[key] - expected).norm() / delta))
+        expected = authors_official_merge_key(pretrained, raw_vectors, key)
+        delta = (expected - pretrained[key]).norm()
+        official_difference = max(official_difference, float((official[key] - expected).norm() / delta))
     return {
         "benchmark": "filter",
         "device": str(target),
@@ -201,14 +268,22 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
         "task_arithmetic_s": task_arithmetic_s,
         "reference_over_fr": reference_s / fr_s,
         "fr_over_task_arithmetic": fr_s / task_arithmetic_s,
+        "fr_files_s": fr_files_s,
+        "task_arithmetic_files_s": task_arithmetic_files_s,
+        "fr_over_task_arithmetic_files": fr_files_s / task_arithmetic_files_s,
+        "fr_official_s": fr_official_s,
+        "authors_official_s": authors_official_s,
+        "authors_over_fr_official": authors_official_s / fr_official_s,
         "filter_auto_s": filter_auto_s,
         "filter_fft_s": filter_fft_s,
         "filter_paths": {"x".join(map(str, shape)): filter_path(shape, spec, target)
                          for _, shape in CLIP_B32_BLOCKS},
         "reference_keys_checked": len(checked),
         "reference_max_relative_difference": difference,
+        "authors_official_max_relative_difference": official_difference,
         "targets_met": {"reference_over_fr_at_least_8": reference_s / fr_s >= 8,
-                        "fr_over_task_arithmetic_at_most_3": fr_s / task_arithmetic_s <= 3},
+                        "fr_over_task_arithmetic_files_at_most_1.3": fr_files_s / task_arithmetic_files_s <= 1.3,
+                        "authors_over_fr_official_at_least_7": authors_official_s / fr_official_s >= 7},
     }
 
 

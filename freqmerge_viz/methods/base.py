@@ -220,6 +220,15 @@ class MergeMethod:
         """
         return self.combine(self.transform(stack, key, ctx), key, ctx)
 
+    def key_delta(self, task_vectors: Sequence[Mapping[str, torch.Tensor]], key: str, ctx: MergeContext,
+                  device: torch.device) -> torch.Tensor:
+        """The merged delta of one key from the task vectors: :meth:`merge_key` of their stack.
+
+        A method that needs no stack (a weighted sum, read one task at a time) overrides this
+        to hold less than K tensors at once.
+        """
+        return self.merge_key(stack_key(task_vectors, key, device), key, ctx)
+
     def doc(self) -> str:
         """Summary plus one line per parameter."""
         lines = [f"{self.name}: {self.summary}"] + [f"  {p.describe()}" for p in self.params]
@@ -386,7 +395,7 @@ def merge(name: str, pretrained, finetuned_or_task_vectors, *, include: Patterns
     def load(key: str) -> torch.Tensor:
         if key not in merged_keys:
             return pre[key]
-        delta = method.merge_key(stack_key(vectors, key, target), key, ctx)
+        delta = method.key_delta(vectors, key, ctx, target)
         base = pre[key]
         merged = delta.reshape(base.shape).add_(as_compute_tensor(base, target))
         return merged.to(dtype or base.dtype)

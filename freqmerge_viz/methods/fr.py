@@ -33,11 +33,11 @@ from dataclasses import replace
 
 import torch
 
-from ..errors import ParameterError
+from ..metrics import fr_coefficients, mean_abs_per_task  # noqa: F401  (FR's λ_i, also used by the experts)
 from ..scopes import is_official, selects
 from ..spectral import FilterSpec, filter_stack
 from .base import MergeContext, MergeMethod, Param, ScopeParam, register
-from .linear import WEIGHTS, weighted_sum
+from .linear import WEIGHTS, streamed_sum, weighted_sum
 from .sparse import BREADCRUMB_PARAMS, CONVENTION, COUNT, DENSITY, MAJORITY, disjoint_mean, \
     drop_largest_and_smallest_, keep_agreeing_, keep_top_magnitude_
 
@@ -93,29 +93,6 @@ def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
     return filter_stack(stack, filter_spec(params), params["one_d"], inplace=True)
 
 
-def mean_abs_per_task(task_vectors, keys, device) -> list[float]:
-    """``E(v_i)``: mean absolute value of each task vector over `keys` (all entries pooled)."""
-    totals = [0.0] * len(task_vectors)
-    count = 0
-    for key in keys:
-        for i, tv in enumerate(task_vectors):
-            totals[i] += float(tv[key].to(device).abs().sum())
-        count += task_vectors[0][key].numel()
-    return [t / max(count, 1) for t in totals]
-
-
-def fr_coefficients(mean_abs_values) -> list[float]:
-    """FR-Merging's ``λ_i = E(v_i) / Σ_j E(v_j)`` (Eq. 3) from each task's mean |v|.
-
-    If every task vector is zero, every λ gives the same merge and ``1/K`` is returned.
-    """
-    values = [float(v) for v in mean_abs_values]
-    if any(v < 0 or v != v for v in values):
-        raise ParameterError(f"mean absolute values must be >= 0, got {values}")
-    total = sum(values)
-    return [v / total for v in values] if total > 0 else [1.0 / len(values)] * len(values)
-
-
 def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> list[float]:
     """Per-task coefficients on the filtered stack, by the ``coefficients`` rule, times ``weights``.
 
@@ -155,6 +132,27 @@ def fr_combine(stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor
     return total.mul_(factor)
 
 
+def filter_sum_first(params: dict) -> bool:
+    """Whether FR may filter the weighted sum instead of every task vector (see ``filter_order``):
+    the coefficients must not depend on the filtered values and no entrywise consensus may run."""
+    return (params.get("filter_order", "auto") == "auto" and params["coefficients"] != "align"
+            and params["consensus"] == "none")
+
+
+def fr_filter_sum(task_vectors, key: str, ctx: MergeContext, device) -> torch.Tensor:
+    """FR's merged delta of one key as ``scaling · G(Σ c_i v_i)``: the weighted sum read one task at a
+    time, then one filter (equal to :func:`fr_combine` of the filtered stack, the filter being
+    linear; about the cost and memory of task arithmetic)."""
+    p = ctx.params
+    k = len(task_vectors)
+    coefficients = coefficients_for(torch.empty(k, 0), ctx)
+    tasks = [0] if p["sum_keys"] == "attn_mlp_weights" and not is_attn_mlp_weight(key) else range(k)
+    total = streamed_sum([task_vectors[t] for t in tasks], key, [coefficients[t] for t in tasks], device)
+    filtered = filter_step(total.unsqueeze(0), key, p)[0]
+    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0)
+    return filtered.mul_(factor)
+
+
 class FilteredMethod(MergeMethod):
     """A method whose per-task step starts with FR's filter: its settings must describe a valid filter."""
 
@@ -188,6 +186,12 @@ class FRMerging(FilteredMethod):
         ScopeParam("merge_scope", "all", "keys merged (freqmerge_viz.scopes), the others keep θ_pre: all, or "
                                          "attn_mlp = keys with 'attn' or 'mlp' in the name (the authors' rule), "
                                          "or any other scope", suggestion="all"),
+        Param("filter_order", "auto", "auto: when the coefficients are per-task numbers that do not depend on "
+                                      "the filtered values (not align, no consensus), filter the weighted sum "
+                                      "once per key: G is linear, so Σ c_i G(v_i) = G(Σ c_i v_i), at the cost "
+                                      "of task arithmetic plus one filter; per_task: filter every task vector, "
+                                      "then sum (Eq. 3's literal order; same result to float rounding)",
+              choices=("auto", "per_task")),
     )
     presets = {"paper": {},
                "official": {**OFFICIAL_FILTER, "coefficients": "align", "scaling": 0.7, "merge_scope": "attn_mlp",
@@ -210,6 +214,11 @@ class FRMerging(FilteredMethod):
 
     def combine(self, stack, key, ctx):
         return fr_combine(stack, key, ctx)
+
+    def key_delta(self, task_vectors, key, ctx, device):
+        if not filter_sum_first(ctx.params):
+            return super().key_delta(task_vectors, key, ctx, device)
+        return fr_filter_sum(task_vectors, key, ctx, device)
 
 
 @register

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import as_compute_tensor
 from .base import MergeContext, MergeMethod, Param, register
 
 WEIGHTS = Param("weights", None, "per-task weights, one per task (default: all 1)", kind=list, optional=True)
@@ -19,6 +20,22 @@ def weighted_sum(stack: torch.Tensor, ctx: MergeContext, coefficients=None) -> t
     return total
 
 
+def streamed_sum(task_vectors, key: str, coefficients, device) -> torch.Tensor:
+    """``Σ_i c_i · v_i[key]`` read one task's entry at a time: no ``[K, *shape]`` stack, so the
+    sum holds two tensors of the key, whatever K (compute dtype, on `device`)."""
+    total = None
+    for vector, coefficient in zip(task_vectors, coefficients):
+        entry = as_compute_tensor(vector[key], device)
+        if total is None:
+            total = entry.mul(float(coefficient))
+        else:
+            if entry.dtype != total.dtype:
+                total = total.to(torch.promote_types(total.dtype, entry.dtype))
+            total.add_(entry, alpha=float(coefficient))
+        del entry
+    return total
+
+
 @register
 class WeightAveraging(MergeMethod):
     name = "weight_averaging"
@@ -26,6 +43,9 @@ class WeightAveraging(MergeMethod):
 
     def combine(self, stack, key, ctx):
         return stack.mean(dim=0)
+
+    def key_delta(self, task_vectors, key, ctx, device):
+        return streamed_sum(task_vectors, key, [1.0 / len(task_vectors)] * len(task_vectors), device)
 
 
 @register
@@ -37,3 +57,7 @@ class TaskArithmetic(MergeMethod):
 
     def combine(self, stack, key, ctx):
         return weighted_sum(stack, ctx).mul_(ctx.params["scaling"])
+
+    def key_delta(self, task_vectors, key, ctx, device):
+        weights = ctx.params.get("weights") or [1.0] * len(task_vectors)
+        return streamed_sum(task_vectors, key, weights, device).mul_(ctx.params["scaling"])

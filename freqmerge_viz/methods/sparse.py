@@ -11,11 +11,11 @@ a time, so a key's merge needs about K + 2 tensors of memory.
 
 from __future__ import annotations
 
-import zlib
 
 import torch
 
 from ..backend import BLOCK_ENTRIES
+from ..dropout import dare_mask, dare_seed  # noqa: F401  (part of DARE's API)
 from .base import MergeContext, MergeMethod, Param, register
 from .linear import WEIGHTS, weighted_sum
 
@@ -161,27 +161,11 @@ def drop_largest_and_smallest_(stack: torch.Tensor, density: float, gamma: float
     return stack
 
 
-def dare_mask(shape, density: float, seed: int, key: str, task: int,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """DARE's keep mask (1 = kept, probability `density`) of task `task` for `key`, on the CPU.
-
-    Seeded by (seed, key, task) alone, so a merge gives the same masks on every device and
-    in every key order.
-    """
-    generator = torch.Generator().manual_seed(dare_seed(seed, key, task))
-    return torch.empty(shape, dtype=dtype).bernoulli_(density, generator=generator)
-
-
 def random_drop_(stack: torch.Tensor, density: float, seed: int, key: str, rescale: bool) -> torch.Tensor:
     """DARE, in place: keep each entry with probability `density`, divide the kept by it."""
     for task in range(stack.shape[0]):
         stack[task].mul_(dare_mask(stack.shape[1:], density, seed, key, task, stack.dtype).to(stack.device))
     return stack.div_(density) if rescale else stack
-
-
-def dare_seed(seed: int, key: str, task: int) -> int:
-    """The generator seed of task `task`'s DARE mask for `key`."""
-    return (seed * 1_000_003 + zlib.crc32(key.encode()) * 101 + task) % (2**63)
 
 
 def entry_blocks(stack: torch.Tensor):
