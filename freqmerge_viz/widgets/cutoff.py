@@ -39,8 +39,9 @@ from .base import DEBOUNCE_S, Explorer, Schedule
 
 CONTROLLED = ("cutoff", "upper_cutoff", "kind", "band", "scaling")
 """Method parameters that the explorer's controls set."""
-FIXED_FILTER = {"units": "normalized", "filter_convention": "paper", "filter_scope": "matrices"}
-"""Filter parameters the explorer holds fixed: the cutoff slider is a normalised radius."""
+FIXED_FILTER = {"units": "normalized", "filter_convention": "paper"}
+"""Filter parameters the explorer holds fixed: the cutoff slider is a normalised radius (the
+key scope is the method's own default, so the explorer's merge is ``fmv.merge``'s)."""
 COMBINE_ONLY = ("scaling",)
 """Parameters that act on the merged sum only, not on the per-task step the variance measures."""
 VARIANCE_SCOPES = ("matrix", "all")
@@ -382,7 +383,7 @@ class CutoffExplorer(Explorer):
     change on a busy 2-core CPU).
 
     `params` are fixed parameters of the method besides those (e.g. ``coefficients``,
-    ``order``); the filter stays the paper's centred one in normalised units on every matrix.
+    ``order``); the filter stays the paper's centred one in normalised units, on the method's own key scope.
     `threads` torch CPU threads run each update (default 1: an update is many small
     tensors, where a second thread costs more than it saves on a busy 2-core machine);
     ``None`` keeps torch's setting.
