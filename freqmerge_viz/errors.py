@@ -82,7 +82,11 @@ class EmptyInputError(FreqMergeError, ValueError):
     """An operation that needs at least one task (or key) was given none."""
 
 
-class ScopeWarning(UserWarning):
+class FreqMergeWarning(UserWarning):
+    """Root of every warning the toolkit gives on purpose (something ran, but look at this)."""
+
+
+class ScopeWarning(FreqMergeWarning):
     """A method's key scope misses a model's layers: it selects no key, or none of the attention
     matrices of a recognised architecture (:func:`freqmerge_viz.scopes.scope_warning`)."""
 

@@ -9,10 +9,13 @@ import freqmerge_viz as fmv
 from freqmerge_viz import errors
 
 
-def test_every_toolkit_error_is_a_freqmerge_error():
+def test_every_toolkit_error_is_a_freqmerge_error_and_every_warning_a_freqmerge_warning():
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
-    assert len(classes) >= 7
-    assert all(issubclass(c, fmv.FreqMergeError) for c in classes)
+    problems = [c for c in classes if not issubclass(c, Warning)]
+    warnings = [c for c in classes if issubclass(c, Warning)]
+    assert len(problems) >= 7 and errors.ScopeWarning in warnings
+    assert all(issubclass(c, fmv.FreqMergeError) for c in problems)
+    assert all(issubclass(c, errors.FreqMergeWarning) for c in warnings)
 
 
 def test_missing_keys_error_lists_keys_and_is_a_key_error():
