@@ -150,3 +150,19 @@ def test_calibration_fits_every_plan_and_keeps_the_thread_setting():
     assert all(value > 0 for value in result["constants"].values())
     choice = result["choices"][0]
     assert result["cases"] == 1 and 0 < choice["fastest_s"] <= choice["chosen_s"]
+
+
+def test_mergekit_benchmark_runs_the_toolkit_and_says_why_mergekit_was_skipped(monkeypatch, tmp_path):
+    """Without mergekit the benchmark still merges (a tiny GPT-2-shaped sharded model) and says
+    in its JSON why the comparison did not run."""
+    import shutil
+
+    from freqmerge_viz.benchmarks import mergekit
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = mergekit.run(quick=True, k=2, keep=str(tmp_path))
+    assert result["mergekit"].startswith("skipped: mergekit-yaml is not on PATH")
+    for method in ("task_arithmetic", "ties"):
+        assert result["methods"][method]["toolkit"]["seconds"] > 0
+        assert result["methods"][method]["toolkit"]["peak_rss_mb"] > 0
+    assert mergekit.gpt2_shapes(1, 8, 10, 4)["transformer.h.0.attn.c_attn.weight"] == (8, 24)
