@@ -33,6 +33,7 @@ from ..io import load_state
 from ..methods import ResolvedMethod, get_method, list_methods
 from ..metrics import amplitude_variance
 from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, spectrum_image
+from ..scopes import selects
 from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
@@ -173,8 +174,8 @@ class CutoffModel:
             raise ParameterError(f"CutoffExplorer: {clash} are set by the controls (pass them to set())")
         changed = sorted(k for k, v in FIXED_FILTER.items() if k in params and params[k] != v)
         if changed:
-            raise ParameterError(f"CutoffExplorer shows the paper's filter in normalised units on every "
-                                 f"matrix; it cannot change {changed}")
+            raise ParameterError(f"CutoffExplorer shows the paper's filter in normalised units; it cannot "
+                                 f"change {changed}")
         return dict(params)
 
     def _default_scaling(self, source, method_default: float) -> tuple[float, str]:
@@ -351,17 +352,21 @@ class CutoffModel:
         return float(as_percent(np.mean(values))), float(as_percent(mean_se(values, counts)))
 
     def unfiltered_note(self, values: Mapping[str, Any]) -> str:
-        """What the filter never touches under the settings `values` (1-D parameters), or ''."""
+        """What the filter never touches under the settings `values` (1-D parameters unless
+        ``one_d="fft"``, matrices outside ``filter_scope``), or ''."""
         resolved = self.resolved(values["method"], self.method_params(values)).params
-        if resolved.get("one_d", "skip") != "skip":
-            return ""
+        scope, one_d = resolved["filter_scope"], resolved.get("one_d", "skip") != "skip"
         shapes = {k: self._vectors[0].shape_of(k) for k in self._vectors[0]}
-        flat = [k for k, shape in shapes.items() if len(shape) < 2]
-        if not flat:
+        flat = [k for k, shape in shapes.items() if len(shape) < 2 and not (one_d and selects(scope, k, len(shape)))]
+        outside = [k for k, shape in shapes.items() if len(shape) >= 2 and not selects(scope, k, len(shape))]
+        if not flat and not outside:
             return ""
-        share = sum(math.prod(shapes[k]) for k in flat) / sum(math.prod(s) for s in shapes.values())
-        return (f"{len(flat)} one-dimensional parameters (biases, norms; {_share(share)} of the entries) are "
-                "not filtered at any cutoff: they are merged in full.")
+        share = sum(math.prod(shapes[k]) for k in flat + outside) / sum(math.prod(s) for s in shapes.values())
+        parts = ([f"{len(flat)} one-dimensional parameters (biases, norms)"] if flat else []) + \
+            ([f"{len(outside)} matrices outside filter_scope={scope!r} ({', '.join(outside[:3])}"
+              f"{', …' if len(outside) > 3 else ''})"] if outside else [])
+        return f"{' and '.join(parts)}, {_share(share)} of the entries, are not filtered at any cutoff: " \
+               "they are merged in full."
 
 
 class CutoffExplorer(Explorer):
