@@ -28,6 +28,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ParameterError(f"not a device: {device!r} ({exc})") from None
 
 
+def available_device(device: str | torch.device | None) -> torch.device:
+    """:func:`resolve_device`, checked: a :class:`ParameterError` (instead of a torch error at the
+    first tensor) when it names a CUDA device this machine does not have."""
+    target = resolve_device(device)
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count or (target.index is not None and target.index >= count):
+            raise ParameterError(f"device {str(target)!r} is not available here ({count} CUDA device(s) seen by "
+                                 f"torch {torch.__version__}); use --device cpu")
+    return target
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other floating dtype is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -18,6 +18,17 @@ def _add_pickled(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pickled-modules", action="store_true", help=PICKLED_HELP)
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action="store_true",
+                        help="show a progress bar on stderr even when it is not a terminal (one is shown on a "
+                             "terminal anyway)")
+
+
+def _progress(args) -> bool | None:
+    """True with --progress; otherwise None: a bar only when stderr is a terminal."""
+    return True if getattr(args, "progress", False) else None
+
+
 def _add_inputs(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--pretrained", required=required,
                         help="pretrained checkpoint: .safetensors, .pt/.bin, sharded or Hugging Face directory")
@@ -54,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
                         help="static figure formats (default: png svg)")
     report.add_argument("--no-html", action="store_true", help="skip the plotly HTML figure")
+    _add_progress(report)
 
     figures = sub.add_parser("figures", help="every analysis of the paper on the zoo: PNG, SVG, HTML and CSV",
                              description="Write each analysis figure (spectra, Table 1, interference vs "
@@ -111,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default) or DFT bins")
     interference.add_argument("--convention", default="paper", choices=["paper", "official"],
                               help="paper: centred spectrum, radius from DC; official: the authors' code")
+    _add_progress(interference)
     merge = sub.add_parser("merge", help="merge fine-tuned models with a registered method",
                            description="Merge with any registered method and write a safetensors "
                                        "checkpoint plus merge.json (method, parameters, input sha256). "
@@ -136,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", help="output dtype of merged tensors (default: the pretrained dtype)")
     merge.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
     _add_pickled(merge)
+    _add_progress(merge)
 
     zoo = sub.add_parser("zoo", help="the bundled demo zoo: build it, evaluate every method on it",
                          description="The demo zoo in data/zoo: eight procedural tasks, a small ViT.")
@@ -189,7 +203,8 @@ def _cmd_merge(args) -> None:
                            parameters=params, preset=settings["preset"], include=settings["include"],
                            exclude=settings["exclude"], max_shard_size=settings["max_shard_size"],
                            dtype=settings["dtype"], device=args.device,
-                           pickled_modules=args.pickled_modules or bool(config.get("pickled_modules")))
+                           pickled_modules=args.pickled_modules or bool(config.get("pickled_modules")),
+                           progress=_progress(args))
     if Path(args.out).suffix.lower() == ".safetensors":
         print(f"merged with {record['method']} into {args.out} (record: {record_path(args.out)})")
     else:
@@ -221,6 +236,7 @@ def _cmd_methods(args) -> None:
 
 
 def _cmd_report(args) -> dict:
+    from .backend import available_device
     from .report import DEFAULT_CUTOFFS, ReportInputs, run_report, synthetic_inputs, zoo_inputs
 
     if bool(args.pretrained) != bool(args.finetuned):
@@ -239,8 +255,9 @@ def _cmd_report(args) -> dict:
 
             comparison = compare_methods(zoo.load(args.zoo), limit=args.limit,
                                          progress=lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
-    summary = run_report(inputs, args.out, cutoffs=args.cutoffs or DEFAULT_CUTOFFS, device=args.device,
-                         formats=args.formats, html=not args.no_html, comparison=comparison)
+    summary = run_report(inputs, args.out, cutoffs=args.cutoffs or DEFAULT_CUTOFFS,
+                         device=available_device(args.device), formats=args.formats, html=not args.no_html,
+                         comparison=comparison, progress=_progress(args))
     print(f"report written to {args.out}/ (report.md, report.json, CSV tables, figures)")
     for row in summary["interference"]:
         print(f"  {row['setting']:<22} all bins {row['all_bins']:.4g} ({row['change_all_pct']:+.1f}%)   "
@@ -313,19 +330,20 @@ def _cmd_inspect(args) -> None:
 
 def _cmd_interference(args) -> None:
     from .analysis import FilterSetting, interference_table
+    from .backend import available_device
     from .spectral import FilterSpec
     from .taskvector import TaskVector
 
     if args.names and len(args.names) != len(args.finetuned):
         raise FreqMergeError(f"{len(args.names)} names for {len(args.finetuned)} fine-tuned checkpoints")
+    spec = FilterSpec(args.cutoff, kind=args.kind, units=args.units, convention=args.convention)
+    device = available_device(args.device)
     pretrained, finetuned = _open_inputs(args)
     vectors = [TaskVector.from_states(pretrained, ft, include=args.include, exclude=args.exclude,
-                                      name=args.names[i] if args.names else None, device=args.device)
+                                      name=args.names[i] if args.names else None, device=device)
                for i, ft in enumerate(finetuned)]
-    spec = FilterSpec(args.cutoff, kind=args.kind, units=args.units, convention=args.convention)
-    table = interference_table([tv.materialize() for tv in vectors], [FilterSetting("filtered", spec)],
-                               device=args.device)
-    print(json.dumps({"tasks": [tv.name for tv in vectors], "filter": repr(spec),
+    table = interference_table(vectors, [FilterSetting("filtered", spec)], device=device, progress=_progress(args))
+    print(json.dumps({"tasks": [tv.name for tv in vectors], "filter": repr(spec), "device": str(device),
                       "rows": table.to_dict(orient="records")}, indent=2, ensure_ascii=False))
 
 

@@ -28,6 +28,8 @@ import yaml
 from .errors import FreqMergeError, OutputError, ParameterError
 from .io import KeyMapState, LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
 from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
+from .progress import progress_bar
+from .taskvector import DerivedState
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
                  "max_shard_size", "dtype", "pickled_modules")
@@ -240,10 +242,23 @@ def _version() -> str:
     return __version__
 
 
+def _counted(state: LazyState, bar) -> LazyState:
+    """`state`, advancing `bar` by one as each tensor is read (the writers read one key at a
+    time)."""
+
+    def load(key: str):
+        tensor = state[key]
+        bar.update(1)
+        return tensor
+
+    return DerivedState(state.name, list(state), load, state.shape_of, state.dtype_of, state.source_of,
+                        origins=state.origins)
+
+
 def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.PathLike, *,
                   parameters: Mapping[str, Any] | None = None, preset: str | None = None,
                   include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
-                  device=None, pickled_modules: bool = False) -> dict:
+                  device=None, pickled_modules: bool = False, progress: bool | None = False) -> dict:
     """Merge and write the result with its record; return the record.
 
     `out` is a folder receiving ``model.safetensors`` (sharded past `max_shard_size`) and
@@ -252,7 +267,8 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     its storage table in the record. Before any tensor is read: the parameters are
     validated, `out` is checked not to overlap any input and to be writable with room for
     the output, and the inputs are hashed. `pickled_modules` reads pickled whole modules
-    (:func:`~freqmerge_viz.io.load_state`).
+    (:func:`~freqmerge_viz.io.load_state`). `progress` shows a bar over the keys written
+    (:mod:`freqmerge_viz.progress`).
 
     A pretrained model folder's :data:`HF_SIDE_FILES` are copied into each output folder
     (listed with their sha256 in the record); the keys of each :func:`tie_groups` group are
@@ -295,7 +311,7 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     else:
         target = staged_folder(out, protect=protect, expected_bytes=expected, own=_own_entries(out))
 
-    with target as folder:
+    with target as folder, contextlib.ExitStack() as stack:
         record = {
             "format": RECORD_FORMAT, "record_version": RECORD_VERSION,
             "freqmerge_viz_version": _version(), "method": method,
@@ -307,16 +323,18 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
         metadata = {"format": "pt", "freqmerge_viz.method": method, "freqmerge_viz.version": _version(),
                     "freqmerge_viz.inputs": json.dumps({"pretrained": record["inputs"]["pretrained"]["sha256"],
                                                         "finetuned": [i["sha256"] for i in record["inputs"]["finetuned"]]})}
+        bar = stack.enter_context(progress_bar(None, f"merge {method}", progress))
         if routed:
             merged = routed_merge(method, pre_state, ft_states, include=include, exclude=exclude,
                                   device=device or "cpu", **params)
             files = []
+            bar.reset(total=len(merged.task_names) * len(pre_state))
             for task in merged.task_names:
                 state = merged.task_state(task)
                 if torch_dtype is not None:
                     state = load_state({k: v.to(torch_dtype) if v.is_floating_point() else v
                                         for k, v in state.items()})
-                state = _tied(state, groups)
+                state = _counted(_tied(state, groups), bar)
                 (folder / task).mkdir()
                 names = write_shards(state, plan_shards(state, max_shard_size), folder / task,
                                      {**metadata, "freqmerge_viz.task": task})
@@ -330,6 +348,8 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
             metadata["freqmerge_viz.parameters"] = json.dumps(state.params, sort_keys=True, default=str)
             record["parameters"], record["statistics"] = state.params, state.statistics
             state = _tied(state, groups)
+            bar.reset(total=len(state))
+            state = _counted(state, bar)
             output_plan = plan_shards(state, max_shard_size)
             if single_file:
                 output_plan.require_single_file(out)

@@ -13,11 +13,12 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .backend import as_compute_tensor, resolve_device
+from .backend import BLOCK_ENTRIES, as_compute_tensor, resolve_device
 from .errors import EmptyInputError, ParameterError, check_choice
 from .keys import Patterns
-from .spectral import FilterSpec, as_matrix
-from .taskvector import TaskVectors, common_keys, stack_key, task_names  # noqa: F401  (re-exported)
+from .progress import track
+from .spectral import FilterSpec, as_matrix, half_amplitudes, half_spectrum_weights
+from .taskvector import TaskVectors, common_keys, entry_shape, stack_key, task_names  # noqa: F401  (re-exported)
 
 StackTransform = Callable[[torch.Tensor, str], torch.Tensor]
 """A per-task transform over one key: ``(stack[K, *shape], key) -> stack[K, *shape]``."""
@@ -80,12 +81,9 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
         n_counted = int(counted.sum())
         variance = float(per_bin[counted].mean()) if n_counted else float("nan")
         mean_amplitude = float(amplitude[:, counted].mean()) if n_counted else float("nan")
-        value = variance / mean_amplitude if normalize and mean_amplitude > 0 else variance
-        if normalize and not mean_amplitude > 0:
-            value = float("nan")
         rows.append({"key": key, "shape": "×".join(map(str, shape)), "bins": n_counted,
                      "kept_fraction": n_counted / counted.numel(), "variance": variance,
-                     "mean_amplitude": mean_amplitude, "value": value})
+                     "mean_amplitude": mean_amplitude, "value": measure_value(variance, mean_amplitude, normalize)})
     if not rows:
         raise EmptyInputError("none of the selected keys is a matrix (2-D or more); "
                               f"selected {len(keys)} key(s), e.g. {keys[:3]}")
@@ -93,12 +91,139 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
     settings = {"spectrum": spectrum, "normalize": normalize, "one_d": one_d,
                 "within": None if within is None else repr(within),
                 "transform": getattr(transform, "__name__", None) if transform else None}
-    return AmplitudeVarianceResult(float(table["value"].mean(skipna=True)), table, settings)
+    return AmplitudeVarianceResult(mean_over_matrices(table["value"]), table, settings)
+
+
+def measure_value(variance: float, mean_amplitude: float, normalize: bool) -> float:
+    """A matrix's Table 1 value: `variance`, or ``variance / mean_amplitude`` when normalised
+    (NaN where the mean amplitude is not positive)."""
+    if not normalize:
+        return variance
+    return variance / mean_amplitude if mean_amplitude > 0 else float("nan")
+
+
+def mean_over_matrices(values) -> float:
+    """The unweighted mean of per-matrix values, NaNs (matrices with no counted bin) left out."""
+    return float(pd.Series(list(values), dtype=float).mean(skipna=True))
+
+
+# --------------------------------------------------------------------------- streaming spectral moments
+def matrix_shape(shape, one_d: str = "skip") -> tuple[int, int] | None:
+    """``(H, W)`` of the matrix an entry of `shape` is analysed as (:func:`~freqmerge_viz.spectral.as_matrix`),
+    or ``None`` when it is not analysed; from the shape alone."""
+    view = as_matrix(torch.empty(tuple(shape), device="meta"), one_d)
+    return None if view is None else (int(view.shape[0]), int(view.shape[1]))
+
+
+def task_matrix(task_vector, key: str, one_d: str = "skip", device: torch.device | None = None) -> torch.Tensor:
+    """Entry `key` of one task vector as its ``[H, W]`` matrix, in its compute dtype, on `device`."""
+    entry = as_compute_tensor(task_vector[key], device)
+    view = as_matrix(entry, one_d)
+    if view is None:
+        raise ParameterError(f"{key!r} has shape {tuple(entry.shape)}: not a matrix (one_d={one_d!r})")
+    return view
+
+
+@dataclass
+class AmplitudeMoments:
+    """Across-task moments of one matrix's DFT amplitude ``|F|``, kept on the ``rfft2`` half spectrum.
+
+    ``shape``: the full spectrum's ``(H, W)``; ``dtype``: the dtype the matrices were transformed
+    in; ``count``: tasks added. ``mean`` and ``m2`` (float64, ``[H, W//2 + 1]``, on the matrices'
+    device): per bin, the mean amplitude over the tasks so far and the sum of squared deviations
+    from it (Welford's update, one task at a time), in the matrices' units. The population
+    variance across tasks is ``m2 / count`` (:meth:`variance`).
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    count: int = 0
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
+
+    def add(self, amplitude: torch.Tensor) -> None:
+        """Add one task's half-spectrum amplitude ``[H, W//2 + 1]`` (:func:`~freqmerge_viz.spectral.half_amplitude`)."""
+        h, w = self.shape
+        if tuple(amplitude.shape) != (h, w // 2 + 1):
+            raise ParameterError(f"expected a half spectrum of shape {(h, w // 2 + 1)}, got {tuple(amplitude.shape)}")
+        self.count += 1
+        if self.mean is None:
+            self.mean = amplitude.to(torch.float64, memory_format=torch.contiguous_format, copy=True)
+            self.m2 = torch.zeros_like(self.mean)
+            return
+        rows = max(1, BLOCK_ENTRIES // self.mean.shape[1])
+        for start in range(0, h, rows):  # Welford's update, a block of rows at a time
+            block = slice(start, start + rows)
+            delta = amplitude[block].to(torch.float64).sub_(self.mean[block])
+            self.mean[block].add_(delta, alpha=1.0 / self.count)
+            self.m2[block].addcmul_(delta, delta, value=(self.count - 1) / self.count)
+
+    def variance(self) -> torch.Tensor:
+        """Population variance (ddof 0) of the amplitude across the tasks, per half-spectrum bin."""
+        return self.m2 / self.count
+
+
+def key_moments(task_vectors: TaskVectors, key: str, one_d: str = "skip",
+                device: torch.device | str | None = None) -> AmplitudeMoments | None:
+    """:class:`AmplitudeMoments` of entry `key` over the tasks, or ``None`` when it is not a matrix.
+
+    Reads one task's entry at a time and transforms it with ``rfft2``: the memory is one entry,
+    its half spectrum and the two float64 accumulators, whatever the number of tasks.
+    """
+    shape = matrix_shape(entry_shape(task_vectors[0], key), one_d)
+    if shape is None:
+        return None
+    target = resolve_device(device)
+    moments = None
+    for amplitude in half_amplitudes(task_matrix(tv, key, one_d, target) for tv in task_vectors):
+        moments = moments or AmplitudeMoments(shape, amplitude.dtype)
+        moments.add(amplitude)
+        del amplitude
+    return moments
+
+
+def moment_measure(moments: AmplitudeMoments, gain: FilterSpec | None = None,
+                   within: FilterSpec | None = None) -> dict:
+    """One matrix's row of :func:`amplitude_variance` from its moments, for the task vectors as
+    they are (``gain=None``) or filtered by `gain`, over every bin or the bins `within` keeps.
+
+    Returns ``bins`` (full-spectrum bins counted), ``kept_fraction``, ``variance`` (mean over the
+    counted bins of the across-task population variance of ``|F|``, units of ``|F|²``) and
+    ``mean_amplitude`` (mean over tasks and counted bins, units of ``|F|``). A filter multiplies
+    each bin of a real matrix's DFT by its conjugate-symmetric gain g (``FilterSpec.half_mask``,
+    exactly what :func:`~freqmerge_viz.spectral.apply_filter` applies), so a filtered bin has
+    variance ``g²·var`` and mean amplitude ``|g|·mean``: no inverse transform is needed. Sums run
+    over the half spectrum, each bin weighted by the full-spectrum bins it stands for
+    (``half_spectrum_weights``, or ``within.half_counts``), a block of rows at a time.
+    """
+    h, w = moments.shape
+    device = moments.mean.device
+    columns = half_spectrum_weights(w, device)
+    gains = None if gain is None else gain.half_mask((h, w), device=device, dtype=moments.dtype)
+    counts = None if within is None else within.half_counts((h, w), device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    rows = max(1, BLOCK_ENTRIES // columns.numel())
+    for start in range(0, h, rows):
+        block = slice(start, start + rows)
+        weight = columns.expand(moments.mean[block].shape) if counts is None else counts[block].to(torch.float64)
+        variance = moments.m2[block] / moments.count
+        mean = moments.mean[block]
+        if gains is not None:
+            factor = gains[block].to(torch.float64)
+            variance = variance * factor.square()
+            mean = mean * factor.abs()
+        totals += torch.stack(((weight * variance).sum(), (weight * mean).sum(), weight.sum()))
+    variance_sum, amplitude_sum, bins = totals.tolist()
+    bins = int(round(bins))
+    return {"bins": bins, "kept_fraction": bins / (h * w),
+            "variance": variance_sum / bins if bins else float("nan"),
+            "mean_amplitude": amplitude_sum / bins if bins else float("nan")}
 
 
 def cosine_similarity_matrix(task_vectors: TaskVectors, include: Patterns = None,
                              exclude: Patterns = None, per_key: bool = False,
-                             device: torch.device | str | None = None) -> pd.DataFrame:
+                             device: torch.device | str | None = None,
+                             progress: bool | None = False) -> pd.DataFrame:
     """Pairwise cosine similarity of task vectors.
 
     Global (``per_key=False``): a K×K DataFrame indexed by task name, each vector seen as one
@@ -110,19 +235,43 @@ def cosine_similarity_matrix(task_vectors: TaskVectors, include: Patterns = None
     k = len(task_vectors)
     gram = torch.zeros(k, k, dtype=torch.float64)
     rows = []
-    for key in keys:
-        flat = stack_key(task_vectors, key, device).reshape(k, -1).to(torch.float64)
-        key_gram = (flat @ flat.T).cpu()
-        gram += key_gram
+    for key in track(keys, "cosine", progress):
+        per_key_gram = key_gram(stack_key(task_vectors, key, device))
+        gram += per_key_gram
         if per_key:
             for i in range(k):
                 for j in range(i + 1, k):
                     rows.append({"key": key, "task_a": names[i], "task_b": names[j],
-                                 "cosine": _gram_cosine(key_gram, i, j)})
+                                 "cosine": _gram_cosine(per_key_gram, i, j)})
     if per_key:
         return pd.DataFrame(rows, columns=["key", "task_a", "task_b", "cosine"])
+    return cosine_table(gram, names)
+
+
+def _entry_blocks(stack: torch.Tensor):
+    """Column views ``[K, b]`` of the flattened ``stack[K, *shape]``, ``K·b`` <= :data:`BLOCK_ENTRIES`."""
+    flat = stack.reshape(stack.shape[0], -1)
+    step = max(1, BLOCK_ENTRIES // max(1, flat.shape[0]))
+    for start in range(0, flat.shape[1], step):
+        yield flat[:, start:start + step]
+
+
+def key_gram(stack: torch.Tensor) -> torch.Tensor:
+    """``G[i, j] = Σ stack[i]·stack[j]`` over the entries of one key's ``stack[K, *shape]``
+    (float64, on the CPU; squared weight units), a block of entries at a time."""
+    k = stack.shape[0]
+    gram = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
+    for block in _entry_blocks(stack):
+        block = block.to(torch.float64)
+        gram += block @ block.T
+    return gram.cpu()
+
+
+def cosine_table(gram: torch.Tensor, names) -> pd.DataFrame:
+    """The K×K cosine similarities (NaN for a zero vector) from a Gram matrix (:func:`key_gram`, summed over keys)."""
+    k = len(names)
     table = [[_gram_cosine(gram, i, j) for j in range(k)] for i in range(k)]
-    return pd.DataFrame(table, index=names, columns=names)
+    return pd.DataFrame(table, index=list(names), columns=list(names))
 
 
 def _gram_cosine(gram: torch.Tensor, i: int, j: int) -> float:
@@ -145,58 +294,102 @@ class SignConflictResult:
 
 
 def sign_conflicts(task_vectors: TaskVectors, include: Patterns = None, exclude: Patterns = None,
-                   device: torch.device | str | None = None) -> SignConflictResult:
+                   device: torch.device | str | None = None, progress: bool | None = False) -> SignConflictResult:
     """Pairwise and overall sign-conflict rates (see :class:`SignConflictResult`)."""
     keys = common_keys(task_vectors, include, exclude)
-    names = task_names(task_vectors)
-    k = len(task_vectors)
-    both_nonzero = torch.zeros(k, k, dtype=torch.float64)
-    opposite = torch.zeros(k, k, dtype=torch.float64)
+    counts = None
+    for key in track(keys, "sign conflicts", progress):
+        counts = add_sign_counts(counts, key_sign_counts(stack_key(task_vectors, key, device)))
+    return sign_conflict_result(counts, task_names(task_vectors))
+
+
+def key_sign_counts(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Sign counts of one key's ``stack[K, *shape]``, a block of entries at a time: the K×K
+    numbers of coordinates where tasks i and j are both non-zero, and where i is positive and
+    j negative (float64, CPU); the coordinates where at least two tasks are non-zero; and those
+    among them whose signs are not all the same."""
+    k = stack.shape[0]
+    both_nonzero = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
+    opposite = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
     shared = conflicted = 0
-    for key in keys:
-        signs = torch.sign(stack_key(task_vectors, key, device).reshape(k, -1))
-        nonzero = (signs != 0).to(torch.float64)
-        both_nonzero += (nonzero @ nonzero.T).cpu()
-        opposite += ((signs > 0).to(torch.float64) @ (signs < 0).to(torch.float64).T).cpu()
+    for block in _entry_blocks(stack):  # 0/1 products summed over a block are exact in float32
+        positive, negative = (block > 0).to(torch.float32), (block < 0).to(torch.float32)
+        nonzero = positive + negative
+        both_nonzero += (nonzero @ nonzero.T).to(torch.float64)
+        opposite += (positive @ negative.T).to(torch.float64)
         active = nonzero.sum(dim=0) >= 2
-        mixed = (signs > 0).any(dim=0) & (signs < 0).any(dim=0)
+        mixed = (positive.amax(dim=0) > 0) & (negative.amax(dim=0) > 0)
         shared += int(active.sum())
         conflicted += int((active & mixed).sum())
+    return both_nonzero.cpu(), opposite.cpu(), shared, conflicted
+
+
+def add_sign_counts(total, counts):
+    """The sum of two :func:`key_sign_counts` results (`total` may be ``None``)."""
+    return counts if total is None else tuple(a + b for a, b in zip(total, counts))
+
+
+def sign_conflict_result(counts, names) -> SignConflictResult:
+    """:class:`SignConflictResult` from :func:`key_sign_counts` summed over keys (:func:`add_sign_counts`)."""
+    k = len(names)
+    both_nonzero, opposite, shared, conflicted = counts or (torch.zeros(k, k, dtype=torch.float64),
+                                                            torch.zeros(k, k, dtype=torch.float64), 0, 0)
     opposite = opposite + opposite.T
     rate = torch.where(both_nonzero > 0, opposite / both_nonzero.clamp_min(1), torch.nan)
-    table = pd.DataFrame(rate.numpy(), index=names, columns=names)
+    table = pd.DataFrame(rate.numpy(), index=list(names), columns=list(names))
     return SignConflictResult(table, conflicted / shared if shared else float("nan"))
 
 
 def low_frequency_energy(task_vectors: TaskVectors, cutoff: float, units: str = "normalized",
                          include: Patterns = None, exclude: Patterns = None, one_d: str = "skip",
-                         device: torch.device | str | None = None) -> pd.DataFrame:
+                         device: torch.device | str | None = None, progress: bool | None = False) -> pd.DataFrame:
     """Share of each task vector's spectral energy ``Σ|F|²`` below `cutoff` (ideal, paper convention).
 
     Returns one row per task and matrix: ``task``, ``key``, ``energy``, ``low_energy``,
     ``fraction``. The energy-weighted share per task is
     ``table.groupby("task")[["low_energy", "energy"]].sum()`` then the ratio; see
-    :func:`low_frequency_energy_by_task`.
+    :func:`low_frequency_energy_by_task`. Streamed: one task's entry and half spectrum at a time.
     """
     spec = FilterSpec(cutoff, band="low", units=units)
     keys = common_keys(task_vectors, include, exclude)
     names = task_names(task_vectors)
     target = resolve_device(device)
     rows = []
-    for key in keys:
-        matrices = _matrix_stack(stack_key(task_vectors, key, target), one_d)
-        if matrices is None:
+    for key in track(keys, "low-frequency energy", progress):
+        shape = matrix_shape(entry_shape(task_vectors[0], key), one_d)
+        if shape is None:
             continue
-        power = torch.fft.fft2(matrices).abs() ** 2
-        gain = spec.mask(tuple(matrices.shape[-2:]), device=target, dtype=power.dtype, centered=False)
-        energy = power.sum(dim=(-2, -1))
-        low = (power * gain).sum(dim=(-2, -1))
-        for name, e, lo in zip(names, energy.tolist(), low.tolist()):
-            rows.append({"task": name, "key": key, "energy": e, "low_energy": lo,
-                         "fraction": lo / e if e > 0 else float("nan")})
+        task = 0  # a counter, not zip/enumerate: their result tuple would keep the last amplitude alive
+        for amplitude in half_amplitudes(task_matrix(tv, key, one_d, target) for tv in task_vectors):
+            rows.append(energy_row(names[task], key, *spectral_energy(amplitude, shape, spec)))
+            del amplitude
+            task += 1
     if not rows:
         raise EmptyInputError("none of the selected keys is a matrix (2-D or more)")
     return pd.DataFrame(rows)
+
+
+def spectral_energy(amplitude: torch.Tensor, shape: tuple[int, int], spec: FilterSpec) -> tuple[float, float]:
+    """``(Σ|F|², Σ g·|F|²)`` over the full spectrum of a real ``H × W`` matrix (`shape`) from its
+    half-spectrum amplitude (:func:`~freqmerge_viz.spectral.half_amplitude`), g the gain of
+    `spec` (units of ``|F|²``; summed in float64). A real matrix's power is point-symmetric, so
+    the gain and its symmetrised half mask give the same sum."""
+    weights = half_spectrum_weights(shape[1], amplitude.device)
+    gain = spec.half_mask(shape, device=amplitude.device, dtype=amplitude.dtype)
+    totals = torch.zeros(2, dtype=torch.float64, device=amplitude.device)
+    rows = max(1, BLOCK_ENTRIES // weights.numel())
+    for start in range(0, shape[0], rows):
+        power = amplitude[start:start + rows].to(torch.float64).square_()
+        totals[0] += torch.mv(power, weights).sum()
+        totals[1] += torch.mv(power.mul_(gain[start:start + rows]), weights).sum()
+    energy, low = totals.tolist()
+    return energy, low
+
+
+def energy_row(task: str, key: str, energy: float, low: float) -> dict:
+    """One row of :func:`low_frequency_energy`."""
+    return {"task": task, "key": key, "energy": energy, "low_energy": low,
+            "fraction": low / energy if energy > 0 else float("nan")}
 
 
 def low_frequency_energy_by_task(table: pd.DataFrame) -> pd.Series:

@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import FilterSetting, interference_table, radial_profiles_table, spectra_of_key
+from .analysis import FilterSetting
+from .analysis.scan import scan
 from .analysis.spectra import spectrum_key
 from .backend import resolve_device
 from .errors import EmptyInputError
 from .io import load_state, write_text_atomically
 from .outputs import check_output, make_folder, source_paths
 from .keys import Patterns
-from .metrics import cosine_similarity_matrix, low_frequency_energy, low_frequency_energy_by_task, sign_conflicts
+from .metrics import low_frequency_energy_by_task
 from .spectral import FilterSpec
 from .taskvector import TaskVector
 
@@ -72,13 +73,15 @@ def _write_csv(table, path: Path) -> None:
 
 def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
                device: str | torch.device | None = None, formats: Sequence[str] = ("png", "svg"),
-               html: bool = True, comparison: dict | None = None) -> dict:
+               html: bool = True, comparison: dict | None = None, progress: bool | None = False) -> dict:
     """Analyse `inputs` and write tables (CSV), figures and ``report.json`` under `out`.
 
     Cutoffs are normalised radii (paper convention, ideal high-pass); the authors' official
     filter at ``filter_ratio = 0.7`` is added for comparison. `comparison` (the result of
     :func:`~freqmerge_viz.zoo.compare.compare_methods`) adds the merge accuracy table.
-    Returns the JSON summary.
+    Every table comes from one pass over the keys (:func:`~freqmerge_viz.analysis.scan.scan`:
+    each key's K entries read once, memory about K + 4 tensors of the largest key); `progress`
+    shows a bar over the keys. Returns the JSON summary.
     """
     import matplotlib
 
@@ -99,37 +102,38 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
                     for i, ft in enumerate(inputs.finetuned)]
     if not task_vectors:
         raise EmptyInputError("the report needs at least one fine-tuned model")
-    cached = [tv.materialize() for tv in task_vectors]
+    first = task_vectors[0]
 
     settings = [FilterSetting(f"paper ρ≥{c:g}", FilterSpec(c)) for c in cutoffs]
     settings.append(FilterSetting(f"official ratio {OFFICIAL_RATIO:g}",
                                   FilterSpec(OFFICIAL_RATIO, convention="official")))
-    interference = interference_table(cached, settings, device=target)
+    key = spectrum_key(first)
+    tables = scan(task_vectors, settings, cutoffs[0], spectrum_key=key, device=target, progress=progress)
+    names = [tv.name for tv in task_vectors]
+
+    interference = tables.interference
     _write_csv(interference, out / "interference.csv")
     fig = plots.interference_figure(interference, "Across-task amplitude variance (Table 1 measure)")
     plots.save_figure(fig, out / "interference", formats)
     plt.close(fig)
 
-    cosine = cosine_similarity_matrix(cached, device=target)
+    cosine = tables.cosine
     _write_csv(cosine, out / "cosine_similarity.csv")
-    conflicts = sign_conflicts(cached, device=target)
+    conflicts = tables.conflicts
     _write_csv(conflicts.pairwise, out / "sign_conflicts.csv")
-    energy = low_frequency_energy(cached, cutoffs[0], device=target)
+    energy = tables.energy
     _write_csv(energy, out / "low_frequency_energy.csv")
     energy_by_task = low_frequency_energy_by_task(energy)
 
-    key = spectrum_key(cached[0])
-    spectra = spectra_of_key(cached, key, device=target)
+    spectra = tables.spectra
     shown = settings[len(cutoffs) // 2]
     outline = shown.spec.mask(spectra.shape[-2:]).numpy()
-    fig = plots.spectra_grid(list(spectra), [tv.name for tv in cached],
-                             f"{key}: centred log amplitude (cyan: {shown.label})",
-                             masks=[outline] * len(cached))
+    fig = plots.spectra_grid(list(spectra), names, f"{key}: centred log amplitude (cyan: {shown.label})",
+                             masks=[outline] * len(names))
     plots.save_figure(fig, out / "spectra", formats)
     plt.close(fig)
 
-    matrix_keys = [k for k in cached[0] if len(cached[0].shape_of(k)) >= 2]
-    profiles = radial_profiles_table(cached, matrix_keys, device=target)
+    profiles = tables.profiles
     _write_csv(profiles, out / "radial_profiles.csv")
     fig = plots.radial_profiles_figure(profiles, cutoffs[0], "Radial amplitude profile, mean over matrices")
     plots.save_figure(fig, out / "radial_profiles", formats)
@@ -141,16 +145,16 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
     summary = {
         "inputs": {"description": inputs.description, "pretrained": str(inputs.pretrained),
                    "finetuned": [str(f) for f in inputs.finetuned], **inputs.extra},
-        "tasks": [tv.name for tv in cached],
+        "tasks": names,
         "device": str(target),
-        "keys_analysed": len(cached[0]),
-        "keys_skipped": cached[0].skipped,
+        "keys_analysed": len(first),
+        "keys_skipped": first.skipped,
         "spectrum_key": key,
         "interference": interference.to_dict(orient="records"),
         "sign_conflict_overall": conflicts.overall,
         "low_frequency_share": {"cutoff": cutoffs[0], "per_task": energy_by_task.to_dict()},
-        "mean_pairwise_cosine": float(np.nanmean(cosine.to_numpy()[~np.eye(len(cached), dtype=bool)]))
-        if len(cached) > 1 else None,
+        "mean_pairwise_cosine": float(np.nanmean(cosine.to_numpy()[~np.eye(len(names), dtype=bool)]))
+        if len(names) > 1 else None,
     }
     if comparison is not None:
         summary["comparison"] = comparison

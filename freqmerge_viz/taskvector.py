@@ -314,6 +314,14 @@ def common_keys(task_vectors: TaskVectors, include: Patterns = None, exclude: Pa
     return select_keys(first, include, exclude)
 
 
+def entry_shape(task_vector: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """Shape of entry `key`, from metadata where the mapping knows it (``shape_of``: a
+    :class:`TaskVector` or a lazy state), so that nothing is read or computed."""
+    if hasattr(task_vector, "shape_of"):
+        return tuple(task_vector.shape_of(key))
+    return tuple(task_vector[key].shape)
+
+
 def stack_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> torch.Tensor:
     """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`.
 

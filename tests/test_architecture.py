@@ -126,7 +126,8 @@ def test_lower_floors_never_import_upper_ones():
     graph = import_graph()
     lower = ("freqmerge_viz.io", "freqmerge_viz.pickled", "freqmerge_viz.outputs", "freqmerge_viz.errors",
              "freqmerge_viz.spectral", "freqmerge_viz.metrics", "freqmerge_viz.taskvector", "freqmerge_viz.backend",
-             "freqmerge_viz.keys")
+             "freqmerge_viz.keys", "freqmerge_viz.progress", "freqmerge_viz.singular", "freqmerge_viz.cutoff_rules",
+             "freqmerge_viz.scopes")
     upper = ("freqmerge_viz.methods", "freqmerge_viz.analysis", "freqmerge_viz.plots", "freqmerge_viz.widgets",
              "freqmerge_viz.topics", "freqmerge_viz.cli", "freqmerge_viz.report", "freqmerge_viz.figures")
     wrong = [(a, b) for a, targets in graph.items() if a.startswith(lower) for b in targets if b.startswith(upper)]

@@ -18,48 +18,89 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..backend import resolve_device
 from ..errors import EmptyInputError, ParameterError
-from ..taskvector import TaskVectors, stack_key, task_names
+from ..metrics import matrix_shape, task_matrix
+from ..progress import track
+from ..taskvector import TaskVectors, entry_shape, stack_key, task_names
 from ..taskvector import TaskVector
-from ..spectral import as_matrix, log_amplitude_spectrum, radial_profile
+from ..spectral import (as_matrix, half_amplitudes, half_radial_profile, log_amplitude_spectrum, radial_profile,
+                        radial_shells)
 
 
 def spectra_of_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None,
                    one_d: str = "skip") -> np.ndarray:
     """Centred log amplitude ``ln|F(v)|`` of entry `key` for every task: ``[K, H, W]`` (numpy)."""
-    stack = stack_key(task_vectors, key, device)
+    return spectra_of_stack(stack_key(task_vectors, key, device), key, one_d)
+
+
+def spectra_of_stack(stack: torch.Tensor, key: str, one_d: str = "skip") -> np.ndarray:
+    """:func:`spectra_of_key` from the key's ``stack[K, *shape]`` already in hand."""
     view = as_matrix(stack[0], one_d)
     if view is None:
         raise ParameterError(f"{key!r} has shape {tuple(stack.shape[1:])}: not a matrix")
-    return log_amplitude_spectrum(stack.reshape(stack.shape[0], *view.shape)).cpu().numpy()
+    matrices = stack.reshape(stack.shape[0], *view.shape)
+    out = np.empty(tuple(matrices.shape), dtype=np.float64 if stack.dtype == torch.float64 else np.float32)
+    for task, matrix in enumerate(matrices):
+        out[task] = log_amplitude_spectrum(matrix).cpu().numpy()
+    return out
+
+
+class RadialProfileMean:
+    """Each task's radial amplitude profile, averaged over matrices, added one task and matrix at a time.
+
+    :meth:`add` takes one task's half-spectrum amplitude of one matrix
+    (:func:`~freqmerge_viz.spectral.half_amplitude`); :meth:`table` gives
+    :func:`radial_profiles_table`'s table.
+    """
+
+    def __init__(self, n_tasks: int, n_bins: int):
+        self.n_bins = n_bins
+        self.totals: list = [None] * n_tasks
+        self.centers = None
+        self.matrices = 0
+        self.shells = None
+
+    def add(self, task: int, amplitude: torch.Tensor, shape: tuple[int, int]) -> None:
+        """Add task `task`'s profile of one ``H × W`` matrix (`shape`); task 0 counts the matrix."""
+        if self.shells is None or self.shells.shape != tuple(shape) or self.shells.index.device != amplitude.device:
+            self.shells = radial_shells(shape, self.n_bins, device=amplitude.device)
+        profile = half_radial_profile(amplitude, shape, n_bins=self.n_bins, shells=self.shells)
+        total = self.totals[task]
+        self.totals[task] = profile.values if total is None else total + profile.values
+        self.centers = profile.centers
+        self.matrices += task == 0
+
+    def table(self, names) -> pd.DataFrame:
+        """Columns ``task``, ``radius`` (shell centre, normalised units), ``amplitude`` (mean ``|F|``)."""
+        if not self.matrices:
+            raise EmptyInputError("none of the given keys is a matrix")
+        centers = self.centers.cpu().numpy()
+        return pd.DataFrame([{"task": name, "radius": float(r), "amplitude": float(a)}
+                             for name, total in zip(names, self.totals)
+                             for r, a in zip(centers, (total / self.matrices).cpu().numpy())])
 
 
 def radial_profiles_table(task_vectors: TaskVectors, keys, n_bins: int = 24,
-                          device: torch.device | str | None = None) -> pd.DataFrame:
+                          device: torch.device | str | None = None, progress: bool | None = False) -> pd.DataFrame:
     """Mean amplitude in normalised radial shells, averaged over `keys`, per task.
 
     Columns: ``task``, ``radius`` (shell centre, normalised units), ``amplitude``.
-    Matrices of different shapes are comparable because radii are normalised.
+    Matrices of different shapes are comparable because radii are normalised. Streamed: one
+    task's entry and half spectrum at a time.
     """
-    names = task_names(task_vectors)
-    total = None
-    centers = None
-    counted = 0
-    for key in keys:
-        stack = stack_key(task_vectors, key, device)
-        view = as_matrix(stack[0])
-        if view is None:
+    target = resolve_device(device)
+    profiles = RadialProfileMean(len(task_vectors), n_bins)
+    for key in track(list(keys), "radial profiles", progress):
+        shape = matrix_shape(entry_shape(task_vectors[0], key))
+        if shape is None:
             continue
-        profile = radial_profile(stack.reshape(stack.shape[0], *view.shape), n_bins=n_bins)
-        total = profile.values if total is None else total + profile.values
-        centers = profile.centers
-        counted += 1
-    if total is None:
-        raise EmptyInputError("none of the given keys is a matrix")
-    mean = (total / counted).cpu().numpy()
-    rows = [{"task": name, "radius": float(r), "amplitude": float(a)}
-            for name, values in zip(names, mean) for r, a in zip(centers.cpu().numpy(), values)]
-    return pd.DataFrame(rows)
+        task = 0  # a counter, not enumerate: its result tuple would keep the last amplitude alive
+        for amplitude in half_amplitudes(task_matrix(tv, key, "skip", target) for tv in task_vectors):
+            profiles.add(task, amplitude, shape)
+            del amplitude
+            task += 1
+    return profiles.table(task_names(task_vectors))
 
 
 def layer_and_matrix(key: str) -> tuple[str, str]:
@@ -74,8 +115,7 @@ def layer_and_matrix(key: str) -> tuple[str, str]:
 def matrix_keys(task_vectors: TaskVectors, one_d: str = "skip") -> list[str]:
     """The keys of the first task vector that are analysed as matrices (see :func:`~freqmerge_viz.as_matrix`)."""
     first = task_vectors[0]
-    shapes = {k: tuple(first.shape_of(k)) if hasattr(first, "shape_of") else tuple(first[k].shape) for k in first}
-    return [k for k, s in shapes.items() if as_matrix(torch.empty(s, device="meta"), one_d) is not None]
+    return [k for k in first if matrix_shape(entry_shape(first, k), one_d) is not None]
 
 
 def spectra_table(task_vectors: TaskVectors, keys=None, device: torch.device | str | None = "cpu",

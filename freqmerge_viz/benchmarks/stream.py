@@ -45,13 +45,11 @@ FULL = {"layers": 24, "hidden": 2048, "intermediate": 2560, "vocab": 8192, "task
 QUICK = {"layers": 2, "hidden": 64, "intermediate": 96, "vocab": 128, "tasks": 3, "shard": "40KB"}
 """Sizes of the full run (about 1.6 GB per checkpoint) and of ``--quick`` (about 0.2 MB)."""
 
-CHILD = r"""
+CHILD_HEAD = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args["root"])
 import torch
-from freqmerge_viz.io import load_state, save_state
-from freqmerge_viz.merge_job import merge_to_disk
 
 def status(field):
     with open("/proc/self/status") as handle:
@@ -59,6 +57,14 @@ def status(field):
 
 if args["threads"]:
     torch.set_num_threads(args["threads"])
+"""
+"""The start of a benchmark child's script (:func:`run_child`): its arguments, ``status(field)``
+(bytes of a ``/proc/self/status`` memory field such as ``VmHWM``) and the thread count."""
+
+CHILD = CHILD_HEAD + r"""
+from freqmerge_viz.io import load_state, save_state
+from freqmerge_viz.merge_job import merge_to_disk
+
 start_rss = status("VmRSS")
 start = time.perf_counter()
 if args["task"] == "fr":
@@ -89,10 +95,11 @@ def llm_shapes(layers: int, hidden: int, intermediate: int, vocab: int) -> dict[
     return shapes
 
 
-def synthetic_checkpoint(shapes: dict[str, tuple[int, ...]], model: int, seed: int = 0) -> DerivedState:
-    """A lazy float16 state: model 0 is the base (entries ~ N(0, 0.02²), norms 1), model i > 0
-    the base plus i-scaled N(0, (1e-3)²) noise; every tensor is generated when read, seeded by
-    its key, so that states of any size can be written shard by shard."""
+def synthetic_checkpoint(shapes: dict[str, tuple[int, ...]], model: int, seed: int = 0,
+                         dtype: torch.dtype = torch.float16) -> DerivedState:
+    """A lazy state in `dtype` (float16 by default): model 0 is the base (entries ~ N(0, 0.02²),
+    norms 1), model i > 0 the base plus i-scaled N(0, (1e-3)²) noise; every tensor is generated
+    when read, seeded by its key, so that states of any size can be written shard by shard."""
 
     def generate(key: str, which: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{which}:{key}".encode()))
@@ -105,22 +112,28 @@ def synthetic_checkpoint(shapes: dict[str, tuple[int, ...]], model: int, seed: i
         tensor = generate(key, 0)
         if model:
             tensor += generate(key, model)
-        return tensor.half()
+        return tensor.to(dtype)
 
-    return DerivedState(f"synthetic{model}", list(shapes), load, shapes.__getitem__, lambda key: torch.float16)
+    return DerivedState(f"synthetic{model}", list(shapes), load, shapes.__getitem__, lambda key: dtype)
 
 
 def _directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _child(task: dict) -> dict:
+def run_child(script: str, task: dict, benchmark: str = "stream") -> dict:
+    """Run `script` (:data:`CHILD_HEAD` + a body printing one JSON line) in a fresh interpreter with
+    `task` (plus the checkout's root) as its arguments; return that JSON."""
     root = str(Path(__file__).resolve().parents[2])
-    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"root": root, **task})],
+    result = subprocess.run([sys.executable, "-c", script, json.dumps({"root": root, **task})],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"stream benchmark child ({task['task']}) failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"{benchmark} benchmark child ({task['task']}) failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _child(task: dict) -> dict:
+    return run_child(CHILD, task)
 
 
 def _largest_difference(written, expected, keys: Sequence[str]) -> float:

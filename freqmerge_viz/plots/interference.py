@@ -10,7 +10,10 @@ from .core import add_caption, label_points, new_figure
 from .scales import as_percent, binomial_se
 
 X_LABELS = {"amplitude_variance": "amplitude variance of the pair (all bins)",
-            "normalized_variance": "amplitude variance / mean amplitude"}
+            "normalized_variance": "amplitude variance / mean amplitude",
+            "sti_normalized": "singular task interference (STI / STI of identical tasks)",
+            "overlap": "overlap of the top-k singular subspaces (0–1)",
+            "alignment": "Iso-C subspace alignment ratio (0–1)"}
 
 
 def _verdict(row) -> str:

@@ -13,7 +13,7 @@ import torch
 from ..backend import BLOCK_ENTRIES, as_compute_tensor
 from ..errors import ParameterError
 from .fastpath import LowbandPlan, _band_support, _lowband_plans, _lowband_tensors, _resolve_path, lowband_filter_
-from .masks import _cached_half_mask, _cached_mask, as_matrix
+from .masks import _cached_half_counts, _cached_half_mask, _cached_mask, as_matrix
 
 if TYPE_CHECKING:
     from .spec import FilterSpec
@@ -23,6 +23,7 @@ def clear_mask_cache() -> None:
     """Forget every cached mask, band support, filter plan and DFT matrix (e.g. to free GPU memory)."""
     _cached_mask.cache_clear()
     _cached_half_mask.cache_clear()
+    _cached_half_counts.cache_clear()
     _band_support.cache_clear()
     _lowband_plans.cache_clear()
     _lowband_tensors.cache_clear()

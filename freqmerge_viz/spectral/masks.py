@@ -193,6 +193,36 @@ def _cached_half_mask(spec: FilterSpec, h: int, w: int, device: str,
     return half.to(device)
 
 
+def half_spectrum_weights(w: int, device: torch.device | str | None = None,
+                          dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """How many bins of a ``W``-column spectrum each column of the ``rfft2`` half spectrum
+    (``[W//2 + 1]``) stands for: 2 for columns ``1 … (W-1)//2`` (a bin and its conjugate mirror
+    ``(-η, -γ)``, of the same amplitude for a real input), 1 for column 0 and, when W is even,
+    the Nyquist column ``W/2`` (their mirrors lie in the same column). A sum over the full
+    spectrum of a real input's ``|F|`` (or of any point-symmetric quantity) is the sum over the
+    half spectrum weighted by these."""
+    weights = torch.ones(w // 2 + 1, dtype=dtype)
+    weights[1:(w - 1) // 2 + 1] = 2
+    return weights.to(device) if device is not None else weights
+
+
+@lru_cache(maxsize=512)
+def _cached_half_counts(spec: FilterSpec, h: int, w: int, device: str) -> torch.Tensor:
+    # Per half-spectrum bin: is its gain >= 0.5 (as the float32 mask says), plus, in the paired
+    # columns, is its mirror's; a row block at a time, like _cached_half_mask.
+    cols = torch.arange(w // 2 + 1)
+    mirror_cols = (-cols) % w
+    paired = (cols >= 1) & (cols <= (w - 1) // 2)
+    counts = torch.empty((h, cols.numel()), dtype=torch.uint8)
+    rows_per_block = max(1, BLOCK_ENTRIES // cols.numel())
+    for start in range(0, h, rows_per_block):
+        rows = torch.arange(start, min(h, start + rows_per_block))
+        own = _unshifted_gain(spec, h, w, rows, cols).to(torch.float32) >= 0.5
+        mirror = _unshifted_gain(spec, h, w, (-rows) % h, mirror_cols).to(torch.float32) >= 0.5
+        counts[start:start + rows.numel()] = own.to(torch.uint8) + (mirror & paired).to(torch.uint8)
+    return counts.to(device)
+
+
 def as_matrix(tensor: torch.Tensor, one_d: str = "skip") -> torch.Tensor | None:
     """The 2-D view a parameter is filtered and analysed as, or ``None`` to leave it alone.
 

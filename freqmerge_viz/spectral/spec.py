@@ -14,7 +14,8 @@ import torch
 
 from ..errors import ParameterError, check_choice
 from .filters import apply_filter
-from .masks import BANDS, CONVENTIONS, KINDS, RINGS, UNITS, _as_float, _cached_half_mask, _cached_mask, _matrix_shape
+from .masks import (BANDS, CONVENTIONS, KINDS, RINGS, UNITS, _as_float, _cached_half_counts, _cached_half_mask,
+                    _cached_mask, _matrix_shape)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,19 @@ class FilterSpec:
         """
         h, w = _matrix_shape(shape)
         return _cached_half_mask(self, h, w, str(torch.device(device or "cpu")), dtype)
+
+    def half_counts(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+        """For each bin of the ``[H, W//2 + 1]`` half spectrum of ``rfft2``: how many of the
+        full-spectrum bins it stands for (itself and, in columns ``1 … (W-1)//2``, its conjugate
+        mirror) have a gain of at least 0.5 in :meth:`mask` (0, 1 or 2; ``uint8``).
+
+        A sum over the bins the filter counts as kept, of a real input's amplitude (or of any
+        point-symmetric quantity), is the sum over the half spectrum weighted by these counts,
+        even where the kept set is not point-symmetric (the official convention on odd shapes).
+        The returned tensor is cached and shared: do not modify it in place.
+        """
+        h, w = _matrix_shape(shape)
+        return _cached_half_counts(self, h, w, str(torch.device(device or "cpu")))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return apply_filter(x, self)
