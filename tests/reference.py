@@ -235,3 +235,122 @@ def emr_as_in_paper(vectors: list[dict]) -> tuple[dict, dict, list[float]]:
             total[t] += float(v[key].abs().sum())
             masked[t] += float((masks[key][t] * unified[key]).abs().sum())
     return unified, masks, [a / b for a, b in zip(total, masked)]
+
+
+# --------------------------------------------------------------------------- singular-value and mask baselines
+# One matrix at a time, as numpy float64 arrays; each follows the authors' published code
+# (TSV: AntoAndGar/task_singular_vectors; Iso: danielm1405/iso-merging; CART: JH-GEECS/CART;
+# TALL masks and consensus: nik-dim/tall_masks) as read, not the library.
+def _thin_svd(x):
+    return np.linalg.svd(np.asarray(x, dtype=np.float64), full_matrices=False)
+
+
+def _orthogonal_factor(x):
+    u, _, vh = _thin_svd(x)
+    return u @ vh
+
+
+def tsv_reference(tvs, fraction=None) -> np.ndarray:
+    """TSV-M: per task the first ``int(r/K)`` singular triplets written into slot t of zero
+    matrices of r columns (rows for V); both bases replaced by ``U Vᵀ`` of their own SVD; then
+    ``U diag(s) V``."""
+    k_tasks = len(tvs)
+    m, n = np.shape(tvs[0])
+    r = min(m, n)
+    k = int(r * (1.0 / k_tasks if fraction is None else fraction))
+    width = max(r, k_tasks * k)
+    u_all, s_all, v_all = np.zeros((m, width)), np.zeros(width), np.zeros((width, n))
+    for t, x in enumerate(tvs):
+        u, s, vh = _thin_svd(x)
+        u_all[:, t * k:(t + 1) * k], s_all[t * k:(t + 1) * k], v_all[t * k:(t + 1) * k] = u[:, :k], s[:k], vh[:k]
+    return _orthogonal_factor(u_all) @ np.diag(s_all) @ _orthogonal_factor(v_all)
+
+
+def iso_c_reference(tvs) -> np.ndarray:
+    """Iso-C: the SVD of the sum with every singular value replaced by their mean."""
+    u, s, vh = _thin_svd(np.sum(tvs, axis=0))
+    return u @ np.diag(np.full_like(s, s.mean())) @ vh
+
+
+def iso_cts_reference(tvs, common_fraction: float) -> np.ndarray:
+    """Iso-CTS as ``iso_cts`` computes it: common size ``int(r·f)``, then ``round((r − c)/K)·K``
+    task-specific slots (c recomputed as r minus them), common triplets of the sum in the last c
+    slots, each task's top ``(r − c)/K`` triplets of ``w − U_c U_cᵀ w`` in its slots, both bases
+    orthogonalised, singular values all their mean."""
+    k_tasks = len(tvs)
+    m, n = np.shape(tvs[0])
+    r = min(m, n)
+    common = int(r * common_fraction)
+    common = r - round((r - common) / k_tasks) * k_tasks
+    per_task = int((r - common) / k_tasks)
+    u, s, vh = _thin_svd(np.sum(tvs, axis=0))
+    u_all, s_all, v_all = np.zeros((m, r)), np.zeros(r), np.zeros((r, n))
+    for t, w in enumerate(tvs):
+        residual = np.asarray(w) - u[:, :common] @ u[:, :common].T @ np.asarray(w)
+        ut, st, vht = _thin_svd(residual)
+        sl = slice(t * per_task, (t + 1) * per_task)
+        u_all[:, sl], s_all[sl], v_all[sl] = ut[:, :per_task], st[:per_task], vht[:per_task]
+    tail = slice(k_tasks * per_task, k_tasks * per_task + common)
+    u_all[:, tail], s_all[tail], v_all[tail] = u[:, :common], s[:common], vh[:common]
+    return _orthogonal_factor(u_all) @ np.diag(np.full(r, s_all.mean())) @ _orthogonal_factor(v_all)
+
+
+def cart_reference(tvs, rank_ratio: float, prior: float) -> np.ndarray:
+    """CART's static merge of one matrix, as a delta from θ_pre: ``θ_avg − θ_pre`` plus ``prior``
+    times the sum of each centred task vector's SVD truncated to ``max(1, int(ρ·r))`` (none at ρ = 0)."""
+    mean = np.mean(tvs, axis=0)
+    total = np.zeros_like(mean)
+    if rank_ratio > 0:
+        dim = max(1, int(rank_ratio * min(mean.shape)))
+        for x in tvs:
+            u, s, vh = _thin_svd(np.asarray(x) - mean)
+            total += (u[:, :dim] * s[:dim]) @ vh[:dim]
+    return mean + prior * total
+
+
+def ties_dis_reference(tvs, density: float, aggregate: str) -> np.ndarray:
+    """TIES per tensor: keep each task's ``int(d·n)`` largest |τ| (stable order: lower index first
+    among ties), elect sign(Σ trimmed) (0 → +), keep agreeing entries, sum or average them."""
+    flat = np.array([np.ravel(x) for x in tvs], dtype=np.float64)
+    k = int(density * flat.shape[1])
+    trimmed = np.zeros_like(flat)
+    for t, row in enumerate(flat):
+        keep = np.argsort(-np.abs(row), kind="stable")[:k]
+        trimmed[t, keep] = row[keep]
+    positive = trimmed.sum(axis=0) >= 0
+    agree = np.where(positive, trimmed > 0, trimmed < 0)
+    kept = trimmed * agree
+    total = kept.sum(axis=0)
+    if aggregate == "mean":
+        total = total / np.maximum(agree.sum(axis=0), 1)
+    return total.reshape(np.shape(tvs[0]))
+
+
+def tall_masks_reference(tvs, multi_task, tall_lambda: float) -> np.ndarray:
+    """TALL masks ``[K, ...]``: ``|θ_0 − θ_t| > λ·|θ_MTL − θ_t|`` with θ_0 = 0, θ_t = τ_t, θ_MTL = τ_MTL."""
+    tvs = np.asarray(tvs, dtype=np.float64)
+    return np.abs(tvs) > tall_lambda * np.abs(np.asarray(multi_task) - tvs)
+
+
+def consensus_reference(tvs, tall_lambda: float, min_tasks: int, scaling: float, base: str = "task_arithmetic",
+                        density: float = 0.2, aggregate: str = "sum") -> np.ndarray:
+    """Consensus merging of one tensor: the multi-task vector (Σ τ or TIES) times 1[Σ_t m_t ≥ k], times α."""
+    multi_task = np.sum(tvs, axis=0) if base == "task_arithmetic" else ties_dis_reference(tvs, density, aggregate)
+    count = tall_masks_reference(tvs, multi_task, tall_lambda).sum(axis=0)
+    return scaling * multi_task * (count >= min_tasks)
+
+
+def wudi_reference(tvs, steps: int, lr: float) -> torch.Tensor:
+    """WUDI as the authors' code runs it: a parameter initialised at Σ τ_t, ``torch.optim.Adam(lr)``
+    on ``Σ_t ‖(M − τ_t) τ_tᵀ‖² / ‖τ_t‖²`` back-propagated by autograd, `steps` times."""
+    vectors = torch.stack([torch.as_tensor(x) for x in tvs])
+    merged = torch.nn.Parameter(vectors.sum(dim=0).clone())
+    optimizer = torch.optim.Adam([merged], lr=lr, weight_decay=0)
+    norms = vectors.reshape(len(tvs), -1).norm(dim=-1) ** 2
+    for _ in range(steps):
+        products = torch.matmul(merged.unsqueeze(0) - vectors, vectors.transpose(1, 2))
+        loss = (products ** 2 / norms.view(-1, 1, 1)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return merged.detach()
