@@ -127,6 +127,37 @@ def in_layer(key: str) -> bool:
     return _LAYER.search(key) is not None
 
 
+def layer_position(key: str) -> tuple[str, int] | None:
+    """``(stack, index)`` of the numbered layer holding `key` (``("visual.transformer.resblocks",
+    3)`` for ``visual.transformer.resblocks.3.attn.in_proj_weight``; the first number when layers
+    nest, as T5's ``block.0.layer.1``), or None outside numbered layers."""
+    match = _LAYER.search(key)
+    if match is None:
+        return None
+    stack, index = key[:match.end() - 1].rsplit(".", 1)
+    return stack, int(index)
+
+
+def depth_fractions(keys: Iterable[str]) -> dict[str, float]:
+    """Each key's depth in [0, 1]: ``l / (L − 1)`` for layer l of a stack of L numbered layers
+    (each stack on its own: a vision and a text tower, an encoder and a decoder; 0 when L = 1);
+    0 for the embeddings and their biases and norms (before the first layer); 1 for every other
+    key outside numbered layers (final norms, heads, projections: after the last layer)."""
+    keys = list(keys)
+    positions = {key: layer_position(key) for key in keys}
+    sizes: dict[str, int] = {}
+    for position in positions.values():
+        if position is not None:
+            sizes[position[0]] = max(sizes.get(position[0], 0), position[1] + 1)
+    out = {}
+    for key, position in positions.items():
+        if position is not None:
+            out[key] = position[1] / (sizes[position[0]] - 1) if sizes[position[0]] > 1 else 0.0
+        else:
+            out[key] = 0.0 if _EMBEDDING.search(key) else 1.0
+    return out
+
+
 def is_attention(key: str, ndim: int) -> bool:
     """An attention weight matrix of some architecture of :data:`ARCHITECTURES`."""
     return ndim >= 2 and _ATTENTION.search(key) is not None

@@ -119,4 +119,4 @@ def test_figures_command_writes_every_format_and_an_index(tmp_path, capsys):
     assert "table1" in capsys.readouterr().out
     assert main(["figures", "--only", "nonsense", "--out", str(tmp_path)]) == 2
     assert "nonsense" in capsys.readouterr().err
-    assert len(TOPICS) == 10
+    assert len(TOPICS) == 13

@@ -16,7 +16,9 @@ from freqmerge_viz.plots.core import layout_overlaps
 FILES = {"spectra": ("spectra", "fig2a-spectra"), "interference_vs_performance": ("interference_vs_accuracy", "fig2b-interference"),
          "table1": ("table1", "table1-amplitude-variance"), "expert_sparsity": ("expert_sparsity", "fig5b-expert-sparsity"),
          "router_robustness": ("router_robustness", "fig5c-router-robustness"), "costs": ("costs", "table9-costs"),
-         "cutoff_sweep": ("cutoff_sweep", "cutoff-sweep")}
+         "cutoff_sweep": ("cutoff_sweep", "cutoff-sweep"),
+         "singular_vs_fourier": ("singular_vs_fourier_pairs", "singular-vs-fourier-pairs"),
+         "layers": ("layer_profile", "layer-profile"), "adaptive_cutoffs": ("adaptive_cutoffs", "adaptive-cutoffs")}
 """Topics written through plots.core.write_all: their stem and HTML div id."""
 
 

@@ -33,11 +33,15 @@ from dataclasses import replace
 
 import torch
 
+from ..backend import as_compute_tensor
+from ..cutoff_rules import CUTOFF_RULES, choose_cutoff
+from ..errors import ParameterError
 from ..metrics import fr_coefficients, mean_abs_per_task  # noqa: F401  (FR's λ_i, also used by the experts)
 from ..scopes import is_official, selects
-from ..spectral import FilterSpec, filter_stack
+from ..spectral import FilterSpec, as_matrix, filter_stack
 from .base import MergeContext, MergeMethod, Param, ScopeParam, register
-from .linear import WEIGHTS, streamed_sum, weighted_sum
+from .linear import LAYER_SCALING, WEIGHTS, check_layer_scaling, depth_statistics, layer_factor, streamed_sum, \
+    weighted_sum
 from .sparse import BREADCRUMB_PARAMS, CONVENTION, COUNT, DENSITY, MAJORITY, disjoint_mean, \
     drop_largest_and_smallest_, keep_agreeing_, keep_top_magnitude_
 
@@ -62,6 +66,15 @@ FILTER_PARAMS = (
                "all = every key (1-D ones only with one_d='fft'); matrices, attn_mlp_weights: older names of "
                "all and official", suggestion="attention+mlp"),
     Param("one_d", "skip", "1-D tensors: left unfiltered, or filtered with a 1-D FFT", choices=("skip", "fft")),
+    Param("cutoff_rule", "fixed", "fixed: every filtered matrix at `cutoff`; energy: each matrix's own cutoff keeps "
+                                  "a share cutoff_share of its task vectors' spectral energy Σ_i Σ|F_i|²; variance: "
+                                  "each matrix's cutoff (tried on a grid up to cutoff_max) makes the kept bins' "
+                                  "across-task amplitude variance over squared mean amplitude lowest "
+                                  "(freqmerge_viz.cutoff_rules; paper convention, high-pass; the merge's "
+                                  "statistics['cutoffs'] list each key's)", choices=CUTOFF_RULES),
+    Param("cutoff_share", 0.9, "cutoff_rule='energy': share of a matrix's spectral energy the high-pass keeps",
+          low=0.0, low_open=True, high=1.0),
+    Param("cutoff_max", 0.5, "adaptive cutoff rules: the largest cutoff they choose, in the cutoff's units", low=0.0),
 )
 
 OFFICIAL_FILTER = {"cutoff": 0.7, "filter_convention": "official", "filter_scope": "official"}
@@ -87,10 +100,50 @@ def filters_key(key: str, params: dict, ndim: int) -> bool:
 
 
 def filter_step(stack: torch.Tensor, key: str, params: dict) -> torch.Tensor:
-    """FR's per-task step, in place: the filter of :func:`filter_spec` on each task's tensor, where in scope."""
+    """FR's per-task step, in place: the filter of :func:`filter_spec` on each task's tensor, where in scope
+    (with an adaptive ``cutoff_rule``, at the cutoff the rule chooses from this stack)."""
     if not filters_key(key, params, stack.ndim - 1):
         return stack
+    if params.get("cutoff_rule", "fixed") != "fixed" and as_matrix(stack[0], params["one_d"]) is not None:
+        params = with_cutoff(params, rule_cutoff((as_matrix(task, params["one_d"]) for task in stack), params))
     return filter_stack(stack, filter_spec(params), params["one_d"], inplace=True)
+
+
+def rule_cutoff(matrices, params: dict) -> float:
+    """The cutoff ``params["cutoff_rule"]`` chooses from one key's task matrices (an iterable of ``[H, W]``)."""
+    return choose_cutoff(matrices, params["cutoff_rule"], units=params["units"], share=params["cutoff_share"],
+                         largest=params["cutoff_max"])
+
+
+def with_cutoff(params: dict, cutoff: float) -> dict:
+    """`params` with a fixed `cutoff` (what an adaptive rule chose for one key)."""
+    return {**params, "cutoff": cutoff, "cutoff_rule": "fixed"}
+
+
+def adaptive_cutoffs(task_vectors, keys, params: dict, device) -> dict:
+    """``{"cutoffs": {key: cutoff}}`` for every filtered matrix among `keys` under an adaptive
+    ``cutoff_rule`` (``{}`` for ``fixed``); one task's matrix at a time."""
+    if params.get("cutoff_rule", "fixed") == "fixed":
+        return {}
+    cutoffs = {}
+    for key in keys:
+        shape = tuple(task_vectors[0].shape_of(key)) if hasattr(task_vectors[0], "shape_of") else \
+            tuple(task_vectors[0][key].shape)
+        if not filters_key(key, params, len(shape)) or as_matrix(torch.empty(shape, device="meta"),
+                                                                  params["one_d"]) is None:
+            continue
+        cutoffs[key] = rule_cutoff((as_matrix(as_compute_tensor(tv[key], device), params["one_d"])
+                                    for tv in task_vectors), params)
+    return {"cutoffs": cutoffs}
+
+
+def key_params(key: str, ctx: MergeContext) -> dict:
+    """The parameters FR filters `key` with: ``ctx.params``, at the key's own cutoff when an adaptive
+    rule chose one in the statistics pass (otherwise :func:`filter_step` chooses it from the stack)."""
+    cutoffs = ctx.statistics.get("cutoffs")
+    if cutoffs is not None and key in cutoffs:
+        return with_cutoff(ctx.params, cutoffs[key])
+    return ctx.params
 
 
 def coefficients_for(stack: torch.Tensor, ctx: MergeContext) -> list[float]:
@@ -128,7 +181,7 @@ def fr_combine(stack: torch.Tensor, key: str, ctx: MergeContext) -> torch.Tensor
                                  ctx.task_names)
             keep_agreeing_(stack, votes)
         total = weighted_sum(stack, ctx, coefficients)
-    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0)
+    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0) * layer_factor(key, ctx)
     return total.mul_(factor)
 
 
@@ -148,8 +201,10 @@ def fr_filter_sum(task_vectors, key: str, ctx: MergeContext, device) -> torch.Te
     coefficients = coefficients_for(torch.empty(k, 0), ctx)
     tasks = [0] if p["sum_keys"] == "attn_mlp_weights" and not is_attn_mlp_weight(key) else range(k)
     total = streamed_sum([task_vectors[t] for t in tasks], key, [coefficients[t] for t in tasks], device)
-    filtered = filter_step(total.unsqueeze(0), key, p)[0]
-    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0)
+    if p.get("cutoff_rule", "fixed") != "fixed" and key not in ctx.statistics.get("cutoffs", {}):
+        ctx.statistics.setdefault("cutoffs", {}).update(adaptive_cutoffs(task_vectors, [key], p, device)["cutoffs"])
+    filtered = filter_step(total.unsqueeze(0), key, key_params(key, ctx))[0]
+    factor = p["scaling"] * (p["weight_scaling"] if is_attn_mlp_weight(key) else 1.0) * layer_factor(key, ctx)
     return filtered.mul_(factor)
 
 
@@ -158,9 +213,19 @@ class FilteredMethod(MergeMethod):
 
     def check(self, params):
         filter_spec(params)
+        if params.get("cutoff_rule", "fixed") != "fixed":
+            if params["filter_convention"] != "paper" or params["band"] != "high":
+                raise ParameterError(f"{self.name}: cutoff_rule={params['cutoff_rule']!r} chooses the radius of a "
+                                     "high-pass in the paper convention; it needs filter_convention='paper' and "
+                                     f"band='high', got {params['filter_convention']!r} and {params['band']!r}")
+            filter_spec(with_cutoff(params, params["cutoff_max"]))
+        check_layer_scaling(params)
 
     def filter_spec(self, params):
         return filter_spec(params)
+
+    def statistics(self, task_vectors, keys, ctx, device):
+        return adaptive_cutoffs(task_vectors, keys, ctx.params, device)
 
 
 @register
@@ -183,6 +248,7 @@ class FRMerging(FilteredMethod):
         Param("scaling", 1.0, "global factor on the merged sum", low=0.0),
         Param("weight_scaling", 1.0, "extra factor on keys with 'weight' and 'attn'/'mlp' only (the authors' "
                                      "TaskVector multiplication scales only those)", low=0.0),
+        LAYER_SCALING,
         ScopeParam("merge_scope", "all", "keys merged (freqmerge_viz.scopes), the others keep θ_pre: all, or "
                                          "attn_mlp = keys with 'attn' or 'mlp' in the name (the authors' rule), "
                                          "or any other scope", suggestion="all"),
@@ -204,13 +270,14 @@ class FRMerging(FilteredMethod):
         return scope == "all" or selects(scope, key, ndim)
 
     def statistics(self, task_vectors, keys, ctx, device):
+        out = {**super().statistics(task_vectors, keys, ctx, device), **depth_statistics(keys, ctx.params)}
         if ctx.params["coefficients"] != "mean_abs":
-            return {}
+            return out
         energies = mean_abs_per_task(task_vectors, keys, device)
-        return {"mean_abs": energies, "lambda": fr_coefficients(energies)}
+        return {**out, "mean_abs": energies, "lambda": fr_coefficients(energies)}
 
     def transform(self, stack, key, ctx):
-        return filter_step(stack, key, ctx.params)
+        return filter_step(stack, key, key_params(key, ctx))
 
     def combine(self, stack, key, ctx):
         return fr_combine(stack, key, ctx)
@@ -231,7 +298,7 @@ class FRTies(FilteredMethod):
     presets = {"paper": {}, "official": OFFICIAL_FILTER}
 
     def transform(self, stack, key, ctx):
-        filtered = filter_step(stack, key, ctx.params)
+        filtered = filter_step(stack, key, key_params(key, ctx))
         return keep_agreeing_(keep_top_magnitude_(filtered, ctx.params["density"], ctx.params["count"]), ctx)
 
     def combine(self, stack, key, ctx):
@@ -246,7 +313,7 @@ class FRBreadcrumbs(FilteredMethod):
     presets = {"paper": {}, "official": OFFICIAL_FILTER}
 
     def transform(self, stack, key, ctx):
-        filtered = filter_step(stack, key, ctx.params)
+        filtered = filter_step(stack, key, key_params(key, ctx))
         return drop_largest_and_smallest_(filtered, ctx.params["density"], ctx.params["gamma"])
 
     def combine(self, stack, key, ctx):

@@ -19,6 +19,9 @@ TOPICS: dict[str, str] = {
     "expert_sparsity": "Fig. 5b: expert-only accuracy against density",
     "router_robustness": "Fig. 5c: routed merges under a random router",
     "costs": "Table 9: storage, time and accuracy of each merge",
+    "singular_vs_fourier": "beyond the paper: Fourier and singular interference per layer, and as predictors over pairs",
+    "layers": "beyond the paper: task vectors layer by layer, and LiNeS per-layer scaling",
+    "adaptive_cutoffs": "beyond the paper: FR's cutoff chosen per matrix from its spectrum, against the fixed one",
 }
 """Topic name (= module name) -> what it shows, in the paper's figure order."""
 

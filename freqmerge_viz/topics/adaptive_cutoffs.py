@@ -1,0 +1,49 @@
+"""Topic ``adaptive_cutoffs``: each matrix's cutoff chosen from its spectrum against FR's fixed cutoff."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..analysis.adaptive import RULES, chosen_cutoffs, rule_comparison
+from ..analysis.sweeps import SCALINGS
+from ..plots.core import save_csv, write_all
+from ..plots.singular import cutoff_rules_figure, cutoff_rules_plotly
+from . import QUICK_LIMIT, scope
+
+LIMIT = 300
+"""Test images per task."""
+VALIDATION_LIMIT = 150
+"""Validation images per task used to choose each rule's scaling."""
+
+
+def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """``adaptive_cutoffs.*``: the cutoff each adaptive rule of
+    :data:`~freqmerge_viz.analysis.adaptive.RULES` gives each matrix (``adaptive_cutoffs_chosen.csv``)
+    and FR's test accuracy under each rule, each at the scaling of
+    :data:`~freqmerge_viz.analysis.sweeps.SCALINGS` it does best with on :data:`VALIDATION_LIMIT`
+    validation images per task, on :data:`LIMIT` test images. ``quick``: three tasks, 48 images,
+    scaling 1 (not chosen)."""
+    out = Path(out_dir)
+    tasks = scope(zoo, quick)
+    frames = []
+    for rule, params in RULES.items():
+        if rule != "fixed":
+            frame = chosen_cutoffs(zoo, params, tasks=tasks)
+            frame.insert(0, "rule", rule)
+            frames.append(frame)
+    cutoffs = pd.concat(frames, ignore_index=True)
+    results = rule_comparison(zoo, RULES, tasks=tasks, scalings=(1.0,) if quick else SCALINGS,
+                              limit=QUICK_LIMIT if quick else LIMIT,
+                              validation_limit=QUICK_LIMIT if quick else VALIDATION_LIMIT)
+    fixed = float(results.loc[results["rule"] == "fixed", "cutoff"].iloc[0])
+    title = f"FR with adaptive per-matrix cutoffs against the fixed cutoff ({len(tasks)} zoo tasks)"
+    written = write_all(out / "adaptive_cutoffs", results, cutoff_rules_figure(cutoffs, results, title, fixed),
+                        cutoff_rules_plotly(cutoffs, results, title, fixed), "adaptive-cutoffs", formats,
+                        fractions=("accuracy", "validation_mean"))
+    written.append(save_csv(cutoffs, out / "adaptive_cutoffs_chosen.csv"))
+    return written
