@@ -2,8 +2,10 @@
 
 The analyses (loss landscapes, generalisation matrices, sweeps) all ask the same question:
 "loss and accuracy of these S parameter sets on these inputs". :func:`evaluate_params`
-answers it for any ``forward(params, inputs) -> logits``; :func:`evaluate_on_zoo` for the
-demo zoo's backbones with each task's head; :class:`Evaluator` binds a forward to its data.
+answers it for any ``forward(params, inputs) -> logits`` (any model ``functional_call`` can
+run: :func:`module_forward`); :class:`Evaluator` binds a forward to its data. Nothing here
+knows a particular architecture: the demo zoo's forward and evaluation service live in
+:mod:`freqmerge_viz.zoo.evaluation`.
 
 Parameter sets come as a sequence of mappings ``{name: tensor}`` (lazy states work), or as
 one :class:`StackedStates` ``{name: tensor [S, *shape]}`` (a plain dict of stacked tensors is
@@ -35,7 +37,7 @@ at once, each gets ``memory_budget / workers``: the engine takes the largest ``c
 (at most ``ceil(S / workers)``) with ``chunk · (parameter bytes of one set + batch ·
 activation bytes per sample) <= memory_budget / workers``; ``chunk=`` overrides it.
 Activation bytes per sample are the forward's ``activation_bytes`` attribute when it has
-one (:func:`zoo_forward` sets it from the ViT's size), else :data:`ACTIVATION_FACTOR` times
+one (the zoo's forward sets it from its ViT's size), else :data:`ACTIVATION_FACTOR` times
 the bytes of one input sample. The budget defaults to :data:`CPU_BUDGET` on CPU and to
 :data:`CUDA_BUDGET_SHARE` of the free memory on a GPU, read at each call.
 
@@ -67,7 +69,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -85,7 +86,7 @@ on CPU a working set near the caches runs faster than a large one, and on the zo
 CUDA_BUDGET_SHARE = 0.5
 """Default memory budget on a GPU: this share of the device's free memory at call time."""
 STACK_LIMIT = 2**30
-"""evaluate_on_zoo reads a list of states once into a :class:`StackedStates` (instead of once
+"""zoo.evaluation.evaluate_on_zoo reads a list of states once into a :class:`StackedStates` (instead of once
 per task) when all of it takes at most this many bytes (float32)."""
 ACTIVATION_FACTOR = 64
 """Activation bytes per (parameter set, sample) assumed for a forward without an
@@ -533,148 +534,3 @@ def module_forward(module: torch.nn.Module) -> Forward:
 
     forward.__qualname__ = f"module_forward({type(module).__name__})"
     return forward
-
-
-# ----------------------------------------------------------------------------- the zoo
-
-def _vit_features(params: Mapping[str, torch.Tensor], images: torch.Tensor, config) -> torch.Tensor:
-    """The zoo ViT's class-token features ``[N, width]``, in plain functional ops that vmap batches.
-
-    The same computation as :class:`~freqmerge_viz.zoo.model.ViT` (tested to agree), with two
-    shortcuts: attention is written out (scaled dot product, softmax) instead of the fused
-    kernel, which has no batching rule on CPU, and the last block computes the residual
-    stream of the class token only, the only token the output reads.
-    """
-    c = config
-    n, patch, width, heads = images.shape[0], c.patch_size, c.width, c.heads
-    head_dim = width // heads
-    patches = images.unfold(2, patch, patch).unfold(3, patch, patch).permute(0, 2, 3, 1, 4, 5)
-    patches = patches.reshape(n, -1, c.channels * patch * patch)
-    x = F.linear(patches, params["patch_embed.proj.weight"].reshape(width, -1), params["patch_embed.proj.bias"])
-    x = torch.cat([params["cls_token"].expand(n, -1, -1), x], dim=1) + params["pos_embed"]
-    scale = 1.0 / math.sqrt(head_dim)
-    for i in range(c.depth):
-        p = f"blocks.{i}."
-        h = F.layer_norm(x, (width,), params[p + "norm1.weight"], params[p + "norm1.bias"])
-        qkv = F.linear(h, params[p + "attn.qkv.weight"], params[p + "attn.qkv.bias"])
-        q, k, v = qkv.reshape(n, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        if i == c.depth - 1:
-            q, x = q[:, :, :1], x[:, :1]
-        attended = torch.softmax((q * scale) @ k.transpose(-1, -2), dim=-1) @ v
-        attended = attended.transpose(1, 2).reshape(n, -1, width)
-        x = x + F.linear(attended, params[p + "attn.proj.weight"], params[p + "attn.proj.bias"])
-        h = F.layer_norm(x, (width,), params[p + "norm2.weight"], params[p + "norm2.bias"])
-        h = F.gelu(F.linear(h, params[p + "mlp.fc1.weight"], params[p + "mlp.fc1.bias"]))
-        x = x + F.linear(h, params[p + "mlp.fc2.weight"], params[p + "mlp.fc2.bias"])
-    return F.layer_norm(x[:, 0], (width,), params["norm.weight"], params["norm.bias"])
-
-
-def _expected_vit_keys(config) -> list[str]:
-    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-             "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-             "mlp.fc2.weight", "mlp.fc2.bias"]
-    return (["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
-            + [f"blocks.{i}.{name}" for i in range(config.depth) for name in block]
-            + ["norm.weight", "norm.bias"])
-
-
-def zoo_forward(zoo, task: str, head: str = "finetuned", *, reference: bool = False) -> Forward:
-    """``forward(params, images) -> logits`` of the zoo's ViT backbone followed by `task`'s head.
-
-    By default the backbone is :func:`_vit_features` (fast under vmap); ``reference=True``
-    (or a model whose parameters are not the expected ViT's) uses the model module itself
-    through :func:`~freqmerge_viz.zoo.model.backbone_forward`. The function carries
-    ``activation_bytes`` (per sample, for the chunk size), ``fingerprint`` (task, head and
-    the head's content, for cache keys) and ``thread_safe`` (true for the fast path; the
-    module path swaps a shared module's parameters and must run in one thread).
-    """
-    from .zoo.model import backbone_forward, head_forward
-
-    config = zoo.model_config
-    weights = zoo.head(task, head)
-    shapes = {k: tuple(p.shape) for k, p in _template_parameters(config)}
-    fast = not reference and sorted(shapes) == sorted(_expected_vit_keys(config))
-
-    def forward(params: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        if fast:
-            for key, shape in shapes.items():
-                if key not in params:
-                    raise MissingKeysError([key], where="parameter set", reference="the zoo's ViT")
-                if tuple(params[key].shape) != shape:
-                    raise ShapeMismatchError(key, params[key].shape, shape, "parameter set", "the zoo's ViT")
-            features = _vit_features(params, images, config)
-        else:
-            features = backbone_forward(params, images, config, where="parameter set")
-        return head_forward(weights, features, where=f"head of {task!r}")
-
-    tokens, width = config.tokens, config.width
-    forward.thread_safe = fast
-    forward.activation_bytes = 4 * tokens * (8 * width + 2 * config.mlp_ratio * width + config.heads * tokens)
-    forward.fingerprint = "|".join([f"zoo-vit:{config.to_dict()}", task, head,
-                                    tensor_digest(weights["weight"]), tensor_digest(weights["bias"])])
-    forward.__qualname__ = f"zoo_forward({task!r}, {head!r}{', reference' if not fast else ''})"
-    return forward
-
-
-def _template_parameters(config):
-    from .zoo.model import _template
-
-    return list(_template(config).named_parameters())
-
-
-def zoo_backbone_keys(zoo) -> list[str]:
-    """Names of the backbone parameters of the zoo's ViT, in module order."""
-    return [k for k, _ in _template_parameters(zoo.model_config)]
-
-
-def zoo_data(zoo, task: str, split: str = "test", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` of `task`'s `split`, the first `limit` samples (all if ``None``)."""
-    images, labels = zoo.data(task, split)
-    if limit is not None:
-        check_positive_int("limit", limit)
-        images, labels = images[:limit], labels[:limit]
-    return images, labels
-
-
-def zoo_evaluator(zoo, task: str, split: str = "test", limit: int | None = None, head: str = "finetuned",
-                  **options) -> Evaluator:
-    """:class:`Evaluator` of zoo backbones on `task` (its `head`), the first `limit` samples of
-    `split`; `options` are :class:`Evaluator` fields (mode, chunk, batch_size, device, ...)."""
-    images, labels = zoo_data(zoo, task, split, limit)
-    return Evaluator(zoo_forward(zoo, task, head), images, labels, tuple(zoo_backbone_keys(zoo)),
-                     name=f"zoo:{task}:{split}:{len(labels)}:{head}", **options)
-
-
-def evaluate_on_zoo(zoo, states, tasks: str | Sequence[str] | None = None,
-                    *, split: str = "test", limit: int | None = None, head: str = "finetuned",
-                    mode: str = "auto", chunk: int | None = None,
-                    device: torch.device | str | None = None, batch_size: int = 1000,
-                    memory_budget: int | None = None, workers: int | None = None) -> pd.DataFrame:
-    """Tidy table (columns ``state, task, loss, accuracy``) of backbones `states` on zoo tasks.
-
-    ``state`` is the index into `states` (a list of states or a :class:`StackedStates`);
-    `limit` keeps the first `limit` samples of each split; each task is evaluated with its
-    own `head` (``"finetuned"`` or ``"probe"``). With several tasks, a list of (lazy) states
-    is read once into a :class:`StackedStates` when it fits :data:`STACK_LIMIT`.
-    """
-    tasks = zoo.tasks if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
-    keys = zoo_backbone_keys(zoo)
-    stacked = as_stacked(states)
-    if stacked is None:
-        states = list(states)
-        if not states:
-            raise ParameterError("need at least one parameter set to evaluate")
-        check_states(states, keys)
-        if len(tasks) > 1 and len(states) * _param_bytes(states, None, keys) <= STACK_LIMIT:
-            stacked = StackedStates.from_states(states, keys)
-    source = stacked if stacked is not None else states
-    rows = []
-    for task in tasks:
-        images, labels = zoo_data(zoo, task, split, limit)
-        result = evaluate_params(zoo_forward(zoo, task, head), source, images, labels, keys, mode=mode,
-                                 chunk=chunk, batch_size=batch_size, device=device, memory_budget=memory_budget,
-                                 workers=workers)
-        for i in range(len(source)):
-            rows.append({"state": i, "task": task, "loss": float(result.loss[i]),
-                         "accuracy": float(result.accuracy[i])})
-    return pd.DataFrame(rows, columns=["state", "task", "loss", "accuracy"])

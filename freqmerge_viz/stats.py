@@ -23,6 +23,17 @@ def binomial_se(accuracy: float | np.ndarray, n: int | np.ndarray) -> float | np
     return float(se) if se.ndim == 0 else se
 
 
+def best_on_validation(means) -> int:
+    """Index of the candidate with the highest validation mean (ties: the earlier candidate;
+    NaN never wins unless every mean is NaN, then 0). The one rule by which every comparison,
+    sweep and analysis of the toolkit chooses settings."""
+    values = [float(m) for m in means]
+    if not values:
+        raise ValueError("no candidates to choose from")
+    finite = [i for i, v in enumerate(values) if not math.isnan(v)]
+    return max(finite, key=lambda i: (values[i], -i)) if finite else 0
+
+
 def mean_se(accuracies, counts) -> float:
     """Standard error of the mean over tasks of per-task accuracies, each on its own `counts`
     images (tasks independent): sqrt(Σ se_t²) / T. A fraction."""

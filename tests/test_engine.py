@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from freqmerge_viz import engine as E
+from freqmerge_viz.zoo import evaluation as ZE
 from freqmerge_viz.errors import MissingKeysError, ParameterError, ShapeMismatchError
 
 
@@ -184,11 +185,11 @@ def test_chunk_follows_the_memory_budget(tiny):
 
 
 def test_zoo_forward_matches_the_model_and_zoo_evaluate(zoo):
-    keys = E.zoo_backbone_keys(zoo)
-    images, labels = E.zoo_data(zoo, "signs", "val", 96)
+    keys = ZE.zoo_backbone_keys(zoo)
+    images, labels = ZE.zoo_data(zoo, "signs", "val", 96)
     states = [zoo.pretrained, zoo.finetuned["signs"], zoo.finetuned["digits"]]
-    fast = E.zoo_forward(zoo, "signs")
-    reference = E.zoo_forward(zoo, "signs", reference=True)
+    fast = ZE.zoo_forward(zoo, "signs")
+    reference = ZE.zoo_forward(zoo, "signs", reference=True)
     for state in states:
         params = {k: state[k].float() for k in keys}
         torch.testing.assert_close(fast(params, images), reference(params, images), atol=1e-4, rtol=1e-4)
@@ -203,10 +204,10 @@ def test_zoo_forward_matches_the_model_and_zoo_evaluate(zoo):
 
 def test_evaluate_on_zoo_table(zoo):
     states = [zoo.pretrained, zoo.finetuned["digits"]]
-    table = E.evaluate_on_zoo(zoo, states, ["digits", "textures"], split="val", limit=40, device="cpu")
+    table = ZE.evaluate_on_zoo(zoo, states, ["digits", "textures"], split="val", limit=40, device="cpu")
     assert list(table.columns) == ["state", "task", "loss", "accuracy"] and len(table) == 4
-    stacked = E.StackedStates.from_states(states, E.zoo_backbone_keys(zoo))
-    again = E.evaluate_on_zoo(zoo, stacked, ["digits", "textures"], split="val", limit=40, device="cpu",
+    stacked = E.StackedStates.from_states(states, ZE.zoo_backbone_keys(zoo))
+    again = ZE.evaluate_on_zoo(zoo, stacked, ["digits", "textures"], split="val", limit=40, device="cpu",
                               mode="loop")
     np.testing.assert_allclose(table["loss"], again["loss"], atol=1e-5)
     np.testing.assert_array_equal(table["accuracy"], again["accuracy"])
@@ -215,22 +216,22 @@ def test_evaluate_on_zoo_table(zoo):
 
 
 def test_evaluator_fingerprint_tracks_data_and_head(zoo):
-    first = E.zoo_evaluator(zoo, "digits", "val", 16)
-    assert first.fingerprint() == E.zoo_evaluator(zoo, "digits", "val", 16).fingerprint()
-    assert first.fingerprint() != E.zoo_evaluator(zoo, "digits", "val", 17).fingerprint()
-    assert first.fingerprint() != E.zoo_evaluator(zoo, "housenum", "val", 16).fingerprint()
+    first = ZE.zoo_evaluator(zoo, "digits", "val", 16)
+    assert first.fingerprint() == ZE.zoo_evaluator(zoo, "digits", "val", 16).fingerprint()
+    assert first.fingerprint() != ZE.zoo_evaluator(zoo, "digits", "val", 17).fingerprint()
+    assert first.fingerprint() != ZE.zoo_evaluator(zoo, "housenum", "val", 16).fingerprint()
     result = first([zoo.finetuned["digits"]])
     assert result.accuracy.shape == (1,) and 0 <= result.loss[0]
 
 
 def test_workers_split_chunks_without_changing_results(zoo):
-    keys = E.zoo_backbone_keys(zoo)
-    images, labels = E.zoo_data(zoo, "digits", "val", 32)
+    keys = ZE.zoo_backbone_keys(zoo)
+    images, labels = ZE.zoo_data(zoo, "digits", "val", 32)
     origin = {k: zoo.pretrained[k] for k in keys}
     direction = {k: zoo.finetuned["digits"][k] - zoo.pretrained[k] for k in keys}
     stacked = E.StackedStates.affine(origin, [direction], np.linspace(-0.5, 1.5, 9)[:, None])
-    forward = E.zoo_forward(zoo, "digits")
-    assert forward.thread_safe and not E.zoo_forward(zoo, "digits", reference=True).thread_safe
+    forward = ZE.zoo_forward(zoo, "digits")
+    assert forward.thread_safe and not ZE.zoo_forward(zoo, "digits", reference=True).thread_safe
     threads = torch.get_num_threads()
     single = E.evaluate_params(forward, stacked, images, labels, keys, chunk=2, workers=1, device="cpu")
     for mode in ("vmap", "loop"):

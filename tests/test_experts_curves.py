@@ -10,7 +10,7 @@ from analysis_support import one_thread, shipped_zoo  # noqa: F401  (fixtures)
 from freqmerge_viz.analysis.evaluation import individual_accuracies, zoo_task_vectors
 from freqmerge_viz.analysis.experts_curves import (build_experts, expert_curves, expert_state, rank_within,
                                                    svd_storage_by_rank, topk_budget)
-from freqmerge_viz.engine import evaluate_on_zoo
+from freqmerge_viz.zoo.evaluation import evaluate_on_zoo
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.experts import storage_table
 from freqmerge_viz.taskvector import TaskVector

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from freqmerge_viz.engine import evaluate_on_zoo
+from freqmerge_viz.zoo.evaluation import evaluate_on_zoo
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.routing import OracleRouter, RandomRouter
 from freqmerge_viz.widgets import ExpertExplorer, LandscapeViewer

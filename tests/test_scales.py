@@ -77,3 +77,27 @@ def test_zoo_residual_writers_have_an_exactly_zero_eta_row(shipped_zoo):
         if zero:
             row = np.exp(spectra[:, center, :])
             assert row.max() <= ZERO_RELATIVE * np.exp(spectra).max()
+
+
+def test_best_on_validation_takes_the_highest_mean_and_the_earlier_on_ties():
+    from freqmerge_viz.stats import best_on_validation
+
+    assert best_on_validation([0.5, 0.7, 0.6]) == 1
+    assert best_on_validation([0.7, 0.5, 0.7]) == 0
+    assert best_on_validation([float("nan"), 0.2, 0.2]) == 1
+    assert best_on_validation([float("nan")]) == 0
+    with pytest.raises(ValueError):
+        best_on_validation([])
+
+
+def test_every_chooser_uses_the_one_rule():
+    # the comparison, the selection cache, the sweeps, LiNeS and the zoo build all choose with stats.best_on_validation
+    import inspect
+
+    from freqmerge_viz.analysis import lines, selection, sweeps
+    from freqmerge_viz.zoo import build, compare
+
+    for module in (compare, selection, sweeps, lines, build):
+        source = inspect.getsource(module)
+        assert "best_on_validation(" in source, module.__name__
+        assert "key=lambda i: (means[i], -i)" not in source, module.__name__

@@ -18,7 +18,7 @@ from freqmerge_viz.analysis.router_robustness import (chosen_routed_merges, robu
 from freqmerge_viz.analysis.selection import choose
 from freqmerge_viz.analysis.sweeps import (SweepPoint, choose_scaling, cutoff_sweep, sweep_references,
                                            task_arithmetic_equivalent, validation_means)
-from freqmerge_viz.engine import evaluate_on_zoo
+from freqmerge_viz.zoo.evaluation import evaluate_on_zoo
 from freqmerge_viz.methods import merge
 from freqmerge_viz.plots.core import accuracy_summary, fraction_names, label_points, layout_overlaps, new_figure
 from freqmerge_viz.plots.experts import experts_figure

@@ -11,7 +11,7 @@ import pytest
 from analysis_support import one_thread, shipped_zoo  # noqa: F401  (fixtures)
 from freqmerge_viz.analysis.evaluation import zoo_task_vectors
 from freqmerge_viz.analysis.sweeps import SweepPoint, cutoff_sweep, run_point, sweep_points
-from freqmerge_viz.engine import evaluate_on_zoo
+from freqmerge_viz.zoo.evaluation import evaluate_on_zoo
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.methods import merge
 from freqmerge_viz.metrics import amplitude_variance

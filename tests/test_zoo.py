@@ -14,7 +14,7 @@ import torch
 
 import freqmerge_viz as fmv
 from freqmerge_viz import zoo
-from freqmerge_viz.errors import CheckpointError, FreqMergeError, MissingKeysError, ParameterError
+from freqmerge_viz.errors import CheckpointError, FreqMergeError, MissingKeysError, OutputError, ParameterError
 from freqmerge_viz.zoo.config import ProbeConfig, SplitSizes, TrainConfig, ZooConfig
 
 ALL_TASKS = list(zoo.TASK_NAMES) + [zoo.PRETEXT.name]
@@ -269,6 +269,16 @@ def test_tiny_build_round_trip(tmp_path):
     acc = loaded.evaluate(loaded.finetuned["signs"], "signs")
     assert acc["signs"] * 24 == pytest.approx(manifest["test_counts"]["signs"]["correct"], abs=0.5)
     assert set(manifest["accuracy"]["task_arithmetic"]["test"]) == {"digits", "signs", "mean"}
+    # a rebuild replaces the folder whole; a folder holding other files is refused before any training
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()}
+    (tmp_path / "tiny" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        zoo.build_zoo(tmp_path / "tiny", config, log=lambda message: pytest.fail(f"trained: {message}"))
+    (tmp_path / "tiny" / "notes.txt").unlink()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()} == before
+    again = zoo.build_zoo(tmp_path / "tiny", config, log=lambda message: None)
+    assert again["files"] == manifest["files"]                                   # byte-identical weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]                # no temporary left behind
 
 
 def test_tiny_zero_shot_build_takes_heads_from_the_pretraining_classifier(tmp_path):

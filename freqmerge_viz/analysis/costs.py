@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import evaluate_on_zoo
+from ..zoo.evaluation import evaluate_on_zoo
 from ..errors import check_positive_int
 from ..experts import storage_table
 from ..methods import EMRMerging, RoutedMerge

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import Forward, StackedStates, evaluate_params, zoo_backbone_keys, zoo_data, zoo_forward
+from ..engine import Forward, StackedStates, evaluate_params
+from ..zoo.evaluation import zoo_backbone_keys, zoo_data, zoo_forward
 from ..errors import EmptyInputError, MissingKeysError, ParameterError
 from ..tables import disentanglement_pivot  # noqa: F401  (part of this analysis' API)
 

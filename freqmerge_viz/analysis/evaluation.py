@@ -1,6 +1,6 @@
 """Shared zoo plumbing for the analyses: task vectors, materialised states, per-task evaluation.
 
-Every plain (non-routed) evaluation goes through :func:`~freqmerge_viz.engine.evaluate_on_zoo`;
+Every plain (non-routed) evaluation goes through :func:`~freqmerge_viz.zoo.evaluation.evaluate_on_zoo`;
 the helpers here only arrange which states are evaluated on which tasks, so that each call
 hands the engine as many states as possible at once.
 """
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..engine import evaluate_on_zoo, zoo_backbone_keys, zoo_data
+from ..zoo.evaluation import evaluate_on_zoo, zoo_backbone_keys, zoo_data
 from ..errors import EmptyInputError, ParameterError
 from ..io import load_state
 from ..taskvector import common_keys, stack_key, task_names

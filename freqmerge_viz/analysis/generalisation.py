@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from ..engine import StackedStates, evaluate_on_zoo, zoo_backbone_keys
+from ..engine import StackedStates
+from ..zoo.evaluation import evaluate_on_zoo, zoo_backbone_keys
 from ..errors import EmptyInputError, ParameterError
 from ..tables import generalisation_difference, generalisation_pivot  # noqa: F401  (part of this analysis' API)
 from .evaluation import image_counts

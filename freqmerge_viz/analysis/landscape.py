@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import EvalResult, Evaluator, StackedStates, tensor_digest, zoo_evaluator, zoo_forward
+from ..engine import EvalResult, Evaluator, StackedStates, tensor_digest
+from ..zoo.evaluation import zoo_evaluator, zoo_forward
 from ..errors import ParameterError, ShapeMismatchError, check_positive_int
 from ..io import load_state, write_atomically
 from ..keys import Patterns, select_keys

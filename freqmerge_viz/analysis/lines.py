@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ..engine import evaluate_on_zoo
+from ..stats import best_on_validation
+from ..zoo.evaluation import evaluate_on_zoo
 from ..methods import merge
 from .evaluation import finetuned_subset, image_counts, materialize, zoo_tasks
 SCALINGS = (0.025, 0.05, 0.1, 0.2, 0.3)
@@ -44,7 +45,7 @@ def choose_on_validation(zoo, method: str, grid: Sequence[Mapping], *, tasks: Se
     states = [materialize(merge(method, zoo.pretrained, models, **dict(p))) for p in grid]
     scores = evaluate_on_zoo(zoo, states, chosen, split="val", limit=validation_limit)
     means = scores.groupby("state")["accuracy"].mean()
-    best = max(range(len(grid)), key=lambda i: (float(means[i]), -i))
+    best = best_on_validation([means[i] for i in range(len(grid))])
     return dict(grid[best]), float(means[best])
 
 

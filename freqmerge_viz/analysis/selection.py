@@ -14,7 +14,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..engine import evaluate_on_zoo
+from ..stats import best_on_validation
+from ..zoo.evaluation import evaluate_on_zoo
 from ..zoo.compare import Candidate, _build, _params, with_needs
 from .evaluation import evaluate_per_task, finetuned_subset, materialize, zoo_tasks
 
@@ -75,7 +76,7 @@ def choose(zoo, names: Sequence[str], *, tasks: Sequence[str] | None = None,
         if cached is None or owner() is not zoo:
             grid = list(row.settings[:1] if quick else row.settings)
             means = _score(zoo, row, grid, chosen_settings, tasks, limit) if len(grid) > 1 else [float("nan")]
-            best = max(range(len(grid)), key=lambda i: (means[i], -i)) if len(grid) > 1 else 0
+            best = best_on_validation(means)
             cached = Choice(row.name, row.method, row.routed, dict(grid[best]),
                             _params(row, grid[best], chosen_settings), means[best], len(grid))
             with _LOCK:

@@ -26,7 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ..engine import evaluate_on_zoo
+from ..stats import best_on_validation
+from ..zoo.evaluation import evaluate_on_zoo
 from ..errors import ParameterError, check_choice
 from ..methods import get_method, merge, method_transform
 from ..methods.fr import filter_spec
@@ -100,7 +101,7 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     scaling = point.scalings[0]
     if len(point.scalings) > 1:
         means = validation_means(zoo, point)
-        best = max(range(len(point.scalings)), key=lambda i: (means[i], -i))
+        best = best_on_validation(means)
         scaling, validation_mean = point.scalings[best], float(means[best])
     params = point.fr_params(scaling)
     state = materialize(merge("fr", zoo.pretrained, models, **params))
@@ -143,7 +144,7 @@ def choose_scaling(zoo, kind: str = "ideal", cutoff: float = 0.1, scalings: Sequ
     :class:`SweepPoint` (tasks, params, validation_limit)."""
     point = SweepPoint(kind, float(cutoff), scalings=tuple(scalings), **point_fields)
     means = validation_means(zoo, point) if len(point.scalings) > 1 else [float("nan")]
-    best = max(range(len(point.scalings)), key=lambda i: (means[i], -i)) if len(point.scalings) > 1 else 0
+    best = best_on_validation(means)
     return point.scalings[best], dict(zip(point.scalings, means))
 
 

@@ -191,7 +191,7 @@ class CutoffModel:
                                               "chosen on validation when the zoo was built")
 
     def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str) -> None:
-        from .. import engine
+        from ..zoo.evaluation import zoo_evaluator
 
         if isinstance(source, tuple):
             if len(source) != 3:
@@ -204,8 +204,8 @@ class CutoffModel:
         elif hasattr(source, "finetuned") and hasattr(source, "model_config"):
             check_positive_int("eval_per_task", eval_per_task)
             pretrained, finetuned = source.pretrained, dict(source.finetuned)
-            evaluator = {t: engine.zoo_evaluator(source, t, eval_split, eval_per_task, mode=eval_mode,
-                                                 device=self.device) for t in source.tasks}
+            evaluator = {t: zoo_evaluator(source, t, eval_split, eval_per_task, mode=eval_mode,
+                                          device=self.device) for t in source.tasks}
             self.eval_description = f"first {eval_per_task} {eval_split} images of each task"
             self.eval_per_task = eval_per_task
         else:
@@ -376,7 +376,7 @@ class CutoffExplorer(Explorer):
     ``finetuned`` a ``{task: state}`` mapping (or a list, tasks ``task0…``), ``evaluator``
     either ``{task: engine.Evaluator}`` or a function ``state -> {task: accuracy in [0, 1]}``.
     With a zoo, accuracies are measured on the first `eval_per_task` images of each task's
-    `eval_split` with the engine (``evaluate_params`` + ``zoo_forward``, mode `eval_mode`).
+    `eval_split` with the engine (``evaluate_params`` + :func:`~freqmerge_viz.zoo.evaluation.zoo_forward`, mode `eval_mode`).
 
     Settings (``values``, changed by the controls or :meth:`set`): ``cutoff`` and
     ``upper_cutoff`` (normalised radius in [0, 1]: 0 = DC, 1 = the corner of the centred

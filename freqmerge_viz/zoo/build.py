@@ -44,6 +44,8 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..io import save_state, write_text_atomically
+from ..outputs import staged_folder
+from ..stats import best_on_validation
 from ..methods import merge
 from .config import DEFAULT_CONFIG, TrainConfig, ZooConfig
 from .core import FORMAT, MANIFEST, Zoo, _sha256, mean_accuracy, normalized_accuracy, task_data_uint8
@@ -385,7 +387,7 @@ def measure(config: ZooConfig, zoo: Zoo) -> tuple[dict, dict, dict]:
     for scaling in config.ta_scalings:
         merged = merge("task_arithmetic", zoo.pretrained, zoo.finetuned_list(), scaling=scaling)
         ta_val[repr(float(scaling))] = _with_mean(zoo.evaluate(merged, split="val", batch_size=bs))
-    best = max(config.ta_scalings, key=lambda s: (ta_val[repr(float(s))]["mean"], -s))
+    best = config.ta_scalings[best_on_validation([ta_val[repr(float(s))]["mean"] for s in config.ta_scalings])]
     merged = merge("task_arithmetic", zoo.pretrained, zoo.finetuned_list(), scaling=best)
     ta_test = _with_mean(zoo.evaluate(merged, split="test", batch_size=bs))
     wa_test = _with_mean(zoo.evaluate(merge("weight_averaging", zoo.pretrained, zoo.finetuned_list()),
@@ -444,7 +446,8 @@ def _heads_note(config: ZooConfig) -> str:
 
 def write_zoo(out: Path, config: ZooConfig, zoo: Zoo, pretrained: Pretrained, training: dict, accuracy: dict,
               counts: dict, quality: dict) -> dict:
-    """Phase 6: the weight files, then ``manifest.json`` (written last, atomically); returns it."""
+    """Phase 6: the weight files into the (new, empty) folder `out`, then ``manifest.json``;
+    returns the manifest."""
     mc: ViTConfig = config.model
     # No extra safetensors metadata: safetensors writes a multi-entry __metadata__ in a
     # per-process random order, which would make the files differ from build to build.
@@ -455,9 +458,6 @@ def write_zoo(out: Path, config: ZooConfig, zoo: Zoo, pretrained: Pretrained, tr
     (out / "finetuned").mkdir(exist_ok=True)
     for task in config.tasks:
         save_state(zoo.finetuned[task], out / layout["finetuned"][task])
-    for stale in (out / "finetuned").glob("*.safetensors"):
-        if f"finetuned/{stale.name}" not in layout["finetuned"].values():
-            stale.unlink()
     save_state(_heads_state(zoo.heads), out / layout["heads"])
     save_state(_heads_state(zoo.probe_heads), out / layout["probe_heads"])
     names = [layout["pretrained"], *layout["finetuned"].values(), layout["heads"], layout["probe_heads"]]
@@ -500,19 +500,31 @@ def write_zoo(out: Path, config: ZooConfig, zoo: Zoo, pretrained: Pretrained, tr
 
 # ----------------------------------------------------------------------------- the build
 
+_ZOO_ENTRIES = {MANIFEST, "build_log.json", "pretrained.safetensors", "finetuned", "heads.safetensors",
+                "probe_heads.safetensors"}
+
+
+def _is_zoo_entry(name: str) -> bool:
+    return name in _ZOO_ENTRIES
+
+
 def build_zoo(out_dir: str | Path, config: ZooConfig = DEFAULT_CONFIG, *, log: Log | None = None) -> dict:
     """Train and write the whole zoo into `out_dir`; returns the manifest (as written).
 
     Deterministic: data and every training run derive from ``config.seed``; torch runs with
-    ``config.threads`` threads and deterministic algorithms (restored afterwards). Files
-    are written atomically; the manifest last; ``build_log.json`` records each phase's
+    ``config.threads`` threads and deterministic algorithms (restored afterwards). The zoo
+    is written into a temporary folder beside `out_dir` that replaces it only when complete
+    (a killed build leaves the previous zoo whole); an existing `out_dir` holding anything
+    but zoo files is refused before any training. ``build_log.json`` records each phase's
     seconds.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if config.heads not in ("zero_shot", "probe"):
         raise ParameterError(f"heads must be 'zero_shot' or 'probe', got {config.heads!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = 1 + len(config.tasks)
+    expected = files * parameter_count(config.model) * 4 + (1 << 20)
+    target = staged_folder(out, own=_is_zoo_entry, expected_bytes=expected, what="zoo")
     timings: dict[str, float] = {}
     start, cpu_start = time.perf_counter(), time.process_time()
 
@@ -522,7 +534,7 @@ def build_zoo(out_dir: str | Path, config: ZooConfig = DEFAULT_CONFIG, *, log: L
         log(f"{name}: {timings[name]:.1f}s")
         return now
 
-    with _torch_settings(config.threads):
+    with _torch_settings(config.threads), target as folder:
         t = time.perf_counter()
         data = generate_data(config)
         t = lap("generate_data", t)
@@ -549,13 +561,13 @@ def build_zoo(out_dir: str | Path, config: ZooConfig = DEFAULT_CONFIG, *, log: L
         training = {"finetune": _round(ft_info)}
         if head_info:
             training["probe"] = _round(head_info, 8)
-        manifest = write_zoo(out, config, zoo, pretrained, training, accuracy, counts, quality)
+        manifest = write_zoo(folder, config, zoo, pretrained, training, accuracy, counts, quality)
         lap("write", t)
         timings["total"] = round(time.perf_counter() - start, 2)
         timings["process_cpu"] = round(time.process_time() - cpu_start, 2)
         log_info = {"timings_seconds": timings, "finetune_seconds": ft_seconds,
                     "machine": {"platform": platform.platform(), "processor": platform.processor(),
                                 "threads": config.threads}}
-        write_text_atomically(out / "build_log.json", json.dumps(log_info, indent=1) + "\n")
+        write_text_atomically(folder / "build_log.json", json.dumps(log_info, indent=1) + "\n")
         log(f"zoo written to {out} in {timings['total']:.0f}s ({manifest['total_bytes'] / 1e6:.2f} MB)")
     return manifest

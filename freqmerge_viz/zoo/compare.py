@@ -18,6 +18,7 @@ import torch
 from ..errors import ParameterError
 from ..methods import merge
 from ..methods import RoutedMerge, routed_merge
+from ..stats import best_on_validation
 from ..routing import MLPRouter, OracleRouter, Router
 from .core import Zoo, mean_accuracy
 from .model import backbone_forward
@@ -175,12 +176,11 @@ def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, l
             methods[candidate.name] = _result(per_task, _params(candidate, settings, chosen), samples,
                                               routing_accuracy=routed_right)
             continue
-        best, best_mean = None, -1.0
-        for settings in candidate.settings:
-            built = _build(zoo, candidate, finetuned, settings, chosen)
-            mean = mean_accuracy(_accuracy(zoo, built, candidate, "val", limit))
-            if mean > best_mean:
-                best, best_mean = settings, mean
+        means = [mean_accuracy(_accuracy(zoo, _build(zoo, candidate, finetuned, settings, chosen), candidate, "val",
+                                         limit))
+                 for settings in candidate.settings]
+        index = best_on_validation(means)
+        best, best_mean = candidate.settings[index], means[index]
         chosen[candidate.name] = best
         built = _build(zoo, candidate, finetuned, best, chosen)
         methods[candidate.name] = _result(_accuracy(zoo, built, candidate, "test", limit),
