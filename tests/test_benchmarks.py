@@ -166,3 +166,15 @@ def test_mergekit_benchmark_runs_the_toolkit_and_says_why_mergekit_was_skipped(m
         assert result["methods"][method]["toolkit"]["seconds"] > 0
         assert result["methods"][method]["toolkit"]["peak_rss_mb"] > 0
     assert mergekit.gpt2_shapes(1, 8, 10, 4)["transformer.h.0.attn.c_attn.weight"] == (8, 24)
+
+
+def test_methods_benchmark_times_every_plain_method_against_task_arithmetic():
+    from freqmerge_viz.benchmarks.methods import run
+
+    result = run(quick=True, k=3, repeats=1, device="cpu", methods=["ties", "tsv", "wudi"])
+    assert set(result["methods"]) == {"task_arithmetic", "ties", "tsv", "wudi"}
+    assert result["methods"]["task_arithmetic"]["over_task_arithmetic"] == 1.0
+    assert all(row["seconds"] > 0 for row in result["methods"].values())
+    everything = run(quick=True, k=2, repeats=1, device="cpu")
+    plain = {m for m in fmv.list_methods() if not fmv.get_method(m).routed}
+    assert set(everything["methods"]) == plain

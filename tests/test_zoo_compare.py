@@ -123,3 +123,27 @@ def test_main_job_report_runs_on_the_zoo(tmp_path):
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["tasks"] == zoo.load().tasks and "demo zoo" in summary["inputs"]["description"]
     assert summary["spectrum_key"].startswith("blocks.0.attn.") and summary["spectrum_key"].endswith(".weight")
+
+
+def test_a_subset_of_tasks_merges_and_scores_only_those(stand_in):
+    from freqmerge_viz.zoo.compare import comparison_frame
+
+    rows = with_needs(["task_arithmetic", "tsv", "free_oracle"])
+    result = compare_methods(stand_in, [replace(c, settings=c.settings[:1]) for c in rows], tasks=["signs", "digits"],
+                             limit=8)
+    assert result["tasks"] == ["signs", "digits"] and result["samples"] == 8
+    ta = result["methods"]["task_arithmetic"]
+    merged = fmv.merge("task_arithmetic", stand_in.pretrained, [stand_in.finetuned["signs"], stand_in.finetuned["digits"]],
+                       **ta["settings"])
+    assert ta["per_task"] == stand_in.evaluate(merged, ["signs", "digits"], limit=8)
+    free = fmv.routed_merge("free", stand_in.pretrained, {t: stand_in.finetuned[t] for t in ("signs", "digits")},
+                            **result["methods"]["free_oracle"]["settings"])
+    assert result["methods"]["free_oracle"]["per_task"] == {
+        t: stand_in.evaluate(free.task_state(t), t, limit=8)[t] for t in ("signs", "digits")}
+    frame = comparison_frame(result)
+    assert list(frame["method"]) == list(result["methods"])
+    assert list(frame.columns) == ["method", "mean", "stderr", "n_images", "signs", "digits", "settings"]
+    with pytest.raises(fmv.ParameterError, match="MLP router"):
+        compare_methods(stand_in, with_needs(["free_mlp_router"]), tasks=["signs"], limit=8)
+    with pytest.raises(fmv.ParameterError, match="unknown zoo task"):
+        compare_methods(stand_in, rows, tasks=["mnist"], limit=8)

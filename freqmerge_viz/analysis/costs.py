@@ -25,8 +25,8 @@ from .evaluation import (backbone_numel, device_label, evaluate_per_task, image_
                          materialize, zoo_tasks)
 from .selection import VALIDATION_LIMIT, build_chosen, choose
 
-ROWS = ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper", "emr",
-        "twin", "free_oracle")
+ROWS = ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper", "tsv", "iso_c",
+        "iso_cts", "consensus", "wudi", "cart", "emr", "twin", "free_oracle")
 """Rows of the zoo comparison in the cost table (after ``individual``: one fine-tuned model per task)."""
 FLOAT_BYTES = 4
 

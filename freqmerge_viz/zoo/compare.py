@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import pandas as pd
 import torch
 
 from ..errors import ParameterError
@@ -58,6 +59,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("fr_official", "fr", grid(scaling=(0.05, 0.1, 0.2, 0.3, 0.5)), fixed={"preset": "official"}),
     Candidate("fr_ties", "fr_ties", grid(cutoff=(0.1, 0.2), density=(0.2, 0.4), scaling=(0.3, 0.5, 0.7, 1.0)),
               fixed={"preset": "paper"}),
+    Candidate("tsv", "tsv", grid(scaling=(0.3, 0.5, 0.7, 1.0, 1.5))),
+    Candidate("iso_c", "iso_c", grid(scaling=(0.3, 0.5, 1.0, 1.5, 2.0))),
+    Candidate("iso_cts", "iso_cts", grid(scaling=(0.3, 0.5, 1.0, 1.5, 2.0))),
+    Candidate("consensus", "consensus", grid(scaling=(0.1, 0.2, 0.3, 0.5, 0.7)), fixed={"preset": "ta"}),
+    Candidate("wudi", "wudi", grid(scaling=(0.5, 1.0, 1.5))),
+    Candidate("cart", "cart", grid(rank_ratio=(0.04, 0.08, 0.16), scaling=(0.5, 1.0, 2.0))),
     Candidate("emr", "emr", routed=True, doc="masks and rescalers chosen by the true task (oracle), as in "
                                              "the EMR paper"),
     Candidate("twin", "twin", grid(rank=(4, 8)), routed=True, needs=("task_arithmetic",),
@@ -107,10 +114,12 @@ def train_router(zoo: Zoo, per_task: int = 600, seed: int = 0, epochs: int = 40)
 
 
 def evaluate_routed(zoo: Zoo, routed: RoutedMerge, router: Router, split: str = "test",
-                    batch_size: int = 500, limit: int | None = None) -> tuple[dict[str, float], float]:
-    """Per-task accuracy of `routed` with routes from `router`, and the share routed right."""
+                    batch_size: int = 500, limit: int | None = None,
+                    tasks: Sequence[str] | None = None) -> tuple[dict[str, float], float]:
+    """Per-task accuracy of `routed` with routes from `router`, and the share routed right.
+    `tasks` (default: the zoo's) are the tasks `routed` was built from, in its order."""
     accuracy, right, total = {}, 0, 0
-    for index, task in enumerate(zoo.tasks):
+    for index, task in enumerate(zoo.tasks if tasks is None else tasks):
         images, labels = zoo.data(task, split)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
@@ -148,21 +157,28 @@ def _result(per_task: Mapping[str, float], settings: Mapping[str, Any], samples:
 
 
 def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, limit: int | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict:
+                    tasks: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """The comparison table as ``{"tasks": [...], "methods": {name: {"per_task", "mean",
-    "settings"}}}``; accuracies are fractions in [0, 1] on the test split.
+    "stderr", "settings"}}}``; accuracies are fractions in [0, 1] on the test split.
 
     Each candidate's settings are those with the best mean accuracy on the validation split.
-    `limit` evaluates only the first `limit` images of every split (a quick look).
+    `limit` evaluates only the first `limit` images of every split (a quick look); `tasks`
+    merges and evaluates only those tasks (default: all of the zoo's; the MLP router needs all).
     """
     say = progress or (lambda message: None)
-    tasks = list(zoo.tasks)
+    tasks = list(zoo.tasks if tasks is None else tasks)
+    for task in tasks:
+        zoo._check_task(task)
+    if tasks != list(zoo.tasks) and any(c.routed and c.router == "mlp" for c in candidates):
+        raise ParameterError("the MLP router is trained on every zoo task; compare a subset of tasks "
+                             "without the rows that use it (free_mlp_router)")
     samples = zoo.config.sizes.test if limit is None else min(int(limit), zoo.config.sizes.test)
-    finetuned = dict(zip(tasks, zoo.finetuned_list()))
+    finetuned = {t: zoo.finetuned[t] for t in tasks}
     methods: dict[str, dict] = {}
     individual = {t: zoo.evaluate(finetuned[t], t, limit=limit)[t] for t in tasks}
     methods["individual"] = _result(individual, {}, samples)
-    methods["pretrained_probe"] = _result(zoo.evaluate(zoo.pretrained, head="probe", limit=limit), {}, samples)
+    methods["pretrained_probe"] = _result(zoo.evaluate(zoo.pretrained, tasks, head="probe", limit=limit), {},
+                                          samples)
     chosen: dict[str, dict] = {}
     mlp_router = None
     for candidate in candidates:
@@ -177,21 +193,22 @@ def compare_methods(zoo: Zoo, candidates: Sequence[Candidate] = CANDIDATES, *, l
                                               routing_accuracy=routed_right)
             continue
         means = [mean_accuracy(_accuracy(zoo, _build(zoo, candidate, finetuned, settings, chosen), candidate, "val",
-                                         limit))
+                                         limit, tasks))
                  for settings in candidate.settings]
         index = best_on_validation(means)
         best, best_mean = candidate.settings[index], means[index]
         chosen[candidate.name] = best
         built = _build(zoo, candidate, finetuned, best, chosen)
-        methods[candidate.name] = _result(_accuracy(zoo, built, candidate, "test", limit),
+        methods[candidate.name] = _result(_accuracy(zoo, built, candidate, "test", limit, tasks),
                                           _params(candidate, best, chosen), samples, validation_mean=best_mean)
-    return {"tasks": tasks, "methods": methods}
+    return {"tasks": tasks, "samples": samples, "methods": methods}
 
 
-def _accuracy(zoo: Zoo, built, candidate: Candidate, split: str, limit: int | None) -> dict[str, float]:
+def _accuracy(zoo: Zoo, built, candidate: Candidate, split: str, limit: int | None,
+              tasks: Sequence[str]) -> dict[str, float]:
     if candidate.routed:
-        return evaluate_routed(zoo, built, OracleRouter(), split, limit=limit)[0]
-    return zoo.evaluate(built, split=split, limit=limit)
+        return evaluate_routed(zoo, built, OracleRouter(), split, limit=limit, tasks=tasks)[0]
+    return zoo.evaluate(built, tasks, split=split, limit=limit)
 
 
 def _params(candidate: Candidate, settings: Mapping, chosen: Mapping) -> dict:
@@ -209,9 +226,19 @@ def _build(zoo: Zoo, candidate: Candidate, finetuned: Mapping, settings: Mapping
     params = _params(candidate, settings, chosen)
     if candidate.routed:
         return routed_merge(candidate.method, zoo.pretrained, finetuned, **params)
-    if candidate.method not in ("fr", "fr_ties") and "preset" in params:
-        raise ParameterError(f"{candidate.name}: {candidate.method} has no presets")
     return merge(candidate.method, zoo.pretrained, finetuned, **params)
+
+
+def comparison_frame(result: Mapping) -> pd.DataFrame:
+    """The comparison as a table, one row per method: ``method``, ``mean`` and ``stderr``
+    (fractions), ``n_images`` (test images per task), one column per task, ``settings``."""
+    tasks = list(result["tasks"])
+    rows = []
+    for name, row in result["methods"].items():
+        rows.append({"method": name, "mean": row["mean"], "stderr": row.get("stderr"),
+                     "n_images": result.get("samples"), **{t: row["per_task"][t] for t in tasks},
+                     "settings": ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"})
+    return pd.DataFrame(rows)
 
 
 def markdown_table(result: Mapping) -> str:

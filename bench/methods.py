@@ -1,0 +1,11 @@
+"""Run the ``methods`` benchmark from a checkout: ``python bench/methods.py [options]`` (see ``--help``)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from freqmerge_viz.benchmarks.methods import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
