@@ -178,3 +178,10 @@ def test_methods_benchmark_times_every_plain_method_against_task_arithmetic():
     everything = run(quick=True, k=2, repeats=1, device="cpu")
     plain = {m for m in fmv.list_methods() if not fmv.get_method(m).routed}
     assert set(everything["methods"]) == plain
+
+
+def test_stream_single_file_output_equals_the_in_memory_merge(tmp_path):
+    result = stream_bench.run(quick=True, workdir=tmp_path, layers=1, device="cpu", single_file=True)
+    assert result["single_file"] and result["output_files"] == ["merged.safetensors", "merged.merge.json"]
+    assert result["max_abs_difference_vs_in_memory_merge"] == 0.0 and result["output_gb"] > 0
+    assert list(tmp_path.iterdir()) == []

@@ -27,7 +27,7 @@ def small(shipped_zoo):
 def test_stored_counts_match_storage_table(small):
     zoo, tasks, table = small
     numel = backbone_numel(zoo)
-    assert numel == parameter_count(zoo.model_config) == 213568
+    assert numel == parameter_count(zoo.model_config) == zoo.manifest["model"]["backbone_parameters"]
     choices = choose(zoo, list(ROWS), tasks=tasks, limit=16, quick=True)
     for name in ("free_oracle", "twin"):
         routed = build_chosen(zoo, choices, name, tasks)
@@ -44,7 +44,8 @@ def test_plain_merges_store_one_model_and_individuals_store_k(small):
     zoo, tasks, table = small
     numel = backbone_numel(zoo)
     plain = table[table["kind"] == "plain"]
-    assert set(plain.index) == {"weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper"}
+    assert set(plain.index) == {"weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper",
+                                "tsv", "iso_c", "iso_cts", "consensus", "wudi", "cart"}
     assert (plain["extra_values"] == 0).all() and (plain["total_values"] == numel).all()
     assert (plain["total_bytes"] == 4 * numel).all()
     assert table.loc["individual", "total_values"] == len(tasks) * numel

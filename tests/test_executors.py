@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from analysis_support import one_thread, shipped_zoo  # noqa: F401  (fixtures)
 from freqmerge_viz.analysis.sweeps import cutoff_sweep
@@ -40,7 +41,10 @@ class CountingExecutor:
 
 @pytest.fixture(scope="module")
 def pool():
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as executor:
+    # one torch thread in the workers, as in the serial run (one_thread): with the zoo's 128-wide matrices
+    # torch splits reductions over threads, and a different split changes the last bits of a sum
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as executor:
         yield executor
 
 

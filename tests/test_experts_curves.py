@@ -69,7 +69,7 @@ def test_rank_within_picks_the_largest_storage_under_the_budget():
 def test_svd_storage_counts_are_storage_table_counts(shipped_zoo):
     vector = zoo_task_vectors(shipped_zoo, shipped_zoo.tasks[:1])[0]
     storage = svd_storage_by_rank(vector)
-    assert len(storage) == 64
+    assert len(storage) == shipped_zoo.model_config.width                # ranks 1 .. min(H, W) = width
     budget = topk_budget(vector, 0.2)
     experts = build_experts([vector], "svd", 0.2, svd_storage=storage)
     kept = int(storage_table(experts, 1)["parameters_kept"].iloc[0])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import freqmerge_viz as fmv
 from freqmerge_viz import engine as E
+from freqmerge_viz.zoo import evaluation as ZE
 from freqmerge_viz.analysis import landscape as L
 from freqmerge_viz.errors import ParameterError
 from freqmerge_viz.zoo.model import backbone_forward, head_forward
@@ -20,7 +21,7 @@ LIMIT = 40
 @pytest.fixture(scope="module")
 def flat(zoo):
     """The task vectors flattened into single vectors: an independent check of the per-key maths."""
-    keys = E.zoo_backbone_keys(zoo)
+    keys = ZE.zoo_backbone_keys(zoo)
     pre = torch.cat([zoo.pretrained[k].double().reshape(-1) for k in keys])
     return {t: torch.cat([zoo.finetuned[t][k].double().reshape(-1) for k in keys]) - pre for t in (A, B, C)}
 
@@ -129,15 +130,15 @@ def test_interpolation_curves_end_at_the_models(zoo):
 
 def test_cache_hit_loads_identical_arrays_without_evaluating(zoo, tmp_path):
     calls = []
-    inner = E.zoo_forward(zoo, A)
+    inner = ZE.zoo_forward(zoo, A)
 
     def counting(params, images):
         calls.append(images.shape[0])
         return inner(params, images)
 
     counting.fingerprint = inner.fingerprint
-    images, labels = E.zoo_data(zoo, A, "test", 24)
-    evaluator = E.Evaluator(counting, images, labels, tuple(E.zoo_backbone_keys(zoo)), name="counting zoo")
+    images, labels = ZE.zoo_data(zoo, A, "test", 24)
+    evaluator = E.Evaluator(counting, images, labels, tuple(ZE.zoo_backbone_keys(zoo)), name="counting zoo")
     args = (evaluator, zoo.finetuned[A], zoo.finetuned[B])
     first = L.landscape(*args, pretrained=zoo.pretrained, grid=3, cache_dir=tmp_path)
     assert calls and not first.attrs["cache_hit"]
@@ -205,7 +206,7 @@ def test_grid_arguments():
 
 
 def test_parallel_or_zero_task_vectors_are_rejected(zoo):
-    keys = E.zoo_backbone_keys(zoo)
+    keys = ZE.zoo_backbone_keys(zoo)
     doubled = {k: zoo.pretrained[k] + 2 * (zoo.finetuned[A][k] - zoo.pretrained[k]) for k in keys}
     with pytest.raises(ParameterError, match="parallel"):
         L.make_plane(zoo.pretrained, zoo.finetuned[A], doubled, keys)

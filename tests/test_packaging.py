@@ -20,7 +20,9 @@ def test_environment_yml_lists_every_pyproject_dependency_with_the_same_bounds()
     wanted = project["dependencies"] + project["optional-dependencies"]["test"]
     conda_names = {"torch": "pytorch"}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    listed = {_name(d): d for d in env["dependencies"] if isinstance(d, str)}
+    pip_only = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    # conda-forge packages at the top level; PyPI-only ones (fusion-bench) in the pip section
+    listed = {_name(d): d for d in env["dependencies"] + pip_only if isinstance(d, str) and not d.startswith("-")}
     for requirement in wanted:
         name = conda_names.get(_name(requirement), _name(requirement))
         assert name in listed, f"{requirement} is in pyproject.toml but not environment.yml"

@@ -42,9 +42,11 @@ def test_spectra_table_is_the_long_form_of_spectra_of_key(shipped_zoo):
     table = spectra_table(vectors, [key])
     cube = spectra_of_key(vectors, key, device="cpu")
     assert len(table) == cube.size
-    assert table["eta"].min() == -96 and table["eta"].max() == 95 and table["gamma"].min() == -32
+    h, w = vectors[0].shape_of(key)                                  # 3·width × width
+    assert table["eta"].min() == -(h // 2) and table["eta"].max() == h - h // 2 - 1
+    assert table["gamma"].min() == -(w // 2)
     row = table[(table["task"] == vectors[1].name) & (table["eta"] == 5) & (table["gamma"] == -7)]
-    assert float(row["log_amplitude"].iloc[0]) == pytest.approx(float(cube[1, 96 + 5, 32 - 7]))
+    assert float(row["log_amplitude"].iloc[0]) == pytest.approx(float(cube[1, h // 2 + 5, w // 2 - 7]))
     assert set(table["layer"]) == {"blocks.1"} and set(table["matrix"]) == {"attn.qkv.weight"}
 
 

@@ -68,8 +68,9 @@ from freqmerge_viz.merge_job import merge_to_disk
 start_rss = status("VmRSS")
 start = time.perf_counter()
 if args["task"] == "fr":
-    merge_to_disk("fr", args["pretrained"], args["finetuned"], args["out"], max_shard_size=args["shard"],
-                  device=args["device"])
+    single = args["out"].endswith(".safetensors")
+    merge_to_disk("fr", args["pretrained"], args["finetuned"], args["out"],
+                  max_shard_size=None if single else args["shard"], device=args["device"])
 else:
     for source, target in zip(args["sources"], args["targets"]):
         save_state(load_state(source), target, max_shard_size=args["shard"])
@@ -143,8 +144,9 @@ def _largest_difference(written, expected, keys: Sequence[str]) -> float:
 def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: bool = False, layers: int | None = None,
         hidden: int | None = None, intermediate: int | None = None, vocab: int | None = None,
         tasks: int | None = None, shard: str | None = None, threads: int | None = None, device: str | None = None,
-        seed: int = 0) -> dict:
-    """Write the checkpoints, time the FR merge and the copy in child processes; see the module docstring."""
+        seed: int = 0, single_file: bool = False) -> dict:
+    """Write the checkpoints, time the FR merge and the copy in child processes; see the module docstring.
+    `single_file`: the merge writes one ``merged.safetensors`` (streamed tensor by tensor) instead of shards."""
     sizes = dict(QUICK if quick else FULL)
     for name, value in (("layers", layers), ("hidden", hidden), ("intermediate", intermediate), ("vocab", vocab),
                         ("tasks", tasks), ("shard", shard)):
@@ -170,14 +172,16 @@ def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: boo
         copy = _child({"task": "copy", "sources": [str(p) for p in inputs],
                        "targets": [str(base / "copy" / p.name) for p in inputs], **common})
         shutil.rmtree(base / "copy")
+        out = base / "merged.safetensors" if single_file else base / "merged"
         fr = _child({"task": "fr", "pretrained": str(inputs[0]), "finetuned": [str(p) for p in inputs[1:]],
-                     "out": str(base / "merged"), **common})
-        merged = load_state(base / "merged")
-        output_files = sorted(p.name for p in (base / "merged").iterdir())
+                     "out": str(out), **common})
+        merged = load_state(out)
+        output_files = [out.name, out.name.replace(".safetensors", ".merge.json")] if single_file else sorted(
+            p.name for p in out.iterdir())
         checked = [key for key in shapes if quick or ".layers.0." in key or "embed" in key]
         expected = merge("fr", str(inputs[0]), [str(p) for p in inputs[1:]], device=device)
         difference = _largest_difference(merged, expected, checked)
-        output_bytes = _directory_bytes(base / "merged")
+        output_bytes = out.stat().st_size if single_file else _directory_bytes(out)
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -195,6 +199,7 @@ def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: boo
         "input_gb": input_bytes / 1e9,
         "output_gb": output_bytes / 1e9,
         "output_files": output_files,
+        "single_file": single_file,
         "generate_s": generate_s,
         "fr_s": fr["seconds"],
         "copy_s": copy["seconds"],
@@ -227,9 +232,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
     parser.add_argument("--device", default=None, help="device of the merge (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--single-file", action="store_true",
+                        help="the merge writes one merged.safetensors instead of shards (the copy stays sharded)")
     args = parser.parse_args(argv)
     result = run(quick=args.quick, workdir=args.workdir, keep=args.keep, layers=args.layers, hidden=args.hidden,
                  intermediate=args.intermediate, vocab=args.vocab, tasks=args.tasks, shard=args.shard,
-                 threads=args.threads, device=args.device, seed=args.seed)
+                 threads=args.threads, device=args.device, seed=args.seed, single_file=args.single_file)
     print(json.dumps(result))
     return result

@@ -9,7 +9,7 @@ from ..errors import ParameterError
 from .model import ViTConfig
 from .tasks import TASK_NAMES
 
-__all__ = ["SplitSizes", "TrainConfig", "ProbeConfig", "ZooConfig", "DEFAULT_CONFIG", "QUICK_CONFIG"]
+__all__ = ["SplitSizes", "TrainConfig", "ProbeConfig", "ZooConfig", "DEFAULT_CONFIG", "FIRST_ZOO_CONFIG", "QUICK_CONFIG"]
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,23 @@ def _plain(value):
     return value
 
 
-DEFAULT_CONFIG = ZooConfig()
-"""The configuration of the shipped zoo."""
+FIRST_ZOO_CONFIG = ZooConfig()
+"""The first shipped zoo (width 64, pretext-only pretraining, linear-probe heads, SGD
+fine-tuning): merging barely beat the heads alone on it (docs/zoo_research.md)."""
+
+DEFAULT_CONFIG = ZooConfig(
+    model=ViTConfig(width=128, depth=4, heads=4),
+    sizes=SplitSizes(train=2000, val=500, test=1000),
+    pretext_sizes=SplitSizes(train=40000, val=2000, test=2000),
+    pretrain=TrainConfig(steps=10000, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=200),
+    pretrain_task_images=150,
+    heads="zero_shot",
+    finetune=TrainConfig(steps=300, batch_size=64, lr=2e-4, weight_decay=0.0, warmup=30, optimizer="adamw"),
+    ta_scalings=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+)
+"""The configuration of the shipped zoo (v2): width 128, concept pretraining on the pretext
+plus 150 images of each task's domain, zero-shot heads from the pretraining classifier, AdamW
+fine-tuning of the backbone with the heads frozen (configuration e20 of docs/zoo_research.md)."""
 
 QUICK_CONFIG = ZooConfig(
     sizes=SplitSizes(train=1500, val=300, test=500),
