@@ -124,6 +124,15 @@ def test_cutoff_explorer_draws_what_it_computed(lab, page):
     after = change(page, root, after, lambda: root.locator(".fmv-task select").select_option(index=2),
                    "spectrum task changed", "task")
     root.screenshot(path=ARTIFACTS / "cutoff_explorer_after.png")
+    # widening the page must not collapse the plot: it kept its layout's height before, it went to
+    # height 0 after a resize (overflowing the cell) until the next redraw
+    plot = root.locator(".fmv-plot").first
+    height = plot.bounding_box()["height"]
+    assert height > 200
+    for width in (1900, 2200, 1500):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(1000)
+        assert plot.bounding_box()["height"] == pytest.approx(height, abs=2), width
     reload_and_check(page, lab, "03_fr_merging.ipynb", "cutoff", after)
 
 

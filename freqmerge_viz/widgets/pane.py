@@ -39,6 +39,9 @@ function draw(Plotly, div, model) {
   const spec = model.get("figure") || {};
   const layout = Object.assign({}, spec.layout || {}, {autosize: true});
   delete layout.width;
+  // a fixed height: with autosize alone the div takes its height from the plot it holds, and a
+  // resize of the page could relayout it at height 0 (the plot then overflowed the cell)
+  if (layout.height) div.style.height = layout.height + "px";
   const revision = String(model.get("revision"));
   return Plotly.react(div, spec.data || [], layout, {responsive: true, displaylogo: false}).then(() => {
     requestAnimationFrame(() => {
