@@ -139,10 +139,13 @@ class Debouncer:
 class Explorer:
     """Base of the interactive explorers (see the module docstring).
 
-    Subclasses fill ``values`` and ``controls`` (via :meth:`_bind`), build ``figure`` (a plotly
-    ``go.Figure``: the model of what is drawn) and ``widget`` (with :meth:`_display_parts`),
-    and implement :meth:`_check`, :meth:`_compute`, :meth:`_draw` (changing ``figure`` in
-    place), :meth:`_displayed` and :meth:`static_figure`. After each successful draw the
+    Subclasses hold a headless ``model`` (its ``check(values)``, ``compute(values)`` and
+    ``timings`` serve :meth:`_check` and :meth:`_compute`, and its other attributes read through
+    the explorer), fill ``values`` and ``controls`` (via :meth:`_bind`), build ``figure`` (a
+    plotly ``go.Figure``: the model of what is drawn) and ``widget`` (with
+    :meth:`_display_parts`) in ``_build_controls``, ``_build_figure`` and ``_build_widget``
+    (:meth:`_start` runs them and the first draw), and implement :meth:`_draw` (changing
+    ``figure`` in place), :meth:`_displayed` and :meth:`static_figure`. After each successful draw the
     figure is sent whole to ``pane`` (a :class:`~freqmerge_viz.widgets.pane.PlotPane`, which
     every browser view redraws in place, also after a page reload) and its trace data to a
     hidden ``readout`` element, so a page can be checked against what was computed.
@@ -177,6 +180,21 @@ class Explorer:
         self.pane.add_class("fmv-pane")
         self.readout = w.HTML(value="", layout=w.Layout(display="none"))
         self.readout.add_class("fmv-readout-holder")
+
+    def __getattr__(self, name: str):
+        """The attributes of the explorer's headless ``model`` (tasks, references, caches), read
+        through the explorer."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def _start(self, *control_args) -> None:
+        """Build the controls (``_build_controls(*control_args)``), the figure and the widget,
+        then compute and draw the first view, raising any error."""
+        self._build_controls(*control_args)
+        self._build_figure()
+        self._build_widget()
+        self._apply({}, raise_errors=True)
 
     # ------------------------------------------------------------------ public API
     def set(self, **values) -> None:
@@ -253,11 +271,15 @@ class Explorer:
 
     # ------------------------------------------------------------------ subclass hooks
     def _check(self, values: Mapping[str, Any]) -> None:
-        """Raise :class:`ParameterError` if `values` cannot be shown (cheap checks)."""
+        """Raise :class:`ParameterError` if `values` cannot be shown (the model's cheap checks)."""
+        self.model.check(values)
 
     def _compute(self, values: Mapping[str, Any]):
-        """Everything to show for `values` (no display change); passed to :meth:`_draw`."""
-        raise NotImplementedError
+        """Everything to show for `values` (no display change), computed by the model and passed
+        to :meth:`_draw`; the model's step timings join ``last_timings``."""
+        view = self.model.compute(values)
+        self.last_timings.update(self.model.timings)
+        return view
 
     def _draw(self, view) -> None:
         """Show `view` (update figure data in place)."""

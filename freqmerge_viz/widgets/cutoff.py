@@ -407,28 +407,11 @@ class CutoffExplorer(Explorer):
                                  eval_mode=eval_mode, device=device, params=params, threads=threads)
         self.values = self.model.default_values(method, key=key, task=task, cutoff=cutoff, scaling=scaling)
         self._view: CutoffView | None = None
-        self._build_controls(method)
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
-
-    def __getattr__(self, name: str):
-        """The model's attributes (tasks, matrix keys, references, caches) read through the explorer."""
-        if name.startswith("__") or name == "model":
-            raise AttributeError(name)
-        return getattr(self.model, name)
+        self._start(method)
 
     def method_params(self, values: Mapping[str, Any] | None = None) -> dict:
         """The parameters handed to :func:`~freqmerge_viz.merge` for `values` (default: the current)."""
         return self.model.method_params(self.values if values is None else values)
-
-    def _check(self, values):
-        self.model.check(values)
-
-    def _compute(self, values) -> CutoffView:
-        view = self.model.compute(values)
-        self.last_timings.update(self.model.timings)
-        return view
 
     # ------------------------------------------------------------------ display
     def _build_controls(self, method: str) -> None:

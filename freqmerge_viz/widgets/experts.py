@@ -271,28 +271,11 @@ class ExpertExplorer(Explorer):
                                  ps=ps, threads=threads)
         self._view: ExpertView | None = None
         self.values = {"density": density, "router_accuracy": router_accuracy}
-        self._build_controls()
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
-
-    def __getattr__(self, name: str):
-        """The model's attributes (tasks, references, caches) read through the explorer."""
-        if name.startswith("__") or name == "model":
-            raise AttributeError(name)
-        return getattr(self.model, name)
+        self._start()
 
     def routed(self, method: str, density: float | None = None):
         """The routed merge `method` as the explorer builds it (FREE's experts at the shown density)."""
         return self.model.routed(method, self.values["density"] if density is None else density)
-
-    def _check(self, values):
-        self.model.check(values)
-
-    def _compute(self, values) -> ExpertView:
-        view = self.model.compute(values)
-        self.last_timings.update(self.model.timings)
-        return view
 
     # ------------------------------------------------------------------ display
     def _build_controls(self) -> None:

@@ -188,16 +188,7 @@ class LandscapeViewer(Explorer):
         self.values = {"task_a": task_a, "task_b": task_b, "eval_task": eval_task, "grid": grid,
                        "filtered": filtered, "metric": metric, "methods": tuple(methods)}
         self.model.check(self.values)
-        self._build_controls()
-        self._build_figure()
-        self._build_widget()
-        self._apply({}, raise_errors=True)
-
-    def __getattr__(self, name: str):
-        """The model's attributes (zoo, tasks, caches) read through the viewer."""
-        if name.startswith("__") or name == "model":
-            raise AttributeError(name)
-        return getattr(self.model, name)
+        self._start()
 
     def study(self, values: Mapping | None = None):
         """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of `values` (default: the current)."""
@@ -205,14 +196,6 @@ class LandscapeViewer(Explorer):
 
     def _busy(self, what: str) -> None:
         self.status.value = f'<span class="fmv-status-busy" style="color:#a60">computing {html.escape(what)}…</span>'
-
-    def _check(self, values) -> None:
-        self.model.check(values)
-
-    def _compute(self, values) -> LandscapeView:
-        view = self.model.compute(values)
-        self.last_timings.update(self.model.timings)
-        return view
 
     def _on_control(self, name: str, value) -> None:
         super()._on_control(name, None if (name, value) == ("eval_task", SAME_AS_A) else value)
