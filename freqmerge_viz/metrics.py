@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -17,18 +17,11 @@ from .backend import BLOCK_ENTRIES, as_compute_tensor, resolve_device
 from .errors import EmptyInputError, ParameterError, check_choice
 from .keys import Patterns
 from .progress import track
-from .spectral import FilterSpec, as_matrix, half_amplitudes, half_spectrum_weights
+from .spectral import FilterSpec, as_matrix, half_amplitudes, half_spectrum_weights, matrix_stack
 from .taskvector import TaskVectors, common_keys, entry_shape, stack_key, task_names  # noqa: F401  (re-exported)
 
 StackTransform = Callable[[torch.Tensor, str], torch.Tensor]
 """A per-task transform over one key: ``(stack[K, *shape], key) -> stack[K, *shape]``."""
-
-
-def _matrix_stack(stack: torch.Tensor, one_d: str) -> torch.Tensor | None:
-    view = as_matrix(stack[0], one_d)
-    if view is None:
-        return None
-    return stack.reshape(stack.shape[0], *view.shape)
 
 
 @dataclass
@@ -63,13 +56,7 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
     keys = common_keys(task_vectors, include, exclude)
     target = resolve_device(device)
     rows = []
-    for key in keys:
-        stack = stack_key(task_vectors, key, target)
-        if transform is not None:
-            stack = as_compute_tensor(transform(stack, key), target)
-        matrices = _matrix_stack(stack, one_d)
-        if matrices is None:
-            continue
+    for key, matrices in key_matrices(task_vectors, keys, transform, one_d, target):
         amplitude = torch.fft.fft2(matrices).abs()
         values = amplitude**2 if spectrum == "power" else amplitude
         per_bin = values.var(dim=0, unbiased=False)
@@ -92,6 +79,20 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
                 "within": None if within is None else repr(within),
                 "transform": getattr(transform, "__name__", None) if transform else None}
     return AmplitudeVarianceResult(mean_over_matrices(table["value"]), table, settings)
+
+
+def key_matrices(task_vectors: TaskVectors, keys, transform: StackTransform | None, one_d: str,
+                 device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each of `keys` with its K task matrices ``[K, H, W]`` on `device`, after `transform` (a
+    method's per-task step) when given; one key's stack at a time; keys that are not matrices
+    (:func:`~freqmerge_viz.spectral.matrix_stack`) are skipped."""
+    for key in keys:
+        stack = stack_key(task_vectors, key, device)
+        if transform is not None:
+            stack = as_compute_tensor(transform(stack, key), device)
+        matrices = matrix_stack(stack, one_d)
+        if matrices is not None:
+            yield key, matrices
 
 
 def measure_value(variance: float, mean_amplitude: float, normalize: bool) -> float:

@@ -58,9 +58,8 @@ import torch
 from .backend import as_compute_tensor, resolve_device
 from .errors import EmptyInputError, ParameterError
 from .keys import Patterns
-from .metrics import StackTransform
-from .spectral import as_matrix
-from .taskvector import TaskVectors, common_keys, stack_key
+from .metrics import StackTransform, key_matrices
+from .taskvector import TaskVectors, common_keys
 
 NORM_SHARE = 0.95
 """Iso-C's share of the merged matrix's Frobenius norm its top ``k_M`` directions must keep."""
@@ -252,12 +251,6 @@ def key_singular(matrices: torch.Tensor, k: int | None = None, merged: torch.Ten
         merged_rank=k_m, merged_isotropy=isotropy(merged_values))
 
 
-def matrix_stack(stack: torch.Tensor, one_d: str = "skip") -> torch.Tensor | None:
-    """``stack [K, *shape]`` as ``[K, H, W]`` matrices (:func:`~freqmerge_viz.spectral.as_matrix`'s view), or None."""
-    view = as_matrix(stack[0], one_d) if stack.shape[0] else None
-    return None if view is None else stack.reshape(stack.shape[0], *view.shape)
-
-
 SINGULAR_COLUMNS = ("k", "sti", "sti_normalized", "overlap", "chance_overlap", "alignment", "merged_rank",
                     "merged_isotropy",
                     "effective_rank", "stable_rank", "energy_top_k")
@@ -286,16 +279,10 @@ def singular_interference(task_vectors: TaskVectors, *, transform: StackTransfor
     target = resolve_device(device)
     rows = []
     keys = common_keys(task_vectors, include, exclude)
-    for key in keys:
-        stack = stack_key(task_vectors, key, target)
-        if transform is not None:
-            stack = as_compute_tensor(transform(stack, key), target)
-        matrices = matrix_stack(stack, one_d)
-        if matrices is None:
-            continue
+    for key, matrices in key_matrices(task_vectors, keys, transform, one_d, target):
         rows.append({"key": key, "shape": "×".join(map(str, matrices.shape[1:])),
                      **singular_row(key_singular(matrices, k))})
-        del stack, matrices
+        del matrices
     if not rows:
         raise EmptyInputError(f"none of the selected keys is a matrix (2-D or more); selected {len(keys)} key(s)")
     return pd.DataFrame(rows)

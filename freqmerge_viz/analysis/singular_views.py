@@ -28,7 +28,8 @@ from ..keys import Patterns
 from ..methods import method_transform
 from ..metrics import amplitude_variance, key_gram
 from ..scopes import depth_fractions, is_attention, is_embedding, is_mlp, layer_position
-from ..singular import key_singular, matrix_stack, singular_interference, singular_row
+from ..singular import key_singular, singular_interference, singular_row
+from ..spectral import matrix_stack
 from ..taskvector import TaskVectors, common_keys, stack_key
 from .correlation import _pearson_rows, average_ranks, correlation_table, pair_interference_table
 from .evaluation import zoo_task_vectors

@@ -24,7 +24,7 @@ from ..metrics import matrix_shape, task_matrix
 from ..progress import track
 from ..taskvector import TaskVectors, entry_shape, stack_key, task_names
 from ..taskvector import TaskVector
-from ..spectral import (as_matrix, half_amplitudes, half_radial_profile, log_amplitude_spectrum, radial_profile,
+from ..spectral import (as_matrix, half_amplitudes, matrix_stack, half_radial_profile, log_amplitude_spectrum, radial_profile,
                         radial_shells)
 
 
@@ -36,10 +36,9 @@ def spectra_of_key(task_vectors: TaskVectors, key: str, device: torch.device | s
 
 def spectra_of_stack(stack: torch.Tensor, key: str, one_d: str = "skip") -> np.ndarray:
     """:func:`spectra_of_key` from the key's ``stack[K, *shape]`` already in hand."""
-    view = as_matrix(stack[0], one_d)
-    if view is None:
+    matrices = matrix_stack(stack, one_d)
+    if matrices is None:
         raise ParameterError(f"{key!r} has shape {tuple(stack.shape[1:])}: not a matrix")
-    matrices = stack.reshape(stack.shape[0], *view.shape)
     out = np.empty(tuple(matrices.shape), dtype=np.float64 if stack.dtype == torch.float64 else np.float32)
     for task, matrix in enumerate(matrices):
         out[task] = log_amplitude_spectrum(matrix).cpu().numpy()

@@ -238,3 +238,10 @@ def as_matrix(tensor: torch.Tensor, one_d: str = "skip") -> torch.Tensor | None:
     if tensor.ndim == 2:
         return tensor
     return tensor.reshape(tensor.shape[0], -1)
+
+
+def matrix_stack(stack: torch.Tensor, one_d: str = "skip") -> torch.Tensor | None:
+    """A key's ``stack [K, *shape]`` as ``[K, H, W]`` matrices (each task seen as :func:`as_matrix`
+    sees it), or ``None`` when the parameter is left alone (or K is 0)."""
+    view = as_matrix(stack[0], one_d) if stack.shape[0] else None
+    return None if view is None else stack.reshape(stack.shape[0], *view.shape)
