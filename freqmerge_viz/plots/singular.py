@@ -71,18 +71,8 @@ def layer_views_figure(per_layer: pd.DataFrame, title: str = "", panels=LAYER_PA
 
 def layer_views_plotly(per_layer: pd.DataFrame, title: str = "", panels=LAYER_PANELS):
     """The plotly version of :func:`layer_views_figure`."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[MEASURE_LABELS.get(c, c) for c in panels])
-    for i, column in enumerate(panels, start=1):
-        for (label, stack), group in per_layer.groupby(["label", "layer_stack"], sort=False):
-            fig.add_trace(go.Scatter(x=group["layer"], y=group[column], mode="lines+markers",
-                                     name=f"{label}{_stack_suffix(per_layer, stack)}", legendgroup=str(label),
-                                     showlegend=i == 1), row=1, col=i)
-        fig.update_xaxes(title_text="layer", row=1, col=i)
-    fig.update_layout(title=title, template="plotly_white", font={"size": 11})
-    return fig
+    return _layer_panels_plotly(per_layer, title, panels, ["label", "layer_stack"],
+                                lambda key: (f"{key[0]}{_stack_suffix(per_layer, key[1])}", str(key[0])))
 
 
 def layer_profile_figure(profile: pd.DataFrame, title: str = "", panels=PROFILE_PANELS):
@@ -103,14 +93,21 @@ def layer_profile_figure(profile: pd.DataFrame, title: str = "", panels=PROFILE_
 
 def layer_profile_plotly(profile: pd.DataFrame, title: str = "", panels=PROFILE_PANELS):
     """The plotly version of :func:`layer_profile_figure`."""
+    return _layer_panels_plotly(profile, title, panels, "layer_stack", lambda stack: (str(stack), str(stack)))
+
+
+def _layer_panels_plotly(frame: pd.DataFrame, title: str, panels, by, names):
+    """One panel per column of `panels` against ``layer``, one line per group of `by`;
+    ``names(group key) -> (trace name, legend group)``."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[MEASURE_LABELS.get(c, c) for c in panels])
     for i, column in enumerate(panels, start=1):
-        for stack, group in profile.groupby("layer_stack", sort=False):
-            fig.add_trace(go.Scatter(x=group["layer"], y=group[column], mode="lines+markers", name=str(stack),
-                                     legendgroup=str(stack), showlegend=i == 1), row=1, col=i)
+        for key, group in frame.groupby(by, sort=False):
+            name, legend = names(key)
+            fig.add_trace(go.Scatter(x=group["layer"], y=group[column], mode="lines+markers", name=name,
+                                     legendgroup=legend, showlegend=i == 1), row=1, col=i)
         fig.update_xaxes(title_text="layer", row=1, col=i)
     fig.update_layout(title=title, template="plotly_white", font={"size": 11})
     return fig
