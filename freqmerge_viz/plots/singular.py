@@ -15,7 +15,7 @@ from .interference import X_LABELS, Y_LABEL, _label, normalized_se
 from .scales import as_percent, sample_note
 
 MEASURE_LABELS = {
-    "amplitude_variance": "Fourier: amplitude variance (|F|²)",
+    "amplitude_variance": "Fourier: across-task variance of |F| (units of |F|²)",
     "normalized_variance": "Fourier: amplitude variance / mean amplitude",
     "sti": "singular: TSV interference STI (weight units)",
     "sti_normalized": "singular: STI / its value for identical tasks",
