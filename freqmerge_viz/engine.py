@@ -302,23 +302,32 @@ def _is_vmap_failure(exc: BaseException) -> bool:
     return any(m in text for m in _VMAP_MESSAGES)
 
 
-def _checked_logits(logits, sets: int | None, batch: int, where: str) -> torch.Tensor:
-    expected = (batch,) if sets is None else (sets, batch)
+IGNORE_INDEX = -100
+"""A label that is not scored (padding in token labels ``[N, T]``), as in ``F.cross_entropy``."""
+
+
+def _checked_logits(logits, sets: int | None, labels: torch.Tensor, where: str) -> torch.Tensor:
+    expected = tuple(labels.shape) if sets is None else (sets, *labels.shape)
     if not isinstance(logits, torch.Tensor) or logits.ndim != len(expected) + 1 \
             or tuple(logits.shape[:-1]) != expected:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ParameterError(f"forward must return logits [N, classes]; {where} gave {shape} "
-                             f"for {batch} samples")
+        wanted = "[N, classes]" if labels.ndim == 1 else "[N, T, vocabulary]"
+        raise ParameterError(f"forward must return logits {wanted}; {where} gave {shape} "
+                             f"for labels of shape {tuple(labels.shape)}")
     return logits
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and hits over the last-but-one axis of ``logits [..., B, C]``."""
+    """Summed cross-entropy and hits per parameter set of ``logits [..., *labels.shape, C]``
+    (labels :data:`IGNORE_INDEX` count neither)."""
     flat = logits.reshape(-1, logits.shape[-1]).float()
-    repeats = flat.shape[0] // labels.shape[0]
-    loss = F.cross_entropy(flat, labels.repeat(repeats), reduction="none").view(*logits.shape[:-1])
+    target = labels.reshape(-1)
+    repeats = flat.shape[0] // target.shape[0]
+    loss = F.cross_entropy(flat, target.repeat(repeats), reduction="none",
+                           ignore_index=IGNORE_INDEX).view(*logits.shape[:-1])
     hits = (logits.argmax(-1) == labels).to(torch.float64)
-    return loss.to(torch.float64).sum(-1), hits.sum(-1)
+    dims = tuple(range(logits.ndim - 1 - labels.ndim, logits.ndim - 1))
+    return loss.to(torch.float64).sum(dims), hits.sum(dims)
 
 
 def _param_bytes(states, stacked: StackedStates | None, keys: Sequence[str]) -> int:
@@ -342,14 +351,14 @@ def _score_range(forward, batched, params, inputs, labels, batch_size: int, lo: 
     for start in range(0, len(labels), batch_size):
         x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
         if batched is not None:
-            logits = _checked_logits(batched(params, x), hi - lo, len(y), f"parameter sets {lo}:{hi}")
+            logits = _checked_logits(batched(params, x), hi - lo, y, f"parameter sets {lo}:{hi}")
             loss, hit = _scores(logits, y)
             losses += loss.cpu().numpy()
             hits += hit.cpu().numpy()
             continue
         for i in range(hi - lo):
             one = {k: v[i] for k, v in params.items()}
-            logits = _checked_logits(forward(one, x), None, len(y), f"parameter set {lo + i}")
+            logits = _checked_logits(forward(one, x), None, y, f"parameter set {lo + i}")
             loss, hit = _scores(logits, y)
             losses[i] += float(loss)
             hits[i] += float(hit)
@@ -381,7 +390,7 @@ def _run(forward, states, stacked, inputs, labels, keys, batch_size, target, *, 
                 pool.shutdown(wait=True, cancel_futures=True)
     else:
         results = [work(bounds) for bounds in ranges]
-    n = len(labels)
+    n = max(1, int((labels != IGNORE_INDEX).sum()))
     losses = np.concatenate([r[0] for r in results]) / n
     accuracy = np.concatenate([r[1] for r in results]) / n
     return EvalResult(losses, accuracy, "vmap" if vmapped else "loop", chunk if vmapped else None,
@@ -398,6 +407,9 @@ def evaluate_params(forward: Forward, states, inputs: torch.Tensor, labels: torc
                     batch_size: int = 1000, device: torch.device | str | None = None,
                     memory_budget: int | None = None, workers: int | None = None) -> EvalResult:
     """Loss and accuracy of every parameter set in `states` on ``(inputs [N, ...], labels [N])``.
+
+    Token labels ``[N, T]`` (a language model's next tokens, :data:`IGNORE_INDEX` for padding)
+    take logits ``[N, T, vocabulary]``; loss and accuracy are then means over the scored tokens.
 
     `states`: a sequence of S mappings ``{key: tensor}``, or one :class:`StackedStates` /
     mapping ``{key: tensor [S, *shape]}``. `keys` are the parameters `forward` needs (default:
@@ -425,8 +437,9 @@ def evaluate_params(forward: Forward, states, inputs: torch.Tensor, labels: torc
             raise MissingKeysError(missing, where="the stacked states")
     if not isinstance(inputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ParameterError("inputs and labels must be tensors")
-    if inputs.ndim == 0 or labels.ndim != 1 or len(inputs) != len(labels) or len(labels) == 0:
-        raise ParameterError(f"need inputs [N, ...] and labels [N] with N >= 1; got {tuple(inputs.shape)} "
+    if inputs.ndim == 0 or labels.ndim not in (1, 2) or len(inputs) != len(labels) or len(labels) == 0:
+        raise ParameterError(f"need inputs [N, ...] and labels [N] (or token labels [N, T]) with N >= 1; "
+                             f"got {tuple(inputs.shape)} "
                              f"and {tuple(labels.shape)}")
     target = resolve_device(device)
     workers = default_workers(target, forward) if workers is None else check_positive_int("workers", workers)
@@ -474,7 +487,7 @@ def _probe(forward, states, stacked, inputs, labels, keys, target) -> None:
         params = {k: v[0] for k, v in stacked.chunk(0, 1, keys, target).items()}
     else:
         params = {k: _as_float(states[0][k], target) for k in keys}
-    _checked_logits(forward(params, inputs[:1]), None, 1, "parameter set 0")
+    _checked_logits(forward(params, inputs[:1]), None, labels[:1], "parameter set 0")
 
 
 @dataclass(frozen=True, eq=False)

@@ -82,6 +82,18 @@ class EmptyInputError(FreqMergeError, ValueError):
     """An operation that needs at least one task (or key) was given none."""
 
 
+class StudySpecError(FreqMergeError, ValueError):
+    """A study file (YAML) asks for something the toolkit cannot give: an unknown field, a path
+    that does not exist, a missing split, a head that does not fit the data, a checkpoint of
+    another architecture. Raised before any model runs; names the file and the field."""
+
+    def __init__(self, path, field: str, reason: str):
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+        super().__init__(f"study {self.path}, field {field!r}: {reason}")
+
+
 class FreqMergeWarning(UserWarning):
     """Root of every warning the toolkit gives on purpose (something ran, but look at this)."""
 

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import CheckpointError, MissingKeysError, ParameterError
 from ..io import LazyState, load_state
+from ..study.base import Study
 from .config import ZooConfig
 from .model import ViTConfig, backbone_forward, head_forward
 from .tasks import canonical_split, generate, get_task
@@ -138,13 +139,18 @@ def normalized_accuracy(accuracies: Mapping[str, float], individual: Mapping[str
 
 # ----------------------------------------------------------------------------- the zoo
 
-@dataclass
-class Zoo:
+@dataclass(repr=False)
+class Zoo(Study):
     """The demo zoo: a pretrained backbone, one fine-tuned backbone and one head per task.
 
     Backbone states are lazy mappings ``name -> tensor`` (:class:`~freqmerge_viz.io.LazyState`)
-    that every toolkit function accepts; heads are ``{"weight": [C, D], "bias": [C]}``.
+    that every toolkit function accepts; heads are ``{"weight": [C, D], "bias": [C]}``. The zoo
+    is one :class:`~freqmerge_viz.study.Study` (kind ``zoo``) among others.
     """
+
+    kind = "zoo"
+    name = "demo zoo"
+    head_kinds = ("finetuned", "probe")
 
     path: Path | None
     manifest: dict
@@ -208,6 +214,44 @@ class Zoo:
                                 target, batch_size, where)
             out[task] = correct / len(labels)
         return out
+
+    # ------------------------------------------------------------------ the study interface
+    def backbone_keys(self) -> list[str]:
+        """Names of the backbone parameters of the zoo's ViT, in module order."""
+        from .evaluation import zoo_backbone_keys
+
+        return zoo_backbone_keys(self)
+
+    def functional_forward(self, task: str, head: str = "finetuned"):
+        """``forward(params, images) -> logits`` of the backbone and `task`'s `head` (vmap-able)."""
+        from .evaluation import zoo_forward
+
+        return zoo_forward(self, task, head)
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class-token features ``[N, width]`` of `inputs` under the pretrained backbone."""
+        with torch.no_grad():
+            return torch.cat([backbone_forward(self.pretrained, inputs[i:i + 500], self.model_config,
+                                               where="pretrained") for i in range(0, len(inputs), 500)])
+
+    @property
+    def has_features(self) -> bool:
+        return True
+
+    def task_accuracies(self, state, tasks=None, *, split: str = "test", limit: int | None = None,
+                   head: str = "finetuned", device=None) -> dict[str, float]:
+        """:meth:`evaluate` (the zoo's module forward, which its manifest's numbers were measured with)."""
+        return self.evaluate(state, tasks, split=split, limit=limit, head=head, device=device)
+
+    def check_task(self, task: str) -> None:
+        self._check_task(task)
+
+    @property
+    def origins(self) -> list:
+        return [str(self.path)] if self.path is not None else super().origins
+
+    def __repr__(self) -> str:
+        return f"<Zoo at {self.path}: {len(self.tasks)} tasks>"
 
     def finetuned_list(self) -> list[Mapping[str, torch.Tensor]]:
         """The fine-tuned backbones in task order (what ``freqmerge_viz.merge`` takes)."""
