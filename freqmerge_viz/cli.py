@@ -251,7 +251,7 @@ def _cmd_report(args) -> dict:
         inputs = zoo_inputs(args.zoo)
         if not args.no_eval:
             from . import zoo
-            from .zoo.compare import compare_methods
+            from .analysis.compare import compare_methods
 
             comparison = compare_methods(zoo.load(args.zoo), limit=args.limit,
                                          progress=lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
@@ -264,7 +264,7 @@ def _cmd_report(args) -> dict:
               f"kept bins {row['kept_bins']:.4g} vs {row['unfiltered_kept_bins']:.4g} "
               f"({row['change_kept_pct']:+.1f}%)")
     if comparison is not None:
-        from .zoo.compare import markdown_table
+        from .analysis.compare import markdown_table
 
         print(markdown_table(comparison))
     return summary
@@ -361,7 +361,7 @@ def _cmd_convert(args) -> None:
 def _cmd_zoo(args) -> None:
     from . import zoo
     from .outputs import prepare_file_output, source_paths, write_text_atomically
-    from .zoo.compare import CANDIDATES, compare_methods, markdown_table, with_needs
+    from .analysis.compare import CANDIDATES, compare_methods, markdown_table, with_needs
 
     if args.zoo_command == "build":
         manifest = zoo.build_zoo(args.out or zoo.DEFAULT_PATH, zoo.QUICK_CONFIG if args.quick else zoo.DEFAULT_CONFIG)

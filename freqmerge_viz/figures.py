@@ -1,6 +1,6 @@
-"""Every figure and table of the paper's analyses, for one zoo, in one call.
+"""Every figure and table of the paper's analyses, for one study (the demo zoo or yours), in one call.
 
-Each topic is a module of :mod:`freqmerge_viz.topics` exposing ``write_figures(zoo, out_dir, *,
+Each topic is a module of :mod:`freqmerge_viz.topics` exposing ``write_figures(study, out_dir, *,
 quick, formats) -> list[Path]`` (matplotlib PNG/SVG/PDF, plotly HTML, CSV tables). This module
 only runs them in turn, with `threads` torch threads, and records what each wrote and how long
 it took.
@@ -17,16 +17,18 @@ from .backend import torch_threads
 from .errors import ParameterError
 from .io import write_text_atomically
 from .outputs import check_output, make_folder, source_paths
-from .topics import TOPICS, topic_module
+from .study import as_study
+from .topics import TOPICS, not_applicable, topic_module
 
 INDEX = "index.json"
 
 
-def write_all(zoo, out_dir: str | Path, *, topics: Sequence[str] | None = None, quick: bool = False,
+def write_all(study, out_dir: str | Path, *, topics: Sequence[str] | None = None, quick: bool = False,
               formats: Sequence[str] = ("png", "svg"), progress: Callable[[str], None] | None = None,
               threads: int | None = 1) -> dict:
     """Write the figures of `topics` (default: all of :data:`~freqmerge_viz.topics.TOPICS`) for
-    `zoo` into ``out_dir/<topic>/``, plus ``out_dir/index.json`` listing each topic's files
+    `study` (a study, the zoo, a zoo folder or a study YAML file) into ``out_dir/<topic>/``, plus
+    ``out_dir/index.json`` listing each topic's files
     (relative paths) and its wall time in seconds. Returns that index.
 
     The topics run with `threads` torch threads (default 1: their many small operations were
@@ -38,15 +40,25 @@ def write_all(zoo, out_dir: str | Path, *, topics: Sequence[str] | None = None, 
     if unknown:
         raise ParameterError(f"unknown figure topic(s) {unknown}; choose from {list(TOPICS)}")
     out = Path(out_dir)
-    check_output(out, source_paths([zoo]), what="figures folder")
+    study = as_study(study)
+    check_output(out, source_paths([study]), what="figures folder")
     make_folder(out)
-    index = {"zoo": str(zoo.path), "quick": quick, "formats": list(formats), "topics": {}}
+    index = {"study": getattr(study, "name", "study"), "kind": getattr(study, "kind", "custom"),
+             "source": str(getattr(study, "source_path", None) or ""), "quick": quick, "formats": list(formats),
+             "topics": {}}
+    if getattr(study, "kind", "") == "zoo":
+        index["zoo"] = str(study.path)
     with torch_threads(threads):
         for topic in chosen:
             if progress:
                 progress(topic)
             start = time.perf_counter()
-            files = topic_module(topic).write_figures(zoo, out / topic, quick=quick, formats=tuple(formats))
+            reason = not_applicable(study, topic)
+            if reason is not None:
+                index["topics"][topic] = {"seconds": 0.0, "files": [], "not_applicable": reason}
+                write_text_atomically(out / INDEX, json.dumps(index, indent=1) + "\n")
+                continue
+            files = topic_module(topic).write_figures(study, out / topic, quick=quick, formats=tuple(formats))
             index["topics"][topic] = {"seconds": round(time.perf_counter() - start, 1),
                                       "files": sorted(str(Path(f).relative_to(out)) for f in files)}
             write_text_atomically(out / INDEX, json.dumps(index, indent=1) + "\n")

@@ -186,7 +186,7 @@ def render_markdown(summary: dict) -> str:
     lines.append(f"Share of spectral energy below ρ = {share['cutoff']:g}: " +
                  ", ".join(f"{t} {v:.3f}" for t, v in share["per_task"].items()))
     if "comparison" in summary:
-        from .zoo.compare import markdown_table
+        from .analysis.compare import markdown_table
 
         lines += ["", "## Merge methods on the zoo (test accuracy, %)", "",
                   markdown_table(summary["comparison"]).rstrip(), "",

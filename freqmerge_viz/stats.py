@@ -6,8 +6,11 @@ Pure numpy; fractions in [0, 1] in, fractions out.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+
+from .errors import MissingKeysError, ParameterError
 
 
 def binomial_se(accuracy: float | np.ndarray, n: int | np.ndarray) -> float | np.ndarray:
@@ -52,3 +55,25 @@ def within_noise(values, ses) -> bool:
         return True
     v, s = v[keep], np.abs(s[keep])
     return bool(np.max(v - s) <= np.min(v + s) + 1e-12)
+
+
+def mean_accuracy(accuracies: Mapping[str, float]) -> float:
+    """Unweighted mean over tasks (ignores a ``"mean"`` entry)."""
+    values = [v for k, v in accuracies.items() if k != "mean"]
+    if not values:
+        raise ParameterError("no accuracies to average")
+    return float(sum(values) / len(values))
+
+
+def normalized_accuracy(accuracies: Mapping[str, float], individual: Mapping[str, float]) -> dict[str, float]:
+    """Per task ``accuracy / individual accuracy`` (the paper's normalised accuracy), plus
+    ``"mean"``: the mean of the per-task ratios."""
+    missing = [t for t in accuracies if t != "mean" and t not in individual]
+    if missing:
+        raise MissingKeysError(missing, where="the individual accuracies")
+    zero = [t for t in accuracies if t != "mean" and not float(individual[t]) > 0]
+    if zero:
+        raise ParameterError(f"cannot normalise by an individual accuracy of 0 (tasks {zero})")
+    out = {t: float(a) / float(individual[t]) for t, a in accuracies.items() if t != "mean"}
+    out["mean"] = mean_accuracy(out)
+    return out

@@ -1,4 +1,4 @@
-"""Adaptive per-layer cutoffs (:mod:`freqmerge_viz.cutoff_rules`) against FR's fixed cutoff on a zoo:
+"""Adaptive per-layer cutoffs (:mod:`freqmerge_viz.cutoff_rules`) against FR's fixed cutoff on a study:
 which cutoff each matrix gets, and the merged accuracy of each rule at its own validation-chosen
 scaling."""
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..methods import merge
 from ..scopes import depth_fractions, layer_position
-from .evaluation import finetuned_subset, zoo_tasks
+from .evaluation import finetuned_subset, study_tasks
 from .singular_views import role_of
 from .sweeps import SCALINGS, SweepPoint, run_point
 
@@ -20,12 +20,12 @@ RULES: dict[str, dict] = {"fixed": {}, "energy": {"cutoff_rule": "energy"}, "var
 spectral energy; variance: grid up to 0.5)."""
 
 
-def chosen_cutoffs(zoo, params: Mapping | None = None, *, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+def chosen_cutoffs(study, params: Mapping | None = None, *, tasks: Sequence[str] | None = None) -> pd.DataFrame:
     """The cutoff FR with `params` (an adaptive ``cutoff_rule``) gives each filtered matrix of the
-    zoo's task vectors: ``key, layer_stack, layer, depth, role, cutoff`` (the cutoff's units,
+    study's task vectors: ``key, layer_stack, layer, depth, role, cutoff`` (the cutoff's units,
     normalised radius by default), from the merge's ``statistics["cutoffs"]`` (nothing is evaluated)."""
     params = dict(params or {})
-    state = merge("fr", zoo.pretrained, finetuned_subset(zoo, tasks), **params)
+    state = merge("fr", study.pretrained, finetuned_subset(study, tasks), **params)
     cutoffs = state.statistics.get("cutoffs", {})
     depth = depth_fractions(cutoffs)
     rows = []
@@ -40,7 +40,7 @@ def chosen_cutoffs(zoo, params: Mapping | None = None, *, tasks: Sequence[str] |
     return table
 
 
-def rule_comparison(zoo, rules: Mapping[str, Mapping] = RULES, *, kind: str = "ideal", cutoff: float = 0.1,
+def rule_comparison(study, rules: Mapping[str, Mapping] = RULES, *, kind: str = "ideal", cutoff: float = 0.1,
                     scalings: Sequence[float] = SCALINGS, tasks: Sequence[str] | None = None, limit: int | None = 300,
                     validation_limit: int | None = 150) -> pd.DataFrame:
     """FR under each cutoff rule, each at its own scaling: the best of `scalings` by mean accuracy on
@@ -51,12 +51,12 @@ def rule_comparison(zoo, rules: Mapping[str, Mapping] = RULES, *, kind: str = "i
     ``task``, ``accuracy`` as a fraction, ``n_images``, ...). `cutoff` is the fixed rule's cutoff
     (the adaptive rules choose their own per matrix; their rows still carry it in ``cutoff``).
     """
-    chosen = tuple(zoo_tasks(zoo, tasks))
+    chosen = tuple(study_tasks(study, tasks))
     frames = []
     for name, params in rules.items():
         point = SweepPoint(kind, float(cutoff), dict(params), scalings=tuple(scalings), tasks=chosen, limit=limit,
                            validation_limit=validation_limit)
-        frame = run_point(zoo, point)
+        frame = run_point(study, point)
         frame.insert(0, "rule", name)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)

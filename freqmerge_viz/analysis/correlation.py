@@ -2,7 +2,7 @@
 and the normalised accuracy of their merge, with correlations and bootstrap intervals.
 
 :func:`correlation_with_ci` is a pure function over two arrays; :func:`pair_interference_table`
-measures the pairs on the zoo.
+measures the pairs on the study.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pandas as pd
 from ..errors import EmptyInputError, ParameterError, check_positive_int
 from ..methods import merge
 from ..metrics import amplitude_variance
-from .evaluation import (evaluate_per_task, image_counts, individual_accuracies, materialize, zoo_task_vectors,
-                         zoo_tasks)
+from .evaluation import (evaluate_per_task, image_counts, individual_accuracies, materialize, study_task_vectors,
+                         study_tasks)
 
 
 # --------------------------------------------------------------------------- pure statistics
@@ -83,7 +83,7 @@ def correlation_with_ci(x, y, n_boot: int = 2000, seed: int = 0, level: float = 
     return out
 
 
-# --------------------------------------------------------------------------- pairs on the zoo
+# --------------------------------------------------------------------------- pairs on the study
 def task_pairs(tasks: Sequence[str], n_pairs: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
     """All unordered pairs of `tasks` in order, or a seeded random subset of `n_pairs` of them."""
     pairs = list(itertools.combinations(tasks, 2))
@@ -94,7 +94,7 @@ def task_pairs(tasks: Sequence[str], n_pairs: int | None = None, seed: int = 0) 
     return [pairs[i] for i in chosen]
 
 
-def pair_interference_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None,
+def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None,
                             seed: int = 0, method: str = "task_arithmetic",
                             params: Mapping | None = None, split: str = "test",
                             limit: int | None = 300) -> pd.DataFrame:
@@ -109,20 +109,20 @@ def pair_interference_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs:
     Accuracies (fractions) use the first `limit` images of `split` per task; ``n_images_a/b``
     say how many.
     """
-    tasks = zoo_tasks(zoo, tasks)
+    tasks = study_tasks(study, tasks)
     pairs = task_pairs(tasks, n_pairs, seed)
     if not pairs:
         raise EmptyInputError("need at least two tasks to form a pair")
     params = dict(params or {})
-    vectors = {tv.name: tv for tv in zoo_task_vectors(zoo, sorted({t for p in pairs for t in p}, key=tasks.index))}
-    states = [materialize(merge(method, zoo.pretrained, {a: zoo.finetuned[a], b: zoo.finetuned[b]}, **params))
+    vectors = {tv.name: tv for tv in study_task_vectors(study, sorted({t for p in pairs for t in p}, key=tasks.index))}
+    states = [materialize(merge(method, study.pretrained, {a: study.finetuned[a], b: study.finetuned[b]}, **params))
               for a, b in pairs]
     wanted = {t: [i for i, p in enumerate(pairs) if t in p] for t in tasks}
-    measured = evaluate_per_task(zoo, {t: [states[i] for i in idx] for t, idx in wanted.items() if idx},
+    measured = evaluate_per_task(study, {t: [states[i] for i in idx] for t, idx in wanted.items() if idx},
                                  split=split, limit=limit)
     accuracy = {(t, wanted[t][s]): a for t, s, a in zip(measured["task"], measured["state"], measured["accuracy"])}
-    individual = individual_accuracies(zoo, [t for t in tasks if wanted[t]], split=split, limit=limit)
-    counts = image_counts(zoo, tasks, split=split, limit=limit)
+    individual = individual_accuracies(study, [t for t in tasks if wanted[t]], split=split, limit=limit)
+    counts = image_counts(study, tasks, split=split, limit=limit)
     rows = []
     for i, (a, b) in enumerate(pairs):
         pair = [vectors[a], vectors[b]]

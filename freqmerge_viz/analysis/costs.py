@@ -1,4 +1,4 @@
-"""Storage, time and accuracy of each merge (paper Table 9) on the zoo.
+"""Storage, time and accuracy of each merge (paper Table 9) on the study.
 
 Timings are wall-clock seconds measured here (``time.perf_counter``), labelled with the device
 they ran on; they depend on the machine and its load and are reported, never asserted.
@@ -17,17 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..zoo.evaluation import evaluate_on_zoo
+from ..study import evaluate_on_study
 from ..errors import check_positive_int
 from ..experts import storage_table
 from ..methods import EMRMerging, RoutedMerge
 from .evaluation import (backbone_numel, device_label, evaluate_per_task, image_counts, individual_accuracies,
-                         materialize, zoo_tasks)
+                         materialize, study_tasks)
 from .selection import VALIDATION_LIMIT, build_chosen, choose
 
 ROWS = ("weight_averaging", "task_arithmetic", "ties", "dare", "breadcrumbs", "pcb", "fr_paper", "tsv", "iso_c",
         "iso_cts", "consensus", "wudi", "cart", "emr", "twin", "free_oracle")
-"""Rows of the zoo comparison in the cost table (after ``individual``: one fine-tuned model per task)."""
+"""Rows of the study comparison in the cost table (after ``individual``: one fine-tuned model per task)."""
 FLOAT_BYTES = 4
 
 
@@ -51,18 +51,18 @@ def _timed(run: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - start
 
 
-def _inputs(zoo, tasks: Sequence[str], n: int) -> list[tuple[int, str, torch.Tensor]]:
+def _inputs(study, tasks: Sequence[str], n: int) -> list[tuple[int, str, torch.Tensor]]:
     per_task = math.ceil(n / len(tasks))
-    return [(i, t, zoo.data(t, "test")[0][:per_task]) for i, t in enumerate(tasks)]
+    return [(i, t, study.data(t, "test")[0][:per_task]) for i, t in enumerate(tasks)]
 
 
 @torch.no_grad()
-def inference_seconds_per_1000(zoo, run_task: Callable[[int, str, torch.Tensor], torch.Tensor],
+def inference_seconds_per_1000(study, run_task: Callable[[int, str, torch.Tensor], torch.Tensor],
                                tasks: Sequence[str], n: int = 1000, repeats: int = 3) -> float:
     """Median over `repeats` of the time to classify about `n` test images (an equal share per task,
     each with its task's head), scaled to 1000 inputs; one untimed warm-up run first."""
     repeats = check_positive_int("repeats", repeats)
-    batches = _inputs(zoo, tasks, n)
+    batches = _inputs(study, tasks, n)
     total = sum(len(x) for _, _, x in batches)
 
     def run_all():
@@ -74,7 +74,7 @@ def inference_seconds_per_1000(zoo, run_task: Callable[[int, str, torch.Tensor],
     return float(np.median(times)) * 1000.0 / total
 
 
-def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None = None, limit: int | None = 300,
+def cost_table(study, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None = None, limit: int | None = 300,
                validation_limit: int | None = VALIDATION_LIMIT, quick: bool = False, timing_inputs: int = 1000,
                repeats: int = 3) -> pd.DataFrame:
     """One row per method: storage, merge time, inference time and mean test accuracy.
@@ -91,48 +91,48 @@ def cost_table(zoo, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None =
     """
     from ..stats import mean_se
 
-    tasks = zoo_tasks(zoo, tasks)
+    tasks = study_tasks(study, tasks)
     k = len(tasks)
-    numel = backbone_numel(zoo)
-    counts = image_counts(zoo, tasks, split="test", limit=limit)
+    numel = backbone_numel(study)
+    counts = image_counts(study, tasks, split="test", limit=limit)
 
     def se(per_task: dict) -> float:
         return mean_se([per_task[t] for t in tasks], [counts[t] for t in tasks])
 
     device = device_label("cpu")
-    choices = choose(zoo, list(rows), tasks=tasks, limit=validation_limit, quick=quick)
-    individual = individual_accuracies(zoo, tasks, split="test", limit=limit)
-    finetuned = {t: materialize(zoo.finetuned[t]) for t in tasks}
+    choices = choose(study, list(rows), tasks=tasks, limit=validation_limit, quick=quick)
+    individual = individual_accuracies(study, tasks, split="test", limit=limit)
+    finetuned = {t: materialize(study.finetuned[t]) for t in tasks}
     records = [{"method": "individual", "kind": "individual", "settings": "{}", "extra_values": (k - 1) * numel,
                 "extra_bytes": (k - 1) * numel * FLOAT_BYTES, "merge_seconds": 0.0,
                 "inference_seconds_per_1000": inference_seconds_per_1000(
-                    zoo, lambda i, t, x: zoo.forward(finetuned[t], x, t), tasks, timing_inputs, repeats),
+                    study, lambda i, t, x: study.forward(finetuned[t], x, t), tasks, timing_inputs, repeats),
                 "mean_accuracy": float(np.mean(list(individual.values()))), "accuracy_se": se(individual)}]
     for name in rows:
         choice = choices[name]
         if choice.routed:
             def build():
-                routed = build_chosen(zoo, choices, name, tasks)
+                routed = build_chosen(study, choices, name, tasks)
                 return routed, [routed.task_state(i) for i in range(k)]
 
             (routed, states), seconds = _timed(build)
-            measured = evaluate_per_task(zoo, {t: [states[i]] for i, t in enumerate(tasks)}, split="test", limit=limit)
+            measured = evaluate_per_task(study, {t: [states[i]] for i, t in enumerate(tasks)}, split="test", limit=limit)
 
             def run_task(i, t, x, routed=routed):
                 routes = torch.full((x.shape[0],), i, dtype=torch.long)
-                return routed.predict(x, lambda state, inputs: zoo.forward(state, inputs, t), routes=routes)
+                return routed.predict(x, lambda state, inputs: study.forward(state, inputs, t), routes=routes)
         else:
             routed = None
-            state, seconds = _timed(lambda: materialize(build_chosen(zoo, choices, name, tasks)))
-            measured = evaluate_on_zoo(zoo, [state], tasks, split="test", limit=limit)
+            state, seconds = _timed(lambda: materialize(build_chosen(study, choices, name, tasks)))
+            measured = evaluate_on_study(study, [state], tasks, split="test", limit=limit)
 
             def run_task(i, t, x, state=state):
-                return zoo.forward(state, x, t)
+                return study.forward(state, x, t)
         values, stored = extra_storage(routed, numel, k)
         records.append({"method": name, "kind": "routed" if routed is not None else "plain",
                         "settings": json.dumps(choice.params, sort_keys=True, default=str),
                         "extra_values": values, "extra_bytes": stored, "merge_seconds": seconds,
-                        "inference_seconds_per_1000": inference_seconds_per_1000(zoo, run_task, tasks,
+                        "inference_seconds_per_1000": inference_seconds_per_1000(study, run_task, tasks,
                                                                                  timing_inputs, repeats),
                         "mean_accuracy": float(measured["accuracy"].mean()),
                         "accuracy_se": se(dict(zip(measured["task"], measured["accuracy"])))})

@@ -14,8 +14,8 @@ task t's inputs. Two measurements, for any model given a forward function per ta
   "own".
 
 A forward is ``forward(params, inputs) -> logits`` over a mapping ``name -> tensor`` (as
-in :mod:`freqmerge_viz.engine`); each task has its own (its own head). The zoo wrappers
-(:func:`zoo_disentanglement_error`, :func:`zoo_others_table`) supply the zoo's.
+in :mod:`freqmerge_viz.engine`); each task has its own (its own head). The study wrappers
+(:func:`zoo_disentanglement_error`, :func:`zoo_others_table`) supply the study's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from ..engine import Forward, StackedStates, evaluate_params
-from ..zoo.evaluation import zoo_backbone_keys, zoo_data, zoo_forward
+from ..study import study_data
 from ..errors import EmptyInputError, MissingKeysError, ParameterError
 from ..tables import disentanglement_pivot  # noqa: F401  (part of this analysis' API)
 
@@ -171,38 +171,38 @@ def others_summary(table: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame
     return means[[k for k in KINDS if k in means.columns]]
 
 
-# ----------------------------------------------------------------------------- the zoo
+# ----------------------------------------------------------------------------- the study
 
-def _zoo_inputs(zoo, tasks: Sequence[str], split: str, limit: int | None, head: str):
+def _zoo_inputs(study, tasks: Sequence[str], split: str, limit: int | None, head: str):
     from ..taskvector import TaskVector
 
     for task in tasks:
-        zoo._check_task(task)
-    forwards = {t: zoo_forward(zoo, t, head) for t in tasks}
-    data = {t: zoo_data(zoo, t, split, limit) for t in tasks}
-    vectors = {t: TaskVector.from_states(zoo.pretrained, zoo.finetuned[t], name=t) for t in tasks}
-    return forwards, data, vectors, zoo_backbone_keys(zoo)
+        study.check_task(task)
+    forwards = {t: study.functional_forward(t, head) for t in tasks}
+    data = {t: study_data(study, t, split, limit) for t in tasks}
+    vectors = {t: TaskVector.from_states(study.pretrained, study.finetuned[t], name=t) for t in tasks}
+    return forwards, data, vectors, study.backbone_keys()
 
 
-def zoo_disentanglement_error(zoo, pair: Sequence[str], *, alphas: Sequence[float] = DEFAULT_ALPHAS,
+def zoo_disentanglement_error(study, pair: Sequence[str], *, alphas: Sequence[float] = DEFAULT_ALPHAS,
                               split: str = "val", limit: int | None = 500, head: str = "finetuned",
                               **options) -> pd.DataFrame:
-    """:func:`disentanglement_error` of the zoo's task vectors for `pair`, on the first `limit`
+    """:func:`disentanglement_error` of the study's task vectors for `pair`, on the first `limit`
     images of `split` of each task (``df.attrs`` adds ``split``)."""
-    forwards, data, vectors, keys = _zoo_inputs(zoo, list(pair), split, limit, head)
-    frame = disentanglement_error(forwards, data, zoo.pretrained, vectors, pair, alphas=alphas, keys=keys, **options)
+    forwards, data, vectors, keys = _zoo_inputs(study, list(pair), split, limit, head)
+    frame = disentanglement_error(forwards, data, study.pretrained, vectors, pair, alphas=alphas, keys=keys, **options)
     frame.attrs["split"] = split
     return frame
 
 
-def zoo_others_table(zoo, *, tasks: Sequence[str] | None = None, scalings: Sequence[float] = (0.3,),
+def zoo_others_table(study, *, tasks: Sequence[str] | None = None, scalings: Sequence[float] = (0.3,),
                      split: str = "val", limit: int | None = 500, head: str = "finetuned",
                      **options) -> pd.DataFrame:
-    """:func:`others_table` over the zoo's tasks (default all), the first `limit` images of `split`
+    """:func:`others_table` over the study's tasks (default all), the first `limit` images of `split`
     (``n_images``: how many, per task)."""
-    chosen = list(zoo.tasks) if tasks is None else list(tasks)
-    forwards, data, vectors, keys = _zoo_inputs(zoo, chosen, split, limit, head)
-    frame = others_table(forwards, data, zoo.pretrained, vectors, tasks=chosen, scalings=scalings, keys=keys,
+    chosen = list(study.tasks) if tasks is None else list(tasks)
+    forwards, data, vectors, keys = _zoo_inputs(study, chosen, split, limit, head)
+    frame = others_table(forwards, data, study.pretrained, vectors, tasks=chosen, scalings=scalings, keys=keys,
                          **options)
     frame["n_images"] = frame["task"].map({t: int(len(data[t][1])) for t in chosen})
     frame.attrs["split"] = split

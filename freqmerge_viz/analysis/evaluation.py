@@ -1,6 +1,6 @@
-"""Shared zoo plumbing for the analyses: task vectors, materialised states, per-task evaluation.
+"""Shared study plumbing for the analyses: task vectors, materialised states, per-task evaluation.
 
-Every plain (non-routed) evaluation goes through :func:`~freqmerge_viz.zoo.evaluation.evaluate_on_zoo`;
+Every plain (non-routed) evaluation goes through :func:`~freqmerge_viz.study.evaluate_on_study`;
 the helpers here only arrange which states are evaluated on which tasks, so that each call
 hands the engine as many states as possible at once.
 """
@@ -14,28 +14,29 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..zoo.evaluation import evaluate_on_zoo, zoo_backbone_keys, zoo_data
+from ..study import evaluate_on_study, sample_count
 from ..errors import EmptyInputError, ParameterError
 from ..io import load_state
 from ..taskvector import common_keys, stack_key, task_names
 from ..taskvector import TaskVector
 
 
-def zoo_tasks(zoo, tasks: Sequence[str] | None = None) -> list[str]:
-    """`tasks` (default: all of the zoo's, in zoo order), each checked to be a zoo task."""
-    chosen = list(zoo.tasks) if tasks is None else list(tasks)
+def study_tasks(study, tasks: Sequence[str] | None = None) -> list[str]:
+    """`tasks` (default: all of the study's, in its order), each checked to be one of its tasks."""
+    chosen = list(study.tasks) if tasks is None else list(tasks)
     if not chosen:
-        raise EmptyInputError("need at least one zoo task, got none")
-    unknown = [t for t in chosen if t not in zoo.tasks]
+        raise EmptyInputError("need at least one task, got none")
+    unknown = [t for t in chosen if t not in study.tasks]
     if unknown:
-        raise ParameterError(f"unknown zoo task(s) {unknown}; this zoo has: {', '.join(zoo.tasks)}")
+        raise ParameterError(f"unknown task(s) {unknown}; study {getattr(study, 'name', '')!r} has: "
+                             f"{', '.join(study.tasks)}")
     return chosen
 
 
-def zoo_task_vectors(zoo, tasks: Sequence[str] | None = None) -> list[TaskVector]:
+def study_task_vectors(study, tasks: Sequence[str] | None = None) -> list[TaskVector]:
     """The task vectors ``θ_t − θ_pre`` of `tasks`, named by task and held in memory (float32, CPU)."""
-    return [TaskVector.from_states(zoo.pretrained, zoo.finetuned[t], name=t, device="cpu").materialize()
-            for t in zoo_tasks(zoo, tasks)]
+    return [TaskVector.from_states(study.pretrained, study.finetuned[t], name=t, device="cpu").materialize()
+            for t in study_tasks(study, tasks)]
 
 
 def transformed(task_vectors, step) -> list[TaskVector]:
@@ -51,9 +52,9 @@ def transformed(task_vectors, step) -> list[TaskVector]:
     return [TaskVector.from_tensors(e, name=n) for e, n in zip(entries, names)]
 
 
-def finetuned_subset(zoo, tasks: Sequence[str] | None = None) -> dict[str, Mapping[str, torch.Tensor]]:
+def finetuned_subset(study, tasks: Sequence[str] | None = None) -> dict[str, Mapping[str, torch.Tensor]]:
     """``{task: fine-tuned backbone}`` for `tasks` (what the merges take, task names kept)."""
-    return {t: zoo.finetuned[t] for t in zoo_tasks(zoo, tasks)}
+    return {t: study.finetuned[t] for t in study_tasks(study, tasks)}
 
 
 def materialize(state: Mapping[str, torch.Tensor], keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -61,13 +62,13 @@ def materialize(state: Mapping[str, torch.Tensor], keys: Sequence[str] | None = 
     return {k: state[k] for k in (state.keys() if keys is None else keys)}
 
 
-def backbone_numel(zoo) -> int:
-    """Entries of one backbone of the zoo (the "one model" of storage counts)."""
-    pretrained = load_state(zoo.pretrained)
-    return sum(math.prod(pretrained.shape_of(k)) for k in zoo_backbone_keys(zoo))
+def backbone_numel(study) -> int:
+    """Entries of one backbone of the study (the "one model" of storage counts)."""
+    pretrained = load_state(study.pretrained)
+    return sum(math.prod(pretrained.shape_of(k)) for k in study.backbone_keys())
 
 
-def evaluate_per_task(zoo, states_by_task: Mapping[str, Sequence[Mapping[str, torch.Tensor]]], *,
+def evaluate_per_task(study, states_by_task: Mapping[str, Sequence[Mapping[str, torch.Tensor]]], *,
                       split: str = "test", limit: int | None = None) -> pd.DataFrame:
     """Each task's own list of states evaluated on that task only, one engine call per task.
 
@@ -78,24 +79,24 @@ def evaluate_per_task(zoo, states_by_task: Mapping[str, Sequence[Mapping[str, to
     for task, states in states_by_task.items():
         if len(states) == 0:
             continue
-        frames.append(evaluate_on_zoo(zoo, list(states), [task], split=split, limit=limit))
+        frames.append(evaluate_on_study(study, list(states), [task], split=split, limit=limit))
     if not frames:
         raise EmptyInputError("no states to evaluate")
     return pd.concat(frames, ignore_index=True)[["task", "state", "loss", "accuracy"]]
 
 
-def individual_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+def individual_accuracies(study, tasks: Sequence[str] | None = None, *, split: str = "test",
                           limit: int | None = None) -> dict[str, float]:
     """Accuracy of each fine-tuned backbone on its own task, measured on the same images as the merges."""
-    table = evaluate_per_task(zoo, {t: [zoo.finetuned[t]] for t in zoo_tasks(zoo, tasks)},
+    table = evaluate_per_task(study, {t: [study.finetuned[t]] for t in study_tasks(study, tasks)},
                               split=split, limit=limit)
     return dict(zip(table["task"], table["accuracy"].astype(float)))
 
 
-def image_counts(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+def image_counts(study, tasks: Sequence[str] | None = None, *, split: str = "test",
                  limit: int | None = None) -> dict[str, int]:
     """Images each task's accuracy rests on: the first `limit` of `split` (all when ``None``)."""
-    return {t: int(len(zoo_data(zoo, t, split, limit)[1])) for t in zoo_tasks(zoo, tasks)}
+    return {t: sample_count(study, t, split, limit) for t in study_tasks(study, tasks)}
 
 
 REFERENCES = ("pretrained", "task_arithmetic", "finetuned")
@@ -103,7 +104,7 @@ REFERENCES = ("pretrained", "task_arithmetic", "finetuned")
 merge), task arithmetic, and each fine-tuned model on its own task."""
 
 
-def reference_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str = "test",
+def reference_accuracies(study, tasks: Sequence[str] | None = None, *, split: str = "test",
                          limit: int | None = None,
                          task_arithmetic: Mapping | None = None) -> pd.DataFrame:
     """Per task, the accuracy of the references a merge should be read against, on the same
@@ -116,19 +117,19 @@ def reference_accuracies(zoo, tasks: Sequence[str] | None = None, *, split: str 
     """
     from ..methods import merge
 
-    tasks = zoo_tasks(zoo, tasks)
-    states = [materialize(zoo.pretrained)]
+    tasks = study_tasks(study, tasks)
+    states = [materialize(study.pretrained)]
     if task_arithmetic is not None:
-        states.append(materialize(merge("task_arithmetic", zoo.pretrained, finetuned_subset(zoo, tasks),
+        states.append(materialize(merge("task_arithmetic", study.pretrained, finetuned_subset(study, tasks),
                                         **dict(task_arithmetic))))
-    measured = evaluate_on_zoo(zoo, states, tasks, split=split, limit=limit)
+    measured = evaluate_on_study(study, states, tasks, split=split, limit=limit)
     names = ["pretrained", "task_arithmetic"][:len(states)]
     rows = [{"reference": names[s], "task": t, "accuracy": float(a)}
             for s, t, a in zip(measured["state"], measured["task"], measured["accuracy"])]
     rows += [{"reference": "finetuned", "task": t, "accuracy": a}
-             for t, a in individual_accuracies(zoo, tasks, split=split, limit=limit).items()]
+             for t, a in individual_accuracies(study, tasks, split=split, limit=limit).items()]
     table = pd.DataFrame(rows)
-    table["n_images"] = table["task"].map(image_counts(zoo, tasks, split=split, limit=limit))
+    table["n_images"] = table["task"].map(image_counts(study, tasks, split=split, limit=limit))
     table.attrs.update({"split": split, "limit": limit, "task_arithmetic": dict(task_arithmetic or {})})
     return table
 
@@ -139,3 +140,8 @@ def device_label(device: torch.device | str = "cpu") -> str:
     if target.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(target)})"
     return f"{target.type} ({torch.get_num_threads()} threads, {platform.machine() or 'unknown cpu'})"
+
+
+zoo_tasks = study_tasks
+zoo_task_vectors = study_task_vectors
+"""Former names of :func:`study_tasks` and :func:`study_task_vectors` (a zoo is a study)."""

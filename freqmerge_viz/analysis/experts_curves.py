@@ -31,7 +31,7 @@ import pandas as pd
 from ..errors import ParameterError, check_choice
 from ..experts import check_density, extract_experts, storage_table, svd_experts
 from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
-                         zoo_task_vectors, zoo_tasks)
+                         study_task_vectors, study_tasks)
 
 KINDS = ("topk", "topk_rescaled", "bernoulli", "bernoulli_rescaled", "svd")
 DENSITIES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -84,7 +84,7 @@ def expert_state(pretrained, expert) -> dict:
     return {k: expert.add_to(k, pretrained[k]) if k in expert else pretrained[k] for k in pretrained}
 
 
-def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[float] = DENSITIES,
+def expert_curves(study, *, kinds: Sequence[str] = KINDS, densities: Sequence[float] = DENSITIES,
                   tasks: Sequence[str] | None = None, seed: int = 0, split: str = "test",
                   limit: int | None = 300) -> pd.DataFrame:
     """Expert-only accuracy for every kind and density, per task.
@@ -95,14 +95,14 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
     only), ``over_budget`` and ``individual`` (the fine-tuned model on the same images). Rows
     with ``kind="pretrained"`` (no expert) are the floor, at density 0.
     """
-    tasks = zoo_tasks(zoo, tasks)
+    tasks = study_tasks(study, tasks)
     for kind in kinds:
         check_choice("kind", kind, KINDS)
     if not densities:
         raise ParameterError("need at least one density")
-    vectors = zoo_task_vectors(zoo, tasks)
-    numel = backbone_numel(zoo)
-    pre = materialize(zoo.pretrained)
+    vectors = study_task_vectors(study, tasks)
+    numel = backbone_numel(study)
+    pre = materialize(study.pretrained)
     points, states = [], {t: [pre] for t in tasks}
     svd_storage = svd_storage_by_rank(vectors[0]) if "svd" in kinds else None
     for kind in kinds:
@@ -117,9 +117,9 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
                                "stored_fraction": float(table["percent_of_model"].iloc[i]) / 100.0,
                                "rank": getattr(expert, "rank", None), "scale": float(expert.scale),
                                "over_budget": budget is not None and int(table["parameters_kept"].iloc[i]) > budget})
-    measured = evaluate_per_task(zoo, states, split=split, limit=limit)
+    measured = evaluate_per_task(study, states, split=split, limit=limit)
     accuracy = {(t, s): a for t, s, a in zip(measured["task"], measured["state"], measured["accuracy"])}
-    individual = individual_accuracies(zoo, tasks, split=split, limit=limit)
+    individual = individual_accuracies(study, tasks, split=split, limit=limit)
     rows = [{"kind": "pretrained", "density": 0.0, "task": t, "accuracy": accuracy[(t, 0)], "parameters": 0,
              "stored_fraction": 0.0, "rank": None, "scale": 0.0, "over_budget": False} for t in tasks]
     for point in points:
@@ -127,7 +127,7 @@ def expert_curves(zoo, *, kinds: Sequence[str] = KINDS, densities: Sequence[floa
         rows.append({**point, "accuracy": accuracy[(point["task"], position)]})
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("accuracy") + 1, "n_images",
-                 table["task"].map(image_counts(zoo, tasks, split=split, limit=limit)))
+                 table["task"].map(image_counts(study, tasks, split=split, limit=limit)))
     table["individual"] = table["task"].map(individual)
     table.attrs.update({"split": split, "limit": limit, "seed": seed, "model_numel": numel})
     return table

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from ..engine import StackedStates
-from ..zoo.evaluation import evaluate_on_zoo, zoo_backbone_keys
+from ..study import evaluate_on_study
 from ..errors import EmptyInputError, ParameterError
 from ..tables import generalisation_difference, generalisation_pivot  # noqa: F401  (part of this analysis' API)
 from .evaluation import image_counts
@@ -23,24 +23,24 @@ from .landscape import filter_label, filter_step
 COLUMNS = ["source", "target", "filtered", "accuracy", "loss"]
 
 
-def source_states(zoo, tasks: Sequence[str], filtered=True, scaling: float = 1.0) -> StackedStates:
+def source_states(study, tasks: Sequence[str], filtered=True, scaling: float = 1.0) -> StackedStates:
     """Stacked backbones: θ_pre, then ``θ_pre + scaling·τ_i`` per task, then the filtered ones
     ``θ_pre + scaling·G(τ_i)`` (``1 + 2K`` sets; `filtered` as in
     :func:`~freqmerge_viz.analysis.landscape.filter_step`)."""
     step, _ = filter_step(filtered)
     if step is None:
         raise ParameterError("the generalisation matrix compares a filter with no filter; give filtered=")
-    keys = zoo_backbone_keys(zoo)
+    keys = study.backbone_keys()
     stacked = {}
     for key in keys:
-        base = zoo.pretrained[key].detach().to(torch.float32)
-        deltas = torch.stack([zoo.finetuned[t][key].detach().to(torch.float32) - base for t in tasks])
+        base = study.pretrained[key].detach().to(torch.float32)
+        deltas = torch.stack([study.finetuned[t][key].detach().to(torch.float32) - base for t in tasks])
         filtered_deltas = step(deltas.clone(), key)
         stacked[key] = torch.cat([base[None], base + scaling * deltas, base + scaling * filtered_deltas])
     return StackedStates(stacked)
 
 
-def generalisation_matrix(zoo, *, tasks: Sequence[str] | None = None, filtered=True, scaling: float = 1.0,
+def generalisation_matrix(study, *, tasks: Sequence[str] | None = None, filtered=True, scaling: float = 1.0,
                           split: str = "test", limit: int | None = None, head: str = "finetuned",
                           mode: str = "auto", chunk: int | None = None, device=None) -> pd.DataFrame:
     """Tidy ``source, target, filtered, accuracy, loss``: ``θ_pre + scaling·τ_source`` (``filtered``
@@ -49,15 +49,15 @@ def generalisation_matrix(zoo, *, tasks: Sequence[str] | None = None, filtered=T
     ``df.attrs``: ``pretrained`` (θ_pre's accuracy per target), ``filter`` (label), ``scaling``,
     ``split``, ``limit``, ``n_images`` (images per target). With ``scaling=1`` the unfiltered diagonal is the fine-tuned models.
     """
-    chosen = list(zoo.tasks) if tasks is None else list(tasks)
+    chosen = list(study.tasks) if tasks is None else list(tasks)
     if not chosen:
         raise EmptyInputError("need at least one task")
     for task in chosen:
-        zoo._check_task(task)
+        study.check_task(task)
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise ParameterError(f"scaling must be a number, got {scaling!r}")
-    states = source_states(zoo, chosen, filtered, float(scaling))
-    table = evaluate_on_zoo(zoo, states, chosen, split=split, limit=limit, head=head, mode=mode, chunk=chunk,
+    states = source_states(study, chosen, filtered, float(scaling))
+    table = evaluate_on_study(study, states, chosen, split=split, limit=limit, head=head, mode=mode, chunk=chunk,
                             device=device)
     k = len(chosen)
     pretrained = table[table["state"] == 0]
@@ -68,7 +68,7 @@ def generalisation_matrix(zoo, *, tasks: Sequence[str] | None = None, filtered=T
     frame = rows[COLUMNS].sort_values(["filtered", "source", "target"], key=_task_order(chosen)).reset_index(drop=True)
     frame.attrs.update(pretrained=dict(zip(pretrained["task"], pretrained["accuracy"].astype(float))),
                        filter=filter_label(filtered), scaling=float(scaling), split=split, limit=limit, tasks=chosen,
-                       n_images=image_counts(zoo, chosen, split=split, limit=limit))
+                       n_images=image_counts(study, chosen, split=split, limit=limit))
     return frame
 
 

@@ -9,7 +9,7 @@ count in units of ``‖τ_A‖`` and ``‖τ_B⊥‖``::
 so ``(0, 0)`` is ``θ_pre``, ``(1, 0)`` the fine-tuned model A and ``(⟨τ_B, u⟩/‖τ_A‖, 1)`` model B.
 Inner products and norms run over the *plane keys*: the evaluator's parameters selected
 by the ``include``/``exclude`` globs (default: all of them, e.g. every backbone key of the
-zoo's ViT); the other parameters stay at ``θ_pre`` everywhere on the plane. Everything is
+study's model); the other parameters stay at ``θ_pre`` everywhere on the plane. Everything is
 computed key by key; no model is flattened into one vector.
 
 ``filtered=`` replaces both task vectors by their filtered versions before the plane is
@@ -20,7 +20,7 @@ built (a :class:`~freqmerge_viz.FilterSpec`, FR-Merging's parameters as a dict s
 A grid can be evaluated in blocks of rows through any ``concurrent.futures``-style executor
 (``executor=``, anything with ``map``: a thread or process pool, a dask cluster's
 ``client.get_executor()``): each block is a :class:`GridBlock`, which pickles and rebuilds the
-zoo's forward where it runs. Every model is scored on its own, so the grid matches the serial
+study's forward where it runs. Every model is scored on its own, so the grid matches the serial
 one (exactly, on CPU, in ``tests/test_executors.py``).
 
 Evaluations are cached as ``.npz`` files in ``cache_dir`` (none by default), named by a
@@ -31,7 +31,7 @@ inputs loads the file instead of evaluating. A custom forward enters the key onl
 the evaluator's ``name`` and its ``fingerprint`` attribute, a custom filter step through
 its module and qualified name: rename them (or clear the cache) when their code changes.
 
-:func:`write_figures` draws the zoo's Fig. 4 analogue; see its docstring for the defaults.
+:func:`write_figures` draws the study's Fig. 4 analogue; see its docstring for the defaults.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 from ..engine import EvalResult, Evaluator, StackedStates, tensor_digest
-from ..zoo.evaluation import zoo_evaluator, zoo_forward
+from ..study import as_study, study_evaluator
 from ..errors import ParameterError, ShapeMismatchError, check_positive_int
 from ..io import load_state, write_atomically
 from ..keys import Patterns, select_keys
@@ -63,7 +63,20 @@ REFERENCES = ("pretrained", "finetuned_a", "finetuned_b")
 """Labels of the reference points in :func:`project_points`' ``method`` column."""
 
 DEFAULT_TASKS = ("landcover", "textures")
-"""The zoo's stand-ins for the paper's Fig. 4 pair (EuroSAT, DTD), evaluated on landcover."""
+"""The demo zoo's stand-ins for the paper's Fig. 4 pair (EuroSAT, DTD), evaluated on landcover
+(another study's default pair is its first two tasks: :func:`default_pair`)."""
+
+
+def default_pair(study) -> tuple[str, str]:
+    """The two tasks whose plane a study's landscape shows by default: :data:`DEFAULT_TASKS` when
+    the study has both (the demo zoo), else its first two tasks."""
+    tasks = list(study.tasks)
+    if all(t in tasks for t in DEFAULT_TASKS):
+        return DEFAULT_TASKS
+    if len(tasks) < 2:
+        raise ParameterError(f"a loss landscape needs two tasks; study {getattr(study, 'name', '')!r} has "
+                             f"{len(tasks)}")
+    return tasks[0], tasks[1]
 DEFAULT_METHODS = {
     "task_arithmetic": {"method": "task_arithmetic", "scaling": 0.5},
     "fr": {"method": "fr"},
@@ -298,9 +311,10 @@ def _cached(cache_dir, kind: str, parts: dict, compute: Callable[[], dict[str, n
 class GridBlock:
     """Grid points to evaluate on their own, anywhere: a picklable task for :func:`evaluate_block`.
 
-    `plane` and `coordinates [S, 2]` fix the models, `evaluator` scores them. A zoo's forward
-    is a closure that does not pickle, so a block of a zoo study carries its evaluator without
-    it and ``zoo_recipe = (zoo directory, task, head)`` to rebuild it; otherwise the
+    `plane` and `coordinates [S, 2]` fix the models, `evaluator` scores them. A study's forward
+    is a closure that does not pickle, so a block of a study opened from a file carries its
+    evaluator without it and ``zoo_recipe = (zoo folder or study file, task, head)`` to rebuild
+    it; otherwise the
     evaluator's own forward travels (a process pool or a cluster needs one that pickles).
     """
 
@@ -310,13 +324,11 @@ class GridBlock:
     zoo_recipe: tuple[str, str, str] | None = None
 
     def resolved_evaluator(self) -> Evaluator:
-        """The evaluator, with the zoo's forward rebuilt when the block carries a zoo recipe."""
+        """The evaluator, with the study's forward rebuilt when the block carries a recipe."""
         if self.zoo_recipe is None:
             return self.evaluator
-        from ..zoo import load
-
         path, task, head = self.zoo_recipe
-        return replace(self.evaluator, forward=zoo_forward(load(path), task, head))
+        return replace(self.evaluator, forward=as_study(path).functional_forward(task, head))
 
 
 def _compact(plane: Plane) -> Plane:
@@ -388,8 +400,8 @@ class PlaneStudy:
 
     def blocks(self, coordinates: np.ndarray, size: int) -> list[GridBlock]:
         """``coordinates [S, 2]`` cut into :class:`GridBlock` s of at most `size` points, in order,
-        sharing one copy of the plane and data that pickles compactly. A zoo study with a
-        directory sends the zoo's forward as a recipe (see :class:`GridBlock`)."""
+        sharing one copy of the plane and data that pickles compactly. A study opened from a
+        file sends the study's forward as a recipe (see :class:`GridBlock`)."""
         size = check_positive_int("block size", size)
         coordinates = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
         evaluator = replace(self.evaluator, inputs=self.evaluator.inputs.clone(),
@@ -533,25 +545,25 @@ def plane_study(source, task_a, task_b, *, eval_task: str | None = None, filtere
         if pretrained is None:
             raise ParameterError("with an Evaluator, give pretrained= and the two fine-tuned states as task_a, task_b")
         if eval_task is not None:
-            raise ParameterError("eval_task applies to a zoo; an Evaluator fixes its own data")
+            raise ParameterError("eval_task applies to a study; an Evaluator fixes its own data")
         evaluator = replace(source, **options)
         pre, fa, fb = (load_state(s) for s in (pretrained, task_a, task_b))
         names = names or (getattr(fa, "name", "A"), getattr(fb, "name", "B"))
         info, recipe = {}, None
     elif hasattr(source, "finetuned") and hasattr(source, "pretrained"):
         for task in (task_a, task_b):
-            source._check_task(task)
+            source.check_task(task)
         evaluated = eval_task or task_a
-        evaluator = zoo_evaluator(source, evaluated, split, limit, head, **options)
+        evaluator = study_evaluator(source, evaluated, split, limit, head, **options)
         pre, fa, fb = source.pretrained, source.finetuned[task_a], source.finetuned[task_b]
         names = names or (task_a, task_b)
         info = {"eval_task": evaluated, "split": split, "limit": limit, "head": head}
-        path = getattr(source, "path", None)
+        path = getattr(source, "source_path", None)
         recipe = None if path is None else (str(path), evaluated, head)
         if pretrained is not None:
-            raise ParameterError("pretrained= is for an Evaluator; a zoo brings its own")
+            raise ParameterError("pretrained= is for an Evaluator; a study brings its own")
     else:
-        raise ParameterError(f"source must be a zoo or an Evaluator, got {type(source).__name__}")
+        raise ParameterError(f"source must be a study (or the zoo) or an Evaluator, got {type(source).__name__}")
     plane = make_plane(pre, fa, fb, evaluator.keys, include=include, exclude=exclude, step=step)
     return PlaneStudy(plane, evaluator, pre, fa, fb, tuple(names), label,
                       None if cache_dir is None else Path(cache_dir), info, recipe)
@@ -566,7 +578,7 @@ def landscape(source, task_a, task_b, *, eval_task: str | None = None, grid=21, 
     """Loss and accuracy over a grid of the plane of two task vectors (tidy:
     ``alpha, beta, loss, accuracy``; plane metadata in ``df.attrs``).
 
-    `source` is a zoo (then `task_a`, `task_b` are task names and the data are the first
+    `source` is a study (then `task_a`, `task_b` are task names and the data are the first
     `limit` samples of `eval_task`'s `split`, default task A, scored with its `head`) or an
     :class:`~freqmerge_viz.engine.Evaluator` of your own model (then `task_a`, `task_b` are the
     fine-tuned states and `pretrained=` is required). `grid`: see :func:`grid_axes`;

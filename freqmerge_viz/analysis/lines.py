@@ -1,4 +1,4 @@
-"""LiNeS-style per-layer scaling (Wang et al., ICLR 2025) against one scaling for every layer, on a zoo.
+"""LiNeS-style per-layer scaling (Wang et al., ICLR 2025) against one scaling for every layer, on a study.
 
 Task arithmetic with ``layer_scaling=[α, β]`` multiplies each layer's summed task vectors by
 ``α + β·d`` (d = 0 for the first layer and the embeddings, 1 for the last layer and the head side;
@@ -14,11 +14,11 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ..stats import best_on_validation
-from ..zoo.evaluation import evaluate_on_zoo
+from ..study import evaluate_on_study
 from ..methods import merge
-from .evaluation import finetuned_subset, image_counts, materialize, zoo_tasks
+from .evaluation import finetuned_subset, image_counts, materialize, study_tasks
 SCALINGS = (0.025, 0.05, 0.1, 0.2, 0.3)
-"""Task arithmetic's one scaling tried (the demo zoo's validation optimum was at 0.1, the lower
+"""Task arithmetic's one scaling tried (the demo study's validation optimum was at 0.1, the lower
 edge of the usual grid, so the grid reaches below it)."""
 ALPHAS = (0.025, 0.05, 0.1)
 """LiNeS' α (the first layer's factor) tried with task arithmetic."""
@@ -33,38 +33,38 @@ def lines_grid(alphas: Sequence[float] = ALPHAS, betas: Sequence[float] = BETAS)
     return [{"scaling": 1.0, "layer_scaling": [float(a), float(b)]} for a in alphas for b in betas]
 
 
-def choose_on_validation(zoo, method: str, grid: Sequence[Mapping], *, tasks: Sequence[str] | None = None,
+def choose_on_validation(study, method: str, grid: Sequence[Mapping], *, tasks: Sequence[str] | None = None,
                          validation_limit: int | None = VALIDATION_LIMIT) -> tuple[dict, float]:
     """The parameters of `grid` (one merge each, all evaluated in one engine call) with the best
     mean accuracy over `tasks` on the first `validation_limit` validation images (ties: the
     earlier), and that mean (a fraction)."""
-    chosen = zoo_tasks(zoo, tasks)
-    models = finetuned_subset(zoo, chosen)
+    chosen = study_tasks(study, tasks)
+    models = finetuned_subset(study, chosen)
     if len(grid) == 1:
         return dict(grid[0]), float("nan")
-    states = [materialize(merge(method, zoo.pretrained, models, **dict(p))) for p in grid]
-    scores = evaluate_on_zoo(zoo, states, chosen, split="val", limit=validation_limit)
+    states = [materialize(merge(method, study.pretrained, models, **dict(p))) for p in grid]
+    scores = evaluate_on_study(study, states, chosen, split="val", limit=validation_limit)
     means = scores.groupby("state")["accuracy"].mean()
     best = best_on_validation([means[i] for i in range(len(grid))])
     return dict(grid[best]), float(means[best])
 
 
-def lines_comparison(zoo, *, scalings: Sequence[float] = SCALINGS, alphas: Sequence[float] = ALPHAS,
+def lines_comparison(study, *, scalings: Sequence[float] = SCALINGS, alphas: Sequence[float] = ALPHAS,
                      betas: Sequence[float] = BETAS, tasks: Sequence[str] | None = None, limit: int | None = 300,
                      validation_limit: int | None = VALIDATION_LIMIT) -> pd.DataFrame:
     """Task arithmetic with one scaling (best of `scalings`) against task arithmetic with LiNeS
     scaling (best of :func:`lines_grid`), each chosen on validation and measured on the first
     `limit` test images per task. One row per setting and task: ``setting, params`` (JSON),
     ``validation_mean``, ``task``, ``accuracy`` (a fraction), ``n_images``."""
-    chosen = zoo_tasks(zoo, tasks)
+    chosen = study_tasks(study, tasks)
     families = {"task arithmetic": [{"scaling": float(s)} for s in scalings],
                 "task arithmetic + LiNeS": lines_grid(alphas, betas)}
-    picks = {name: choose_on_validation(zoo, "task_arithmetic", grid, tasks=chosen, validation_limit=validation_limit)
+    picks = {name: choose_on_validation(study, "task_arithmetic", grid, tasks=chosen, validation_limit=validation_limit)
              for name, grid in families.items()}
-    models = finetuned_subset(zoo, chosen)
-    states = [materialize(merge("task_arithmetic", zoo.pretrained, models, **params)) for params, _ in picks.values()]
-    measured = evaluate_on_zoo(zoo, states, chosen, split="test", limit=limit)
-    counts = image_counts(zoo, chosen, split="test", limit=limit)
+    models = finetuned_subset(study, chosen)
+    states = [materialize(merge("task_arithmetic", study.pretrained, models, **params)) for params, _ in picks.values()]
+    measured = evaluate_on_study(study, states, chosen, split="test", limit=limit)
+    counts = image_counts(study, chosen, split="test", limit=limit)
     names = list(picks)
     rows = [{"setting": names[s], "params": json.dumps(picks[names[s]][0], sort_keys=True),
              "validation_mean": picks[names[s]][1], "task": t, "accuracy": float(a), "n_images": counts[t]}

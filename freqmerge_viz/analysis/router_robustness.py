@@ -19,18 +19,18 @@ import torch
 from ..errors import ParameterError
 from ..methods import RoutedMerge
 from ..routing import RandomRouter
-from .evaluation import reference_accuracies, zoo_tasks
+from .evaluation import reference_accuracies, study_tasks
 from .selection import VALIDATION_LIMIT, build_chosen, choose
 
 ROUTED_ROWS = {"FREE": "free_oracle", "EMR": "emr", "Twin": "twin"}
-"""Display name -> row of the zoo comparison whose validation-chosen settings are used."""
+"""Display name -> row of the study comparison whose validation-chosen settings are used."""
 
 ROUTER_ACCURACIES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 """p grid of the full figure (router accuracy, fraction of inputs sent to their own task)."""
 
 
 @torch.no_grad()
-def correctness(zoo, routed: RoutedMerge, tasks: Sequence[str], *, split: str = "test",
+def correctness(study, routed: RoutedMerge, tasks: Sequence[str], *, split: str = "test",
                 limit: int | None = 300, batch_size: int = 500) -> torch.Tensor:
     """``correct[s, t, i]``: whether `routed`'s state of task ``s`` classifies image ``i`` of task ``t``
     right (task ``t``'s head). Bool ``[K, K, N]`` over the first `limit` images (N: the fewest any
@@ -40,7 +40,7 @@ def correctness(zoo, routed: RoutedMerge, tasks: Sequence[str], *, split: str = 
         raise ParameterError(f"the routed merge has {routed.n_tasks} tasks, {len(tasks)} task names given")
     data = []
     for task in tasks:
-        images, labels = zoo.data(task, split)
+        images, labels = study.data(task, split)
         data.append((images[:limit], labels[:limit]) if limit is not None else (images, labels))
     n = min(len(labels) for _, labels in data)
     out = torch.zeros(len(tasks), len(tasks), n, dtype=torch.bool)
@@ -49,7 +49,7 @@ def correctness(zoo, routed: RoutedMerge, tasks: Sequence[str], *, split: str = 
         for t, (task, (images, labels)) in enumerate(zip(tasks, data)):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
-                logits = zoo.forward(state, images[lo:hi], task)
+                logits = study.forward(state, images[lo:hi], task)
                 out[s, t, lo:hi] = logits.argmax(1) == labels[lo:hi]
     return out
 
@@ -89,34 +89,34 @@ def robustness_table(correct_by_method: Mapping[str, torch.Tensor], tasks: Seque
     return pd.DataFrame(rows)
 
 
-def router_robustness(zoo, routed_by_method: Mapping[str, RoutedMerge], *, tasks: Sequence[str] | None = None,
+def router_robustness(study, routed_by_method: Mapping[str, RoutedMerge], *, tasks: Sequence[str] | None = None,
                       ps: Sequence[float] = ROUTER_ACCURACIES, seed: int = 0, split: str = "test",
                       limit: int | None = 300) -> pd.DataFrame:
-    """:func:`robustness_table` of the given routed merges (built over `tasks`, in that order) on the zoo."""
-    tasks = zoo_tasks(zoo, tasks)
-    outcomes = {name: correctness(zoo, routed, tasks, split=split, limit=limit)
+    """:func:`robustness_table` of the given routed merges (built over `tasks`, in that order) on the study."""
+    tasks = study_tasks(study, tasks)
+    outcomes = {name: correctness(study, routed, tasks, split=split, limit=limit)
                 for name, routed in routed_by_method.items()}
     table = robustness_table(outcomes, tasks, ps, seed)
     table.attrs.update({"split": split, "limit": limit, "seed": seed})
     return table
 
 
-def chosen_routed_merges(zoo, *, tasks: Sequence[str] | None = None, quick: bool = False,
+def chosen_routed_merges(study, *, tasks: Sequence[str] | None = None, quick: bool = False,
                          validation_limit: int | None = VALIDATION_LIMIT) -> dict[str, RoutedMerge]:
-    """FREE, EMR and Twin over `tasks` with the settings the zoo comparison chooses on validation
+    """FREE, EMR and Twin over `tasks` with the settings the study comparison chooses on validation
     (oracle routes; :mod:`.selection`): FREE's FR backbone and expert scale, Twin's rank and
     task-arithmetic scaling; EMR has no settings."""
-    tasks = zoo_tasks(zoo, tasks)
-    choices = choose(zoo, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick)
-    return {label: build_chosen(zoo, choices, row, tasks) for label, row in ROUTED_ROWS.items()}
+    tasks = study_tasks(study, tasks)
+    choices = choose(study, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick)
+    return {label: build_chosen(study, choices, row, tasks) for label, row in ROUTED_ROWS.items()}
 
 
-def robustness_references(zoo, *, tasks: Sequence[str] | None = None, quick: bool = False,
+def robustness_references(study, *, tasks: Sequence[str] | None = None, quick: bool = False,
                           validation_limit: int | None = VALIDATION_LIMIT, split: str = "test",
                           limit: int | None = 300) -> pd.DataFrame:
     """:func:`~freqmerge_viz.analysis.evaluation.reference_accuracies` for the routed merges, on the
-    images they are scored on: no merge (θ_pre + heads), task arithmetic with the scaling the zoo
+    images they are scored on: no merge (θ_pre + heads), task arithmetic with the scaling the study
     comparison chooses on validation (the shared part Twin adds its experts to) and the fine-tuned models."""
-    tasks = zoo_tasks(zoo, tasks)
-    ta = choose(zoo, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick)["task_arithmetic"]
-    return reference_accuracies(zoo, tasks, split=split, limit=limit, task_arithmetic=ta.params)
+    tasks = study_tasks(study, tasks)
+    ta = choose(study, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick)["task_arithmetic"]
+    return reference_accuracies(study, tasks, split=split, limit=limit, task_arithmetic=ta.params)

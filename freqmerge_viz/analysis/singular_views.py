@@ -32,7 +32,7 @@ from ..singular import key_singular, singular_interference, singular_row
 from ..spectral import matrix_stack
 from ..taskvector import TaskVectors, common_keys, stack_key
 from .correlation import _pearson_rows, average_ranks, correlation_table, pair_interference_table
-from .evaluation import zoo_task_vectors
+from .evaluation import study_task_vectors
 from .table1 import MethodSetting, as_setting
 
 FOURIER = ("amplitude_variance", "normalized_variance")
@@ -187,7 +187,7 @@ def layer_profile(task_vectors: TaskVectors, *, transform=None, k: int | None = 
 
 
 # --------------------------------------------------------------------------- pairs of tasks
-def pair_singular_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None, seed: int = 0,
+def pair_singular_table(study, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None, seed: int = 0,
                         method: str = "task_arithmetic", params: Mapping | None = None, split: str = "test",
                         limit: int | None = 300, k: int | None = None) -> pd.DataFrame:
     """:func:`~freqmerge_viz.analysis.correlation.pair_interference_table` (each pair merged and
@@ -195,10 +195,10 @@ def pair_singular_table(zoo, *, tasks: Sequence[str] | None = None, n_pairs: int
     beside them: ``sti``, ``sti_normalized``, ``overlap``, ``alignment`` (means over the same
     matrices as the Fourier measures: every key of 2+ dimensions; ``k`` per matrix as
     :func:`~freqmerge_viz.singular.default_rank` with K = 2 unless given)."""
-    pairs = pair_interference_table(zoo, tasks=tasks, n_pairs=n_pairs, seed=seed, method=method, params=params,
+    pairs = pair_interference_table(study, tasks=tasks, n_pairs=n_pairs, seed=seed, method=method, params=params,
                                     split=split, limit=limit)
     names = list(dict.fromkeys([*pairs["task_a"], *pairs["task_b"]]))
-    vectors = {tv.name: tv for tv in zoo_task_vectors(zoo, names)}
+    vectors = {tv.name: tv for tv in study_task_vectors(study, names)}
     singular = []
     for a, b in zip(pairs["task_a"], pairs["task_b"]):
         measured = singular_interference([vectors[a], vectors[b]], k=k, device="cpu")

@@ -1,11 +1,11 @@
 """Spectra of task vectors as arrays and tidy tables.
 
-An exactly-zero η = 0 row. On the demo zoo the matrices that write into the residual stream
+An exactly-zero η = 0 row. On the demo study the matrices that write into the residual stream
 (``attn.proj`` and ``mlp.fc2``) have a zero η = 0 row in every task vector's centred spectrum:
 each column of their task vector sums to zero to float32 precision (the DFT's η = 0 row is the
 DFT of the column sums), while ``attn.qkv`` and ``mlp.fc1`` show no such row. A plausible
 mechanism, not verified here: every reader of the residual stream is a LayerNorm, whose
-backward pass gives gradients with zero mean over the features, and the zoo fine-tunes with
+backward pass gives gradients with zero mean over the features, and the study fine-tunes with
 SGD without weight decay, so the summed updates keep that zero mean. Pictures
 (:func:`freqmerge_viz.plots.spectra_grid`, :mod:`freqmerge_viz.plots.spectra`) therefore draw
 numerically zero bins grey, outside the colour scale

@@ -27,14 +27,14 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..stats import best_on_validation
-from ..zoo.evaluation import evaluate_on_zoo
+from ..study import as_study, evaluate_on_study
 from ..errors import ParameterError, check_choice
 from ..methods import get_method, merge, method_transform
 from ..methods.fr import filter_spec
 from ..metrics import amplitude_variance
 from ..spectral import KINDS
 from .evaluation import (finetuned_subset, image_counts, materialize, reference_accuracies, transformed,
-                         zoo_task_vectors, zoo_tasks)
+                         study_task_vectors, study_tasks)
 
 CUTOFFS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 """Normalised cutoff grid of the full figure."""
@@ -76,15 +76,11 @@ class SweepPoint:
         return {**self.params, "kind": self.kind, "cutoff": float(self.cutoff), "scaling": scaling}
 
 
-def _load_zoo(zoo):
-    if isinstance(zoo, (str, os.PathLike)):
-        from ..zoo import load
-
-        return load(zoo)
-    return zoo
+def _load_zoo(study):
+    return as_study(study) if isinstance(study, (str, os.PathLike)) else study
 
 
-def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
+def run_point(study, point: SweepPoint) -> pd.DataFrame:
     """Measure one sweep point: one row per task.
 
     Columns: ``kind, cutoff, scaling`` (the one used), ``validation_mean`` (its validation mean
@@ -92,27 +88,27 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     images of `split`; accuracy a fraction), ``n_images`` (how many), and the interference of the filtered task vectors (same on every row of a
     point): ``amplitude_variance`` (all bins), ``kept_variance`` (bins with gain >= 0.5),
     ``normalized_variance`` (all bins, over the mean amplitude) and ``kept_fraction``.
-    `zoo` may be a loaded zoo or a zoo directory (loaded here, e.g. in another process).
+    `study` may be a loaded study or a study directory (loaded here, e.g. in another process).
     """
-    zoo = _load_zoo(zoo)
-    tasks = zoo_tasks(zoo, point.tasks)
-    models = finetuned_subset(zoo, tasks)
+    study = _load_zoo(study)
+    tasks = study_tasks(study, point.tasks)
+    models = finetuned_subset(study, tasks)
     validation_mean = float("nan")
     scaling = point.scalings[0]
     if len(point.scalings) > 1:
-        means = validation_means(zoo, point)
+        means = validation_means(study, point)
         best = best_on_validation(means)
         scaling, validation_mean = point.scalings[best], float(means[best])
     params = point.fr_params(scaling)
-    state = materialize(merge("fr", zoo.pretrained, models, **params))
-    measured = evaluate_on_zoo(zoo, [state], tasks, split=point.split, limit=point.limit)
-    filtered = transformed(zoo_task_vectors(zoo, tasks), method_transform("fr", len(tasks), **params))
+    state = materialize(merge("fr", study.pretrained, models, **params))
+    measured = evaluate_on_study(study, [state], tasks, split=point.split, limit=point.limit)
+    filtered = transformed(study_task_vectors(study, tasks), method_transform("fr", len(tasks), **params))
     spec = filter_spec(get_method("fr").resolve(params))
     everything = amplitude_variance(filtered, device="cpu")
     kept = amplitude_variance(filtered, within=spec, device="cpu")
     normalized = amplitude_variance(filtered, normalize=True, device="cpu")
     out = measured[["task", "accuracy", "loss"]].copy()
-    out["n_images"] = out["task"].map(image_counts(zoo, tasks, split=point.split, limit=point.limit))
+    out["n_images"] = out["task"].map(image_counts(study, tasks, split=point.split, limit=point.limit))
     out.insert(0, "validation_mean", validation_mean)
     out.insert(0, "scaling", scaling)
     out.insert(0, "cutoff", float(point.cutoff))
@@ -124,60 +120,60 @@ def run_point(zoo, point: SweepPoint) -> pd.DataFrame:
     return out
 
 
-def validation_means(zoo, point: SweepPoint) -> list[float]:
+def validation_means(study, point: SweepPoint) -> list[float]:
     """Mean validation accuracy over the point's tasks (first `validation_limit` images each) of FR
     at the point's kind and cutoff, for each of its `scalings` (in that order)."""
-    zoo = _load_zoo(zoo)
-    tasks = zoo_tasks(zoo, point.tasks)
-    models = finetuned_subset(zoo, tasks)
-    candidates = [materialize(merge("fr", zoo.pretrained, models, **point.fr_params(s))) for s in point.scalings]
-    scores = evaluate_on_zoo(zoo, candidates, tasks, split="val", limit=point.validation_limit)
+    study = _load_zoo(study)
+    tasks = study_tasks(study, point.tasks)
+    models = finetuned_subset(study, tasks)
+    candidates = [materialize(merge("fr", study.pretrained, models, **point.fr_params(s))) for s in point.scalings]
+    scores = evaluate_on_study(study, candidates, tasks, split="val", limit=point.validation_limit)
     means = scores.groupby("state")["accuracy"].mean()
     return [float(means[i]) for i in range(len(point.scalings))]
 
 
-def choose_scaling(zoo, kind: str = "ideal", cutoff: float = 0.1, scalings: Sequence[float] = SCALINGS,
+def choose_scaling(study, kind: str = "ideal", cutoff: float = 0.1, scalings: Sequence[float] = SCALINGS,
                    **point_fields) -> tuple[float, dict[float, float]]:
     """The one scaling a fixed-scaling sweep uses: the best mean validation accuracy of FR at
     `kind` and `cutoff` (default FR's paper default, ideal high-pass at 0.1) among `scalings`
     (ties: the earlier). Returns it and ``{scaling: validation mean}``. `point_fields` go to the
     :class:`SweepPoint` (tasks, params, validation_limit)."""
     point = SweepPoint(kind, float(cutoff), scalings=tuple(scalings), **point_fields)
-    means = validation_means(zoo, point) if len(point.scalings) > 1 else [float("nan")]
+    means = validation_means(study, point) if len(point.scalings) > 1 else [float("nan")]
     best = best_on_validation(means)
     return point.scalings[best], dict(zip(point.scalings, means))
 
 
-def task_arithmetic_equivalent(zoo, scaling: float, params: Mapping[str, Any] | None = None,
+def task_arithmetic_equivalent(study, scaling: float, params: Mapping[str, Any] | None = None,
                                tasks: Sequence[str] | None = None) -> dict | None:
     """Task-arithmetic parameters of FR with `params` at cutoff 0 and `scaling` (the identity
     filter): ``{"scaling": s, "weights": c_i · w_i}`` with FR's per-task coefficients c_i (λ_i of
     Eq. 3 by default, 1/K for ``uniform``, 1 for ``none``) and the given ``weights`` w_i. None for
     FR readings with no task-arithmetic equivalent (per-key ``align`` coefficients, sign consensus,
     partial key scopes)."""
-    zoo = _load_zoo(zoo)
-    tasks = zoo_tasks(zoo, tasks)
+    study = _load_zoo(study)
+    tasks = study_tasks(study, tasks)
     resolved = get_method("fr").resolve({**dict(params or {}), "cutoff": 0.0, "scaling": float(scaling)})
     if (resolved["coefficients"] == "align" or resolved["consensus"] != "none" or resolved["sum_keys"] != "all"
             or resolved["merge_scope"] != "all" or resolved["weight_scaling"] != 1.0):
         return None
     k = len(tasks)
     if resolved["coefficients"] == "mean_abs":
-        coefficients = list(merge("fr", zoo.pretrained, finetuned_subset(zoo, tasks), **resolved).statistics["lambda"])
+        coefficients = list(merge("fr", study.pretrained, finetuned_subset(study, tasks), **resolved).statistics["lambda"])
     else:
         coefficients = [1.0 / k if resolved["coefficients"] == "uniform" else 1.0] * k
     weights = resolved.get("weights") or [1.0] * k
     return {"scaling": float(scaling), "weights": [float(c) * float(w) for c, w in zip(coefficients, weights)]}
 
 
-def sweep_references(zoo, scaling: float, params: Mapping[str, Any] | None = None, *,
+def sweep_references(study, scaling: float, params: Mapping[str, Any] | None = None, *,
                      tasks: Sequence[str] | None = None, split: str = "test", limit: int | None = 300) -> pd.DataFrame:
     """:func:`~freqmerge_viz.analysis.evaluation.reference_accuracies` of a sweep held at `scaling`:
     no merge (θ_pre + heads), task arithmetic at the same scaling and weights
     (:func:`task_arithmetic_equivalent`: what the sweep's cutoff 0 is), fine-tuned; same images."""
-    zoo = _load_zoo(zoo)
-    ta = task_arithmetic_equivalent(zoo, scaling, params, tasks)
-    return reference_accuracies(zoo, tasks, split=split, limit=limit, task_arithmetic=ta)
+    study = _load_zoo(study)
+    ta = task_arithmetic_equivalent(study, scaling, params, tasks)
+    return reference_accuracies(study, tasks, split=split, limit=limit, task_arithmetic=ta)
 
 
 def sweep_points(kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFFS, **point_fields) -> list[SweepPoint]:
@@ -185,16 +181,16 @@ def sweep_points(kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFF
     return [SweepPoint(kind, float(c), **point_fields) for kind in kinds for c in cutoffs]
 
 
-def cutoff_sweep(zoo, kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFFS, *, executor=None,
+def cutoff_sweep(study, kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFFS, *, executor=None,
                  **point_fields) -> pd.DataFrame:
     """The sweep over `kinds` × `cutoffs` as one tidy table (rows of :func:`run_point`, grid order).
 
     `executor` is anything with ``map(fn, iterable)`` (a thread or process pool, a dask
-    ``client.get_executor()``); default: serial. For other processes or machines give `zoo` as
-    a directory path they can read: each point then loads it where it runs (a loaded zoo
+    ``client.get_executor()``); default: serial. For other processes or machines give `study` as
+    a directory path they can read: each point then loads it where it runs (a loaded study
     pickles too, but sends its manifest, heads and lazy file readers with every point).
     """
     points = sweep_points(kinds, cutoffs, **point_fields)
-    run = partial(run_point, zoo)
+    run = partial(run_point, study)
     results = list(executor.map(run, points)) if executor is not None else [run(p) for p in points]
     return pd.concat(results, ignore_index=True)

@@ -53,6 +53,9 @@ class Study:
     metric = "accuracy"
     """What ``accuracy`` means for this study: ``accuracy`` (top-1) or ``next-token accuracy``."""
     head_kinds: tuple[str, ...] = ("finetuned",)
+    source_path = None
+    """The zoo folder or study file the study was opened from (``None``: built in memory); a
+    process pool or cluster worker reopens the study from it."""
     default_limit: int | None = None
     """Samples per task and split the analyses use by default (``None``: all)."""
     tasks: list[str]

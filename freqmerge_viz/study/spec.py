@@ -179,21 +179,23 @@ def load_study(path: str | os.PathLike | None = None, **overrides):
     every path, split, head and checkpoint header read, before any model runs; a problem
     raises :class:`~freqmerge_viz.errors.StudySpecError` naming the file and the field.
     """
-    if path is None or str(path) == "zoo":
-        from ..zoo import load
-
-        return load()
-    if Path(path).is_dir() and (Path(path) / "manifest.json").is_file():
-        from ..zoo import load
-
-        return load(path)
-    spec = read_spec(path, overrides)
+    if path is None or str(path) == "zoo" or Path(path).is_dir() and (Path(path) / "manifest.json").is_file():
+        _register_builtin_kinds()
+        values = {"kind": "zoo", **({} if path is None or str(path) == "zoo" else {"path": str(Path(path).resolve())})}
+        spec = Spec(Path("<zoo>"), values, KINDS["zoo"], "demo zoo")
+    else:
+        spec = read_spec(path, overrides)
     try:
-        return spec.kind.build(spec)
+        study = spec.kind.build(spec)
     except StudySpecError:
         raise
     except FreqMergeError as exc:
         raise StudySpecError(spec.path, getattr(exc, "field", "-"), str(exc)) from exc
+    if spec.path.is_file() and getattr(study, "source_path", None) is None:
+        study.source_path = str(spec.path.resolve())
+    if spec.values.get("name") and getattr(study, "kind", "") != "zoo":
+        study.name = spec.name
+    return study
 
 
 def kind_table() -> str:

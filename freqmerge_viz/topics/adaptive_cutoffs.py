@@ -12,7 +12,7 @@ from ..analysis.adaptive import RULES, chosen_cutoffs, rule_comparison
 from ..analysis.sweeps import SCALINGS
 from ..plots.core import save_csv, write_all
 from ..plots.singular import cutoff_rules_figure, cutoff_rules_plotly
-from . import QUICK_LIMIT, scope
+from . import scope, scope_label, topic_limit
 
 LIMIT = 300
 """Test images per task."""
@@ -20,7 +20,7 @@ VALIDATION_LIMIT = 150
 """Validation images per task used to choose each rule's scaling."""
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """``adaptive_cutoffs.*``: the cutoff each adaptive rule of
     :data:`~freqmerge_viz.analysis.adaptive.RULES` gives each matrix (``adaptive_cutoffs_chosen.csv``)
@@ -29,19 +29,19 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
     validation images per task, on :data:`LIMIT` test images. ``quick``: three tasks, 48 images,
     scaling 1 (not chosen)."""
     out = Path(out_dir)
-    tasks = scope(zoo, quick)
+    tasks = scope(study, quick)
     frames = []
     for rule, params in RULES.items():
         if rule != "fixed":
-            frame = chosen_cutoffs(zoo, params, tasks=tasks)
+            frame = chosen_cutoffs(study, params, tasks=tasks)
             frame.insert(0, "rule", rule)
             frames.append(frame)
     cutoffs = pd.concat(frames, ignore_index=True)
-    results = rule_comparison(zoo, RULES, tasks=tasks, scalings=(1.0,) if quick else SCALINGS,
-                              limit=QUICK_LIMIT if quick else LIMIT,
-                              validation_limit=QUICK_LIMIT if quick else VALIDATION_LIMIT)
+    results = rule_comparison(study, RULES, tasks=tasks, scalings=(1.0,) if quick else SCALINGS,
+                              limit=topic_limit(study, quick, LIMIT),
+                              validation_limit=topic_limit(study, quick, VALIDATION_LIMIT))
     fixed = float(results.loc[results["rule"] == "fixed", "cutoff"].iloc[0])
-    title = f"FR with adaptive per-matrix cutoffs against the fixed cutoff ({len(tasks)} zoo tasks)"
+    title = f"FR with adaptive per-matrix cutoffs against the fixed cutoff ({scope_label(study, tasks, topic_limit(study, quick, LIMIT), 'test')})"
     written = write_all(out / "adaptive_cutoffs", results, cutoff_rules_figure(cutoffs, results, title, fixed),
                         cutoff_rules_plotly(cutoffs, results, title, fixed), "adaptive-cutoffs", formats,
                         fractions=("accuracy", "validation_mean"))

@@ -10,7 +10,7 @@ from ..analysis.sweeps import CUTOFFS, SCALINGS, choose_scaling, cutoff_sweep, s
 from ..plots.core import fraction_names, save_csv, write_all
 from ..plots.sweeps import sweep_figure, sweep_plotly
 from ..spectral import KINDS
-from . import QUICK_LIMIT, scope
+from . import scope, scope_label, topic_limit
 
 LIMIT = 300
 """Test images per task."""
@@ -20,9 +20,9 @@ DEFAULT_KIND, DEFAULT_CUTOFF = "ideal", 0.1
 """FR's paper default filter, where the sweep's scaling is chosen."""
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg"), executor=None) -> list[Path]:
-    """The cutoff sweep on the zoo as ``cutoff_sweep.*``: ideal, Butterworth (order 2) and Gaussian
+    """The cutoff sweep on the study as ``cutoff_sweep.*``: ideal, Butterworth (order 2) and Gaussian
     high-pass at :data:`~freqmerge_viz.analysis.sweeps.CUTOFFS`, FR paper reading (λ_i of Eq. 3).
     One scaling for the whole sweep: the best of :data:`~freqmerge_viz.analysis.sweeps.SCALINGS`
     on :data:`VALIDATION_LIMIT` validation images per task at FR's default filter (ideal, ρ = 0.1;
@@ -32,19 +32,19 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
     (``cutoff_sweep_references.csv``). ``quick``: three tasks, ideal and Gaussian at cutoffs 0 and
     0.3, scaling 1 (not chosen), 48 images.
     """
-    tasks = tuple(scope(zoo, quick))
-    limit = QUICK_LIMIT if quick else LIMIT
+    tasks = tuple(scope(study, quick))
+    limit = topic_limit(study, quick, LIMIT)
     if quick:
         scaling, chosen_by = 1.0, "fixed, not tuned"
-        table = cutoff_sweep(zoo, ("ideal", "gaussian"), (0.0, 0.3), executor=executor, tasks=tasks, limit=limit)
+        table = cutoff_sweep(study, ("ideal", "gaussian"), (0.0, 0.3), executor=executor, tasks=tasks, limit=limit)
     else:
-        scaling, _ = choose_scaling(zoo, DEFAULT_KIND, DEFAULT_CUTOFF, SCALINGS, tasks=tasks,
-                                    validation_limit=VALIDATION_LIMIT)
+        scaling, _ = choose_scaling(study, DEFAULT_KIND, DEFAULT_CUTOFF, SCALINGS, tasks=tasks,
+                                    validation_limit=topic_limit(study, quick, VALIDATION_LIMIT))
         chosen_by = (f"chosen once, on {VALIDATION_LIMIT} validation images per task at {DEFAULT_KIND} "
                      f"ρ = {DEFAULT_CUTOFF:g}, among {', '.join(f'{v:g}' for v in SCALINGS)}")
-        table = cutoff_sweep(zoo, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
-    references = sweep_references(zoo, scaling, tasks=tasks, limit=limit)
-    title = f"FR-Merging along the cutoff ({len(tasks)} zoo tasks, paper reading: λ_i of Eq. 3)"
+        table = cutoff_sweep(study, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
+    references = sweep_references(study, scaling, tasks=tasks, limit=limit)
+    title = f"FR-Merging along the cutoff ({scope_label(study, tasks, limit, 'test')}; paper reading: λ_i of Eq. 3)"
     out = Path(out_dir)
     written = write_all(out / "cutoff_sweep", table, sweep_figure(table, title, references, chosen_by),
                         sweep_plotly(table, title, references, chosen_by), "cutoff-sweep", formats,

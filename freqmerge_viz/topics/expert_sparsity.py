@@ -9,23 +9,23 @@ from typing import Sequence
 from ..analysis.experts_curves import DENSITIES, KINDS, expert_curves
 from ..plots.core import write_all
 from ..plots.experts import experts_figure, experts_plotly
-from . import QUICK_LIMIT, scope
+from . import scope, scope_label, topic_limit
 
 LIMIT = 300
 """Test images per task."""
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Fig. 5b on the zoo as ``expert_sparsity.*``: every kind of :mod:`~freqmerge_viz.analysis.experts_curves`
+    """Fig. 5b on the study as ``expert_sparsity.*``: every kind of :mod:`~freqmerge_viz.analysis.experts_curves`
     at densities :data:`~freqmerge_viz.analysis.experts_curves.DENSITIES`, Bernoulli seed 0, first
     :data:`LIMIT` test images per task. Nothing is tuned (no validation). ``quick``: three tasks,
     densities 0.01 and 1, 48 images.
     """
-    tasks = scope(zoo, quick)
-    table = expert_curves(zoo, kinds=KINDS, densities=(0.01, 1.0) if quick else DENSITIES, tasks=tasks,
-                          limit=QUICK_LIMIT if quick else LIMIT)
-    title = f"Expert-only accuracy (θ_pre + e_t on task t), {len(tasks)} zoo tasks, {table.attrs['limit']} test images each"
+    tasks = scope(study, quick)
+    table = expert_curves(study, kinds=KINDS, densities=(0.01, 1.0) if quick else DENSITIES, tasks=tasks,
+                          limit=topic_limit(study, quick, LIMIT))
+    title = f"Expert-only accuracy (θ_pre + e_t on task t), {scope_label(study, tasks, table.attrs['limit'], 'test')}"
     return write_all(Path(out_dir) / "expert_sparsity", table, experts_figure(table, title),
                      experts_plotly(table, title), "fig5b-expert-sparsity", formats,
                      fractions=("accuracy", "individual"))

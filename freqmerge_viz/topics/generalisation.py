@@ -11,11 +11,12 @@ from ..analysis.generalisation import generalisation_difference, generalisation_
 from ..outputs import write_atomically
 from ..plots.core import save_figure, save_html
 from ..plots.generalisation import generalisation_figure, generalisation_plotly
+from . import scope_label, topic_limit
 
 
-def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
+def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
                   filtered=True, tasks: Sequence[str] | None = None) -> list[Path]:
-    """Fig. 3 on the zoo: heatmaps of the unfiltered and filtered matrices and their difference
+    """Fig. 3 on the study: heatmaps of the unfiltered and filtered matrices and their difference
     (matplotlib in `formats`, plotly HTML) and CSV tables, in `out_dir`.
 
     Defaults: all eight tasks, full task vectors (scaling 1, as in the paper), FR-Merging's
@@ -26,9 +27,9 @@ def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick and tasks is None:
-        tasks = list(zoo.tasks)[:4]
-    table = generalisation_matrix(zoo, tasks=tasks, filtered=filtered, limit=32 if quick else 1000)
-    title = (f"θ_pre + τ_source on each target ({table.attrs['split']}, {table.attrs['limit']} images); "
+        tasks = list(study.tasks)[:4]
+    table = generalisation_matrix(study, tasks=tasks, filtered=filtered, limit=topic_limit(study, quick, 1000, quick_limit=32))
+    title = (f"θ_pre + τ_source on each target ({scope_label(study, table.attrs['n_images'], table.attrs['limit'], table.attrs['split'])}); "
              f"filter: {table.attrs['filter']}")
     written: list[Path] = []
     fig = generalisation_figure(table, title=title)

@@ -10,7 +10,7 @@ from ..analysis.correlation import correlation_table, pair_interference_table
 from ..methods import get_method
 from ..plots.core import save_csv, write_all
 from ..plots.interference import interference_plotly, interference_scatter
-from . import QUICK_LIMIT, scope
+from . import scope, scope_label, topic_limit
 
 LIMIT = 400
 """Test images per task for the pair merges and the fine-tuned baselines."""
@@ -18,22 +18,22 @@ N_BOOT = 2000
 """Bootstrap resamples of the task pairs for the correlations' intervals."""
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Fig. 2b on the zoo: ``interference_vs_accuracy.*`` (one row per pair) and
+    """Fig. 2b on the study: ``interference_vs_accuracy.*`` (one row per pair) and
     ``interference_correlation.csv``.
 
-    Every pair of the zoo's tasks is merged by task arithmetic at its registered scaling 0.3
+    Every pair of the study's tasks is merged by task arithmetic at its registered scaling 0.3
     (fixed, not tuned: the paper's figure varies the models, not the merge) and evaluated on the
     first :data:`LIMIT` test images of both tasks; correlations carry :data:`N_BOOT` seeded
     bootstrap resamples (seed 0). ``quick``: three tasks (three pairs), 48 images, 200 resamples.
     """
     out = Path(out_dir)
-    pairs = pair_interference_table(zoo, tasks=scope(zoo, quick), limit=QUICK_LIMIT if quick else LIMIT)
+    pairs = pair_interference_table(study, tasks=scope(study, quick), limit=topic_limit(study, quick, LIMIT))
     correlations = correlation_table(pairs, n_boot=200 if quick else N_BOOT, seed=0)
     scaling = get_method("task_arithmetic").resolve({})["scaling"]
-    title = (f"{len(pairs)} pairs of zoo tasks merged by task arithmetic (scaling {scaling:g}); "
-             "correlations as measured on this zoo")
+    title = (f"{len(pairs)} pairs of tasks ({scope_label(study, scope(study, quick), topic_limit(study, quick, LIMIT), 'test')}) "
+             f"merged by task arithmetic (scaling {scaling:g}); correlations as measured on {study.name}")
     written = write_all(out / "interference_vs_accuracy", pairs, interference_scatter(pairs, correlations, title),
                         interference_plotly(pairs, correlations, title), "fig2b-interference", formats,
                         fractions=("accuracy_a", "accuracy_b", "individual_a", "individual_b"))

@@ -9,20 +9,21 @@ import time
 
 import pandas as pd
 
-from ..analysis.landscape import DEFAULT_METHODS, DEFAULT_TASKS, filter_label, merged_states, plane_study
+from ..analysis.landscape import DEFAULT_METHODS, default_pair, filter_label, merged_states, plane_study
 from ..outputs import write_atomically
 from ..plots.core import save_figure, save_html
 from ..plots.landscape import interpolation_figure, interpolation_plotly, landscape_figure, landscape_plotly
+from . import scope_label, topic_limit
 
 
-def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
-                  task_a: str = DEFAULT_TASKS[0], task_b: str = DEFAULT_TASKS[1], eval_task: str | None = None,
+def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
+                  task_a: str | None = None, task_b: str | None = None, eval_task: str | None = None,
                   filtered=True, cache_dir=None) -> list[Path]:
-    """Fig. 4 on the zoo: loss/accuracy landscapes unfiltered and filtered, merged points,
+    """Fig. 4 on the study: loss/accuracy landscapes unfiltered and filtered, merged points,
     interpolation curves; matplotlib (`formats`), plotly HTML and CSV tables in `out_dir`.
 
-    Defaults: tasks ``landcover`` and ``textures``, the zoo's stand-ins for the paper's
-    EuroSAT and DTD, evaluated on landcover. Their task vectors interfere: nearly orthogonal
+    Defaults on the demo zoo: tasks ``landcover`` and ``textures``, its stand-ins for the paper's
+    EuroSAT and DTD, evaluated on landcover (another study: its first two tasks). Their task vectors interfere: nearly orthogonal
     (cosine 0.09), ``θ_pre + τ_textures`` drops landcover to 34% and Task Arithmetic of the
     two (scaling 0.5) scores below θ_pre there (loss 0.30 against 0.15, accuracy 91% against
     96%; model A: 99.6%; 256 test images). The filter is FR-Merging's default high-pass
@@ -36,31 +37,35 @@ def write_figures(zoo, out_dir, *, quick: bool = False, formats: Sequence[str] =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if task_a is None or task_b is None:
+        task_a, task_b = default_pair(study)
     grid, limit, n_curve = (5, 32, 3) if quick else (21, 256, 21)
+    limit = topic_limit(study, quick, limit, quick_limit=limit)
     methods = {k: v for k, v in DEFAULT_METHODS.items() if not quick or k == "task_arithmetic"}
     settings = {"unfiltered": None, filter_label(filtered): filtered}
     grids, points, curves, planes = {}, {}, [], []
     merged = None
     start = time.perf_counter()
     for label, setting in settings.items():
-        study = plane_study(zoo, task_a, task_b, eval_task=eval_task, filtered=setting, split="test",
+        plane = plane_study(study, task_a, task_b, eval_task=eval_task, filtered=setting, split="test",
                             limit=limit, cache_dir=cache_dir)
         if merged is None:
-            merged = merged_states(methods, study.pretrained, study.finetuned_a, study.finetuned_b, study.names,
-                                   list(study.plane.origin))
-        grids[label] = study.grid(grid)
-        points[label] = study.points({}, merged)
-        curve = study.curves(n_curve)
+            merged = merged_states(methods, plane.pretrained, plane.finetuned_a, plane.finetuned_b, plane.names,
+                                   list(plane.plane.origin))
+        grids[label] = plane.grid(grid)
+        points[label] = plane.points({}, merged)
+        curve = plane.curves(n_curve)
         curve.insert(0, "setting", label)
         curves.append(curve)
-        planes.append({"setting": label, **study.plane.metadata(), "task_a": task_a, "task_b": task_b,
-                       "eval_task": study.info["eval_task"], "samples": len(study.evaluator.labels),
+        planes.append({"setting": label, **plane.plane.metadata(), "task_a": task_a, "task_b": task_b,
+                       "eval_task": plane.info["eval_task"], "samples": len(plane.evaluator.labels),
                        "mode": grids[label].attrs["mode"], "cache_hit": grids[label].attrs["cache_hit"]})
     evaluated = time.perf_counter() - start
     evaluated_on = planes[0]["eval_task"]
     written: list[Path] = []
     fig = landscape_figure(grids, points, metric=("loss", "accuracy"),
-                           title=f"{evaluated_on} ({limit} test images) on the plane of τ_{task_a} and τ_{task_b}")
+                           title=f"{evaluated_on} ({scope_label(study, [evaluated_on], limit, 'test')}) on the plane of "
+                                 f"τ_{task_a} and τ_{task_b}")
     written += save_figure(fig, out / "landscape", formats)
     _close(fig)
     for metric in ("loss", "accuracy"):

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..analysis.evaluation import zoo_task_vectors
+from ..analysis.evaluation import study_task_vectors
 from ..analysis.spectra import radial_profiles_by_key, spectra_of_key, spectra_table, spectrum_key
 from ..analysis.table1 import reference_filter
 from ..plots.core import spectra_grid, write_all
@@ -20,9 +20,9 @@ N_BINS = 16
 """Radial shells between normalised radius 0 (DC) and 1 (the spectrum's corner)."""
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Fig. 2a on the zoo: ``spectra.*`` (the report's matrix, :func:`~freqmerge_viz.report.spectrum_key`,
+    """Fig. 2a on the study: ``spectra.*`` (the report's matrix, :func:`~freqmerge_viz.report.spectrum_key`,
     with FR's default ideal high-pass ρ = 0.1 outlined; bins at numerical zero grey and listed in
     the caption, the CSV's ``zero`` column marks them) and ``radial_profiles_by_key.*`` (every
     matrix, :data:`N_BINS` shells). No evaluation; ``quick`` uses the first three tasks.
@@ -31,7 +31,7 @@ def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
 
 
     out = Path(out_dir)
-    vectors = zoo_task_vectors(zoo, scope(zoo, quick))
+    vectors = study_task_vectors(study, scope(study, quick))
     key = spectrum_key(vectors[0])
     spec = reference_filter()
     table = spectra_table(vectors, [key])

@@ -6,22 +6,22 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..analysis.evaluation import zoo_task_vectors
+from ..analysis.evaluation import study_task_vectors
 from ..analysis.table1 import DEFAULT_ROWS, table1
 from ..plots.core import write_all
 from ..plots.table1 import table1_bars, table1_plotly
-from . import scope
+from . import scope, scope_label
 
 
-def write_figures(zoo, out_dir: str | os.PathLike, *, quick: bool = False,
+def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                   formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Table 1 on the zoo's task vectors as ``table1.*``: :data:`~freqmerge_viz.analysis.table1.DEFAULT_ROWS`
+    """Table 1 on the study's task vectors as ``table1.*``: :data:`~freqmerge_viz.analysis.table1.DEFAULT_ROWS`
     (registered defaults of each method's per-task step), kept bins = those of FR's default ideal
     high-pass (ρ ≥ 0.1). No evaluation; ``quick`` uses the first three tasks.
     """
-    table = table1(zoo_task_vectors(zoo, scope(zoo, quick)), DEFAULT_ROWS)
+    table = table1(study_task_vectors(study, scope(study, quick)), DEFAULT_ROWS)
     fr = table.set_index("label").loc["FR"]
-    title = (f"Across-task amplitude variance after each method's step ({table.attrs['tasks']} zoo tasks); "
+    title = (f"Across-task amplitude variance after each method's step ({scope_label(study, scope(study, quick))}); "
              f"FR: {fr['change_all_pct']:+.1f}% over all bins, {fr['change_kept_pct']:+.1f}% over the "
              f"{100 * fr['kept_fraction']:.1f}% of bins it keeps")
     return write_all(Path(out_dir) / "table1", table, table1_bars(table, title), table1_plotly(table, title),

@@ -36,7 +36,7 @@ from ..errors import ParameterError, check_choice, check_positive_int
 from ..experts import check_density, storage_table
 from ..methods import list_routed_methods, routed_merge
 from ..analysis.evaluation import (backbone_numel, evaluate_per_task, finetuned_subset, individual_accuracies,
-                                   materialize, zoo_task_vectors, zoo_tasks)
+                                   materialize, study_task_vectors, study_tasks)
 from ..analysis.experts_curves import KINDS, build_experts, expert_state, svd_storage_by_rank
 from ..analysis.router_robustness import ROUTER_ACCURACIES, ROUTED_ROWS, correctness, robustness_table
 from ..backend import torch_threads
@@ -103,8 +103,8 @@ class ExpertModel:
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
         with torch_threads(threads):
-            self.tasks = zoo_tasks(zoo, tasks)
-            self._vectors = zoo_task_vectors(zoo, self.tasks)
+            self.tasks = study_tasks(zoo, tasks)
+            self._vectors = study_task_vectors(zoo, self.tasks)
             self._pretrained = materialize(zoo.pretrained)
             self._numel = backbone_numel(zoo)
             self._model_bytes = 4 * self._numel

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import CheckpointError, MissingKeysError, ParameterError
 from ..io import LazyState, load_state
+from ..stats import mean_accuracy, normalized_accuracy
 from ..study.base import Study
 from .config import ZooConfig
 from .model import ViTConfig, backbone_forward, head_forward
@@ -113,28 +114,6 @@ def _accuracy(tensors, head, images, labels, config, device, batch_size, where):
         logits = head_forward(head, backbone_forward(tensors, x, config, where=where))
         correct += int((logits.argmax(1).cpu() == labels[lo:lo + batch_size]).sum())
     return correct
-
-
-def mean_accuracy(accuracies: Mapping[str, float]) -> float:
-    """Unweighted mean over tasks (ignores a ``"mean"`` entry)."""
-    values = [v for k, v in accuracies.items() if k != "mean"]
-    if not values:
-        raise ParameterError("no accuracies to average")
-    return float(sum(values) / len(values))
-
-
-def normalized_accuracy(accuracies: Mapping[str, float], individual: Mapping[str, float]) -> dict[str, float]:
-    """Per task ``accuracy / individual accuracy`` (the paper's normalised accuracy), plus
-    ``"mean"``: the mean of the per-task ratios."""
-    missing = [t for t in accuracies if t != "mean" and t not in individual]
-    if missing:
-        raise MissingKeysError(missing, where="the individual accuracies")
-    zero = [t for t in accuracies if t != "mean" and not float(individual[t]) > 0]
-    if zero:
-        raise ParameterError(f"cannot normalise by an individual accuracy of 0 (tasks {zero})")
-    out = {t: float(a) / float(individual[t]) for t, a in accuracies.items() if t != "mean"}
-    out["mean"] = mean_accuracy(out)
-    return out
 
 
 # ----------------------------------------------------------------------------- the zoo
@@ -245,6 +224,10 @@ class Zoo(Study):
 
     def check_task(self, task: str) -> None:
         self._check_task(task)
+
+    @property
+    def source_path(self):
+        return self.path
 
     @property
     def origins(self) -> list:
