@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import FreqMergeError
+from .errors import FreqMergeError, check_positive_int
 
 PICKLED_HELP = ("read .pt/.pth/.bin files that hold a pickled whole module (torch.save(model), as task_vectors "
                 "releases them) without running their code: weights only, named as model.state_dict() names them")
@@ -67,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-html", action="store_true", help="skip the plotly HTML figure")
     _add_progress(report)
 
-    figures = sub.add_parser("figures", help="every analysis of the paper on the zoo: PNG, SVG, HTML and CSV",
+    figures = sub.add_parser("figures", help="every analysis of the paper on a study (default: the demo zoo): "
+                                             "PNG, SVG, HTML and CSV",
                              description="Write each analysis figure (spectra, Table 1, interference vs "
                                          "performance, generalisation, loss landscape, cutoff sweep, expert "
-                                         "sparsity, router robustness, costs) for the zoo into --out.")
+                                         "sparsity, router robustness, costs, ...) for a study into --out.")
     figures.add_argument("--out", default="out", help="output directory (default: out)")
-    figures.add_argument("--zoo", default=None, help="zoo directory (default: data/zoo)")
+    figures.add_argument("--study", default=None, metavar="STUDY",
+                         help="a study file (YAML, see README 'Your models, every figure'), a zoo folder, or "
+                              "'zoo' (default: the bundled demo zoo)")
+    figures.add_argument("--zoo", default=None, help="zoo directory (the same as --study DIR)")
+    figures.add_argument("--limit", type=int, default=None,
+                         help="at most N samples per task and split for every topic (overrides the study's limit)")
     figures.add_argument("--only", nargs="+", default=None, metavar="TOPIC", help="only these topics")
     figures.add_argument("--quick", action="store_true", help="coarse grids and few samples (a smoke test)")
     figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
@@ -168,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only these rows (individual and pretrained_probe always come)")
     zoo_eval.add_argument("--limit", type=int, default=None,
                           help="evaluate only the first N images of every split (a quick look)")
+
+    evaluate = sub.add_parser("eval", help="every merge method on a study: settings chosen on validation, "
+                                           "accuracy on test",
+                              description="The method comparison of `zoo eval` on any study; prints an estimate "
+                                          "of the forward passes and minutes first.")
+    evaluate.add_argument("--study", default=None, metavar="STUDY",
+                          help="a study file (YAML), a zoo folder, or 'zoo' (default: the bundled demo zoo)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    evaluate.add_argument("--out", default=None, help="also write the JSON here")
+    evaluate.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                          help="only these rows (individual and the no-merge row always come)")
+    evaluate.add_argument("--limit", type=int, default=None,
+                          help="at most N samples per task and split (default: the study's limit)")
+
+    study = sub.add_parser("study", help="check and describe a study file, or list the study kinds and their fields")
+    study_sub = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    study_show = study_sub.add_parser("show", help="open a study file (every check, no model run) and describe it")
+    study_show.add_argument("study", help="a study file (YAML), a zoo folder, or 'zoo'")
+    study_sub.add_parser("kinds", help="every study kind with its fields (Markdown)")
 
     verify = sub.add_parser("verify", help="check a merged output against its merge.json (sha256 of every file)",
                             description="Recompute the sha256 of every output file and every input file "
@@ -270,15 +295,60 @@ def _cmd_report(args) -> dict:
     return summary
 
 
+def _open_study(source, limit: int | None = None):
+    """The study named on the command line (a file, a zoo folder, 'zoo' or None), with `limit`."""
+    from .study import as_study
+
+    study = as_study(source)
+    if limit is not None:
+        study.default_limit = check_positive_int("--limit", limit)
+    return study
+
+
 def _cmd_figures(args) -> None:
-    from . import zoo
     from .figures import write_all
 
-    index = write_all(zoo.load(args.zoo), args.out, topics=args.only, quick=args.quick, formats=args.formats,
+    if args.study is not None and args.zoo is not None:
+        raise FreqMergeError("give --study or --zoo, not both")
+    study = _open_study(args.study if args.study is not None else args.zoo, args.limit)
+    print(f"study {study.name!r} ({study.kind}): {len(study.tasks)} tasks", file=sys.stderr)
+    index = write_all(study, args.out, topics=args.only, quick=args.quick, formats=args.formats,
                       progress=lambda topic: print(f"  {topic} ...", file=sys.stderr))
     for topic, entry in index["topics"].items():
+        if "not_applicable" in entry:
+            print(f"{topic:<28} not applicable: {entry['not_applicable']}")
+            continue
         print(f"{topic:<28} {entry['seconds']:7.1f} s  {len(entry['files'])} files")
     print(f"figures written to {args.out}/ (index.json lists every file)")
+
+
+def _cmd_eval(args) -> None:
+    from .analysis.compare import CANDIDATES, compare_methods, estimate, markdown_table, with_needs
+    from .outputs import prepare_file_output, source_paths, write_text_atomically
+
+    study = _open_study(args.study, args.limit)
+    rows = [m for m in args.methods or [] if m not in ("individual", "pretrained_probe", "pretrained")]
+    candidates = with_needs(rows) if args.methods else CANDIDATES
+    if args.out:
+        prepare_file_output(args.out, protect=source_paths([study]), what="eval output")
+    limit = getattr(study, "default_limit", None)
+    print(estimate(study, candidates, limit=limit), file=sys.stderr)
+    progress = None if args.json else (lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
+    result = compare_methods(study, candidates, limit=limit, progress=progress)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        write_text_atomically(Path(args.out), text + "\n")
+    print(text if args.json else markdown_table(result))
+
+
+def _cmd_study(args) -> None:
+    from .study import kind_table
+
+    if args.study_command == "kinds":
+        print(kind_table())
+        return
+    study = _open_study(args.study)
+    print(study.describe())
 
 
 def _cmd_synth(args) -> None:
@@ -397,7 +467,8 @@ def _cmd_bench(args) -> None:
 
 COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
             "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
-            "bench": _cmd_bench, "verify": _cmd_verify, "convert": _cmd_convert}
+            "bench": _cmd_bench, "verify": _cmd_verify, "convert": _cmd_convert, "eval": _cmd_eval,
+            "study": _cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,6 +149,40 @@ def evaluate_routed(study, routed: RoutedMerge, router: Router, split: str = "te
     return accuracy, right / total
 
 
+def forward_passes(study, candidates: Sequence[Candidate] = CANDIDATES, *, limit: int | None = None,
+                   tasks: Sequence[str] | None = None) -> int:
+    """Sample forward passes :func:`compare_methods` makes: every candidate setting on every
+    task's validation samples, the chosen one on its test samples, plus the reference rows."""
+    tasks = list(study.tasks if tasks is None else tasks)
+    val = sum(len(study_data(study, t, "val", limit)[1]) for t in tasks)
+    test = sum(len(study_data(study, t, "test", limit)[1]) for t in tasks)
+    return 2 * test + sum(len(c.settings) * val + test for c in candidates)
+
+
+def seconds_per_forward(study, samples: int = 16) -> float:
+    """Seconds one sample's forward pass takes (timed on `samples` validation samples of the first
+    task under the pretrained model, after one warm-up call)."""
+    import time
+
+    inputs, _ = study_data(study, study.tasks[0], "val", samples)
+    with torch.no_grad():
+        study.forward(study.pretrained, inputs[:2], study.tasks[0])
+        start = time.perf_counter()
+        study.forward(study.pretrained, inputs, study.tasks[0])
+    return (time.perf_counter() - start) / max(len(inputs), 1)
+
+
+def estimate(study, candidates: Sequence[Candidate] = CANDIDATES, *, limit: int | None = None,
+             tasks: Sequence[str] | None = None) -> str:
+    """One line printed before a comparison: forward passes and the minutes they take on this
+    device at the measured speed of one forward (merging time not included)."""
+    passes = forward_passes(study, candidates, limit=limit, tasks=tasks)
+    minutes = passes * seconds_per_forward(study) / 60
+    return (f"estimate: {passes:,} sample forward passes on study {getattr(study, 'name', 'study')!r} "
+            f"({limit if limit is not None else 'all'} samples per task and split), about {minutes:.1f} min "
+            "of evaluation on this device, plus the merges")
+
+
 def standard_error(per_task: Mapping[str, float], samples: int | Mapping[str, int]) -> float:
     """Standard error of the mean over tasks of per-task accuracies (fractions), each measured
     on `samples` independent test images (one count, or one per task):

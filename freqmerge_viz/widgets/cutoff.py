@@ -16,6 +16,7 @@ evaluation batches are computed once.
 
 from __future__ import annotations
 
+import os
 import html
 import math
 import time
@@ -191,8 +192,10 @@ class CutoffModel:
                                               "chosen on validation when the zoo was built")
 
     def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str) -> None:
-        from ..zoo.evaluation import zoo_evaluator
+        from ..study import as_study, is_study, study_evaluator
 
+        if isinstance(source, (str, os.PathLike)):
+            source = as_study(source)
         if isinstance(source, tuple):
             if len(source) != 3:
                 raise ParameterError("give a zoo or a tuple (pretrained, finetuned, evaluator)")
@@ -201,15 +204,16 @@ class CutoffModel:
                 finetuned = {f"task{i}": state for i, state in enumerate(finetuned)}
             self.eval_description = "the evaluator's data"
             self.eval_per_task = None
-        elif hasattr(source, "finetuned") and hasattr(source, "model_config"):
+        elif is_study(source):
             check_positive_int("eval_per_task", eval_per_task)
             pretrained, finetuned = source.pretrained, dict(source.finetuned)
-            evaluator = {t: zoo_evaluator(source, t, eval_split, eval_per_task, mode=eval_mode,
+            evaluator = {t: study_evaluator(source, t, eval_split, eval_per_task, mode=eval_mode,
                                           device=self.device) for t in source.tasks}
-            self.eval_description = f"first {eval_per_task} {eval_split} images of each task"
+            self.eval_description = f"first {eval_per_task} {eval_split} {getattr(source, 'unit', 'images')} of each task"
             self.eval_per_task = eval_per_task
         else:
-            raise ParameterError(f"CutoffExplorer needs a zoo or (pretrained, finetuned, evaluator), "
+            raise ParameterError(f"CutoffExplorer needs a study (or the zoo, or a study file) or "
+                                 f"(pretrained, finetuned, evaluator), "
                                  f"got {type(source).__name__}")
         if not finetuned:
             raise ParameterError("CutoffExplorer needs at least one fine-tuned model")

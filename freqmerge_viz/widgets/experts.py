@@ -25,6 +25,7 @@ about 0.5–1 s, FREE rebuilt and its 8 × 8 × 16 outcomes about 0.7–1 s); co
 
 from __future__ import annotations
 
+import os
 import html
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..study import as_study, is_study
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..experts import check_density, storage_table
 from ..methods import list_routed_methods, routed_merge
@@ -82,8 +84,11 @@ class ExpertModel:
                  kinds: Sequence[str] = DEFAULT_KINDS, eval_split: str = "val", eval_per_task: int = 16, seed: int = 0,
                  tasks: Sequence[str] | None = None, routed_params: Mapping[str, Mapping] | str | None = None,
                  ps: Sequence[float] = ROUTER_ACCURACIES, threads: int | None = 1):
-        if not (hasattr(zoo, "finetuned") and hasattr(zoo, "model_config")):
-            raise ParameterError(f"ExpertExplorer needs a zoo (freqmerge_viz.zoo.load()), got {type(zoo).__name__}")
+        if isinstance(zoo, (str, os.PathLike)):
+            zoo = as_study(zoo)
+        if not is_study(zoo):
+            raise ParameterError(f"ExpertExplorer needs a study (freqmerge_viz.load_study(...) or the zoo), "
+                                 f"got {type(zoo).__name__}")
         for kind in kinds:
             check_choice("kind", kind, KINDS)
         for method in methods:
@@ -244,7 +249,7 @@ class ExpertModel:
 
 
 class ExpertExplorer(Explorer):
-    """Expert density and router accuracy sliders over a zoo (see the module docstring).
+    """Expert density and router accuracy sliders over a study (see the module docstring).
 
     Settings (``values``): ``density`` (fraction of entries kept, in (0, 1]; the slider walks
     :data:`DENSITY_STEPS`, :meth:`set` takes any fraction) and ``router_accuracy`` ``p`` in [0, 1].

@@ -15,6 +15,7 @@ cached setting about 10 ms; grid time grows with grid² × images. The status li
 
 from __future__ import annotations
 
+import os
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..analysis.landscape import DEFAULT_METHODS, REFERENCES, filter_label, merged_states, plane_study
+from ..study import as_study, is_study
+from ..analysis.landscape import DEFAULT_METHODS, REFERENCES, default_pair, filter_label, merged_states, plane_study
 from ..errors import ParameterError, check_choice
 from ..methods import list_methods
 from ..plots.landscape import grid_matrix
@@ -69,8 +71,11 @@ class LandscapeModel:
     def __init__(self, zoo, *, limit: int | None = 64, split: str = "test",
                  grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
                  busy: Callable[[str], None] | None = None):
-        if not (hasattr(zoo, "finetuned") and hasattr(zoo, "model_config")):
-            raise ParameterError(f"LandscapeViewer needs a zoo (freqmerge_viz.zoo.load()), got {type(zoo).__name__}")
+        if isinstance(zoo, (str, os.PathLike)):
+            zoo = as_study(zoo)
+        if not is_study(zoo):
+            raise ParameterError(f"LandscapeViewer needs a study (freqmerge_viz.load_study(...) or the zoo), "
+                                 f"got {type(zoo).__name__}")
         if filter is None or filter is False:
             raise ParameterError("filter is what filtered=True applies; give FR parameters or True")
         self.zoo = zoo
@@ -161,9 +166,10 @@ class LandscapeModel:
 
 
 class LandscapeViewer(Explorer):
-    """Loss/accuracy landscape on the plane of two zoo task vectors (see the module docstring).
+    """Loss/accuracy landscape on the plane of two task vectors of a study (see the module docstring).
 
-    Settings (``values``): ``task_a``, ``task_b`` (zoo tasks spanning the plane), ``eval_task``
+    Settings (``values``): ``task_a``, ``task_b`` (the study's tasks spanning the plane; default: the zoo's landcover and
+    textures, another study's first two), ``eval_task``
     (the task evaluated, ``None``: task A), ``grid`` (points per axis), ``filtered`` (both task
     vectors through `filter` first: FR-Merging's parameters, ``True`` for its defaults),
     ``metric`` (``"loss"``: mean cross-entropy, or ``"accuracy"`` in [0, 1]) and ``methods``
@@ -176,7 +182,7 @@ class LandscapeViewer(Explorer):
     default_export = "landscape_viewer.html"
 
 
-    def __init__(self, zoo, *, task_a: str = "landcover", task_b: str = "textures", eval_task: str | None = None,
+    def __init__(self, zoo, *, task_a: str | None = None, task_b: str | None = None, eval_task: str | None = None,
                  grid: int = 11, filtered: bool = False, metric: str = "loss",
                  methods: Sequence[str] = tuple(DEFAULT_METHODS), limit: int | None = 64, split: str = "test",
                  grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
@@ -185,6 +191,8 @@ class LandscapeViewer(Explorer):
         self.model = LandscapeModel(zoo, limit=limit, split=split, grid_range=grid_range, filter=filter,
                                     cache_dir=cache_dir, busy=self._busy)
         self._view: LandscapeView | None = None
+        if task_a is None or task_b is None:
+            task_a, task_b = default_pair(self.model.zoo)
         self.values = {"task_a": task_a, "task_b": task_b, "eval_task": eval_task, "grid": grid,
                        "filtered": filtered, "metric": metric, "methods": tuple(methods)}
         self.model.check(self.values)
