@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..study import evaluate_on_study, sample_count
+from ..study import evaluate_on_study, is_study, sample_count
 from ..errors import EmptyInputError, ParameterError
 from ..io import load_state
 from ..taskvector import common_keys, stack_key, task_names
@@ -23,6 +23,11 @@ from ..taskvector import TaskVector
 
 def study_tasks(study, tasks: Sequence[str] | None = None) -> list[str]:
     """`tasks` (default: all of the study's, in its order), each checked to be one of its tasks."""
+    if not is_study(study):
+        raise ParameterError(f"expected a study (freqmerge_viz.load_study(...), the zoo, or a FunctionalStudy), got "
+                             f"a {type(study).__name__}" + (": a (pretrained, finetuned, evaluate) tuple only "
+                             "works in CutoffExplorer; freqmerge_viz.study.FunctionalStudy(pretrained, finetuned, "
+                             "data, forward) makes a study of it" if isinstance(study, tuple) else ""))
     chosen = list(study.tasks) if tasks is None else list(tasks)
     if not chosen:
         raise EmptyInputError("need at least one task, got none")

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import sys
 
+from ..errors import StudySpecError
 from .base import is_study
 from .spec import Field, Spec, register_kind
 
@@ -52,7 +53,12 @@ def build_python_study(spec: Spec):
     function = getattr(module, attr, None)
     if not callable(function):
         raise spec.error("function", f"{module_name!r} has no function {attr!r}")
-    study = function(**args)
+    try:
+        study = function(**args)
+    except StudySpecError:
+        raise
+    except Exception as exc:
+        raise spec.error("function", f"{target}(**args) raised {type(exc).__name__}: {exc}") from exc
     if not is_study(study):
         raise spec.error("function", f"{target} returned a {type(study).__name__}, not a Study")
     if spec.get("name") and hasattr(study, "name"):
