@@ -143,10 +143,29 @@ def test_worked_examples_run():
 
     doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
     blocks = re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", doc, re.S)
-    assert [name for name, _ in blocks] == ["method", "analysis", "topic", "explorer"]
+    assert [name for name, _ in blocks] == ["method", "analysis", "topic", "explorer", "study_kind"]
     namespace: dict = {"__name__": "architecture_examples"}
     try:
         for name, code in blocks:
             exec(compile(code, f"docs/architecture.md:{name}", "exec"), namespace)  # noqa: S102
     finally:
         base._REGISTRY.pop("signed_median", None)
+        from freqmerge_viz.study import KINDS
+
+        KINDS.pop("constant_vectors", None)
+
+
+def test_analyses_take_a_study_and_never_import_the_zoo():
+    """analysis/ reads models, data and forwards through freqmerge_viz.study; the demo zoo is one
+    study (a subclass), never imported by an analysis. study/ sits below analysis and never
+    imports it, the plots, the widgets or the topics."""
+    graph = import_graph()
+    into_zoo = [(a, b) for a, targets in graph.items() if a.startswith("freqmerge_viz.analysis")
+                for b in targets if b.startswith("freqmerge_viz.zoo")]
+    assert into_zoo == []
+    upper = ("freqmerge_viz.analysis", "freqmerge_viz.plots", "freqmerge_viz.widgets", "freqmerge_viz.topics",
+             "freqmerge_viz.cli", "freqmerge_viz.figures")
+    study_up = [(a, b) for a, targets in graph.items() if a.startswith("freqmerge_viz.study")
+                for b in targets if b.startswith(upper)]
+    assert study_up == []
+    assert "freqmerge_viz.study" in graph["freqmerge_viz.analysis.evaluation"]
