@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--zoo", default=None, help="zoo directory (the same as --study DIR)")
     figures.add_argument("--limit", type=int, default=None,
                          help="at most N samples per task and split for every topic (overrides the study's limit)")
+    figures.add_argument("--device", default=None, help="evaluate on this device, e.g. cuda (default: CUDA when "
+                                                        "present, else CPU)")
     figures.add_argument("--only", nargs="+", default=None, metavar="TOPIC", help="only these topics")
     figures.add_argument("--quick", action="store_true", help="coarse grids and few samples (a smoke test)")
     figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only these rows (individual and the no-merge row always come)")
     evaluate.add_argument("--limit", type=int, default=None,
                           help="at most N samples per task and split (default: the study's limit)")
+    evaluate.add_argument("--device", default=None, help="evaluate on this device, e.g. cuda (default: CUDA when "
+                                                         "present, else CPU)")
 
     study = sub.add_parser("study", help="check and describe a study file, or list the study kinds and their fields")
     study_sub = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
@@ -295,13 +299,17 @@ def _cmd_report(args) -> dict:
     return summary
 
 
-def _open_study(source, limit: int | None = None):
-    """The study named on the command line (a file, a zoo folder, 'zoo' or None), with `limit`."""
+def _open_study(source, limit: int | None = None, device: str | None = None):
+    """The study named on the command line (a file, a zoo folder, 'zoo' or None), with `limit`
+    samples per task and split, evaluating on `device`, progress bars on a terminal."""
+    from .backend import available_device
     from .study import as_study
 
+    target = None if device is None else available_device(device)
     study = as_study(source)
     if limit is not None:
         study.default_limit = check_positive_int("--limit", limit)
+    study.device, study.progress = target, None
     return study
 
 
@@ -310,7 +318,7 @@ def _cmd_figures(args) -> None:
 
     if args.study is not None and args.zoo is not None:
         raise FreqMergeError("give --study or --zoo, not both")
-    study = _open_study(args.study if args.study is not None else args.zoo, args.limit)
+    study = _open_study(args.study if args.study is not None else args.zoo, args.limit, args.device)
     print(f"study {study.name!r} ({study.kind}): {len(study.tasks)} tasks", file=sys.stderr)
     index = write_all(study, args.out, topics=args.only, quick=args.quick, formats=args.formats,
                       progress=lambda topic: print(f"  {topic} ...", file=sys.stderr))
@@ -326,7 +334,7 @@ def _cmd_eval(args) -> None:
     from .analysis.compare import CANDIDATES, compare_methods, estimate, markdown_table, with_needs
     from .outputs import prepare_file_output, source_paths, write_text_atomically
 
-    study = _open_study(args.study, args.limit)
+    study = _open_study(args.study, args.limit, args.device)
     rows = [m for m in args.methods or [] if m not in ("individual", "pretrained_probe", "pretrained")]
     candidates = with_needs(rows) if args.methods else CANDIDATES
     if args.out:

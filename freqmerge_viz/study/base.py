@@ -30,6 +30,7 @@ import torch
 from ..engine import (STACK_LIMIT, Evaluator, Forward, StackedStates, _param_bytes, as_stacked, check_states,
                       evaluate_params)
 from ..errors import EmptyInputError, ParameterError, check_positive_int
+from ..progress import track
 
 __all__ = ["Study", "FunctionalStudy", "SPLITS", "study_data", "study_evaluator", "evaluate_on_study",
            "is_study", "sample_count"]
@@ -58,6 +59,11 @@ class Study:
     process pool or cluster worker reopens the study from it."""
     default_limit: int | None = None
     """Samples per task and split the analyses use by default (``None``: all)."""
+    device = None
+    """Where evaluations run unless a call says otherwise (``None``: CUDA when present, else CPU);
+    the command line's ``--device`` sets it."""
+    progress: bool | None = False
+    """Whether evaluations show a tqdm bar (``None``: on a terminal; the command line's default)."""
     tasks: list[str]
     pretrained: Mapping[str, torch.Tensor]
     finetuned: dict[str, Mapping[str, torch.Tensor]]
@@ -248,6 +254,7 @@ def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,
     tasks = study.tasks if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
     for task in tasks:
         study.check_task(task)
+    device = getattr(study, "device", None) if device is None else device
     keys = study.backbone_keys()
     stacked = as_stacked(states)
     if stacked is None:
@@ -259,7 +266,8 @@ def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,
             stacked = StackedStates.from_states(states, keys)
     source = stacked if stacked is not None else states
     rows = []
-    for task in tasks:
+    label = f"{getattr(study, 'name', 'study')}: {len(source)} model{'s' if len(source) != 1 else ''} on {split}"
+    for task in track(tasks, label, getattr(study, "progress", False), unit="task"):
         inputs, labels = study_data(study, task, split, limit)
         result = evaluate_params(study.functional_forward(task, head), source, inputs, labels, keys, mode=mode,
                                  chunk=chunk, batch_size=batch_size, device=device, memory_budget=memory_budget,

@@ -220,7 +220,8 @@ class Zoo(Study):
     def task_accuracies(self, state, tasks=None, *, split: str = "test", limit: int | None = None,
                    head: str = "finetuned", device=None) -> dict[str, float]:
         """:meth:`evaluate` (the zoo's module forward, which its manifest's numbers were measured with)."""
-        return self.evaluate(state, tasks, split=split, limit=limit, head=head, device=device)
+        return self.evaluate(state, tasks, split=split, limit=limit, head=head,
+                             device=self.device if device is None else device)
 
     def check_task(self, task: str) -> None:
         self._check_task(task)
