@@ -31,6 +31,7 @@ _EXPORTS = {
     "taskvector": ["TaskVector"],
     "engine": ["EvalResult", "StackedStates", "evaluate_params"],
     "zoo.evaluation": ["evaluate_on_zoo"],
+    "study": ["FunctionalStudy", "Study", "StudySpecError", "as_study", "evaluate_on_study", "load_study"],
     "widgets": ["CutoffExplorer"],
     "zoo": ["evaluate", "mean_accuracy", "normalized_accuracy"],
     "merge_job": ["merge_to_disk", "verify_merge"],
@@ -39,7 +40,7 @@ _EXPORTS = {
 ``import freqmerge_viz`` and the command line's ``--help`` do not pay for torch, pandas or plotly."""
 _SUBMODULES = ("analysis", "zoo", "plots", "widgets", "tutorial", "methods", "io", "outputs", "spectral",
                "metrics", "taskvector", "engine", "routing", "experts", "errors", "backend",
-               "merge_job", "figures", "report", "keys", "scopes", "benchmarks", "synthetic", "topics", "tables", "stats")
+               "merge_job", "figures", "report", "keys", "scopes", "benchmarks", "synthetic", "topics", "tables", "stats", "study")
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_ORIGIN) + ["analysis", "zoo", "__version__"]

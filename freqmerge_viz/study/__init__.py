@@ -14,10 +14,11 @@ import os
 
 from .base import (SPLITS, FunctionalStudy, Study, evaluate_on_study, is_study, sample_count, study_data,
                    study_evaluator)
+from ..errors import StudySpecError
 from .spec import KINDS, Field, Spec, kind_table, load_study, register_kind
 
 __all__ = ["Study", "FunctionalStudy", "SPLITS", "evaluate_on_study", "is_study", "sample_count", "study_data",
-           "study_evaluator", "KINDS", "Field", "Spec", "kind_table", "load_study", "register_kind", "as_study"]
+           "study_evaluator", "StudySpecError", "KINDS", "Field", "Spec", "kind_table", "load_study", "register_kind", "as_study"]
 
 
 def as_study(source):
