@@ -99,8 +99,8 @@ def test_every_chooser_uses_the_one_rule():
     # the comparison, the selection cache, the sweeps, LiNeS and the zoo build all choose with stats.best_on_validation
     import inspect
 
-    from freqmerge_viz.analysis import lines, selection, sweeps
-    from freqmerge_viz.zoo import build, compare
+    from freqmerge_viz.analysis import compare, lines, selection, sweeps
+    from freqmerge_viz.zoo import build
 
     for module in (compare, selection, sweeps, lines, build):
         source = inspect.getsource(module)
