@@ -67,6 +67,11 @@ def _as_alphas(alphas: Sequence[float]) -> list[float]:
     return values
 
 
+def _as_input(batch: torch.Tensor) -> torch.Tensor:
+    """Floating inputs as float32; integer inputs (token ids) as they are."""
+    return batch.float() if batch.is_floating_point() else batch
+
+
 @torch.no_grad()
 def _predictions(forward: Forward, states: StackedStates, inputs: torch.Tensor, keys: Sequence[str],
                  batch_size: int) -> torch.Tensor:
@@ -75,7 +80,7 @@ def _predictions(forward: Forward, states: StackedStates, inputs: torch.Tensor, 
     for s in range(len(states)):
         params = states.chunk(s, s + 1, keys)
         params = {k: v[0] for k, v in params.items()}
-        out.append(torch.cat([forward(params, inputs[lo:lo + batch_size].float()).argmax(-1).cpu()
+        out.append(torch.cat([forward(params, _as_input(inputs[lo:lo + batch_size])).argmax(-1).cpu()
                               for lo in range(0, len(inputs), batch_size)]))
     return torch.stack(out)
 

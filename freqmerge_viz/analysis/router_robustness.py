@@ -34,7 +34,8 @@ def correctness(study, routed: RoutedMerge, tasks: Sequence[str], *, split: str 
                 limit: int | None = 300, batch_size: int = 500) -> torch.Tensor:
     """``correct[s, t, i]``: whether `routed`'s state of task ``s`` classifies image ``i`` of task ``t``
     right (task ``t``'s head). Bool ``[K, K, N]`` over the first `limit` images (N: the fewest any
-    task has).
+    task has). With token labels ``[N, T]`` (a language model), float: the share of input ``i``'s
+    scored tokens predicted right (so a routed accuracy is a mean over windows).
     """
     if routed.n_tasks != len(tasks):
         raise ParameterError(f"the routed merge has {routed.n_tasks} tasks, {len(tasks)} task names given")
@@ -43,14 +44,19 @@ def correctness(study, routed: RoutedMerge, tasks: Sequence[str], *, split: str 
         images, labels = study.data(task, split)
         data.append((images[:limit], labels[:limit]) if limit is not None else (images, labels))
     n = min(len(labels) for _, labels in data)
-    out = torch.zeros(len(tasks), len(tasks), n, dtype=torch.bool)
+    tokens = data[0][1].ndim == 2
+    out = torch.zeros(len(tasks), len(tasks), n, dtype=torch.float32 if tokens else torch.bool)
     for s in range(len(tasks)):
         state = routed.task_state(s)
         for t, (task, (images, labels)) in enumerate(zip(tasks, data)):
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
                 logits = study.forward(state, images[lo:hi], task)
-                out[s, t, lo:hi] = logits.argmax(1) == labels[lo:hi]
+                hits = logits.argmax(-1) == labels[lo:hi]
+                if tokens:
+                    scored = labels[lo:hi] != -100
+                    hits = (hits & scored).sum(-1) / scored.sum(-1).clamp(min=1)
+                out[s, t, lo:hi] = hits
     return out
 
 

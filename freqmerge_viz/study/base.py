@@ -62,6 +62,9 @@ class Study:
     device = None
     """Where evaluations run unless a call says otherwise (``None``: CUDA when present, else CPU);
     the command line's ``--device`` sets it."""
+    batch_size = 1000
+    """Samples per forward call the evaluations use by default (a language model with a real
+    vocabulary needs far fewer: its logits take ``T × vocabulary`` floats per sample)."""
     progress: bool | None = False
     """Whether evaluations show a tqdm bar (``None``: on a terminal; the command line's default)."""
     tasks: list[str]
@@ -242,7 +245,7 @@ def study_evaluator(study, task: str, split: str = "test", limit: int | None = N
 def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,
                       *, split: str = "test", limit: int | None = None, head: str = "finetuned",
                       mode: str = "auto", chunk: int | None = None,
-                      device: torch.device | str | None = None, batch_size: int = 1000,
+                      device: torch.device | str | None = None, batch_size: int | None = None,
                       memory_budget: int | None = None, workers: int | None = None) -> pd.DataFrame:
     """Tidy table (columns ``state, task, loss, accuracy``) of parameter sets `states` on `study`'s tasks.
 
@@ -255,6 +258,7 @@ def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,
     for task in tasks:
         study.check_task(task)
     device = getattr(study, "device", None) if device is None else device
+    batch_size = getattr(study, "batch_size", 1000) if batch_size is None else batch_size
     keys = study.backbone_keys()
     stacked = as_stacked(states)
     if stacked is None:
