@@ -232,3 +232,20 @@ def test_the_explorers_take_a_study(tiny):
     assert (viewer.values["task_a"], viewer.values["task_b"]) == ("task0", "task1")
     experts = ExpertExplorer(tiny, methods=("free",), kinds=("topk",), eval_per_task=8, ps=(0.0, 1.0))
     assert set(experts.shown()["expert_accuracy"]["topk"]) == set(tiny.tasks)
+
+
+@pytest.mark.parametrize("kind", ["hf_classification", "causal_lm"])
+def test_a_transformers_study_runs_every_topic(tmp_path, kind):
+    pytest.importorskip("transformers")
+    from text_support import make_text_study
+
+    from freqmerge_viz.figures import write_all
+
+    path = make_text_study(tmp_path, kind)
+    index = write_all(path, tmp_path / "out", quick=True, formats=("png",))
+    assert index["kind"] == kind and list(index["topics"]) == list(TOPICS)
+    for topic, entry in index["topics"].items():
+        assert entry["files"] and "not_applicable" not in entry, topic
+    sweep = (tmp_path / "out" / "cutoff_sweep" / "cutoff_sweep.html").read_text(encoding="utf-8")
+    unit = "token windows per task and point" if kind == "causal_lm" else "texts per task and point"
+    assert unit in sweep

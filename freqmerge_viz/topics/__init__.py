@@ -73,13 +73,20 @@ def scope_label(study, tasks, limit: int | None = None, split: str | None = None
     """What a figure rests on, for its title: the study, its tasks and (with `limit`) the
     samples per task and point of `split`, e.g. ``demo zoo, 3 tasks, 48 test images per task and
     point``."""
+    tasks = list(tasks)
     label = f"{getattr(study, 'name', 'study')}, {len(tasks)} task{'s' if len(tasks) != 1 else ''}"
     if split:
-        from ..study import sample_count
+        from ..study import sample_count, study_data
 
-        counts = sorted({sample_count(study, t, split, limit) for t in tasks})
-        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-        label += f", {n} {split} {getattr(study, 'unit', 'images')} per task and point"
+        def span(values) -> str:
+            values = sorted(set(values))
+            return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+        samples = span(len(study_data(study, t, split, limit)[1]) for t in tasks)
+        label += f", {samples} {split} {getattr(study, 'unit', 'images')} per task and point"
+        if study_data(study, tasks[0], split, 1)[1].ndim == 2:
+            label += f" ({span(sample_count(study, t, split, limit) for t in tasks)} scored tokens; " \
+                     f"{getattr(study, 'metric', 'accuracy')})"
     return label
 
 
