@@ -213,7 +213,7 @@ def kind_table() -> str:
     return "\n".join(lines)
 
 
-BUILTIN = ("freqmerge_viz.study.kinds", "freqmerge_viz.study.text")
+BUILTIN = ("freqmerge_viz.study.kinds", "freqmerge_viz.study.clip", "freqmerge_viz.study.text")
 """Modules whose import registers the built-in kinds."""
 
 
