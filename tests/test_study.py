@@ -249,3 +249,25 @@ def test_a_transformers_study_runs_every_topic(tmp_path, kind):
     sweep = (tmp_path / "out" / "cutoff_sweep" / "cutoff_sweep.html").read_text(encoding="utf-8")
     unit = "token windows per task and point" if kind == "causal_lm" else "texts per task and point"
     assert unit in sweep
+
+
+@pytest.mark.parametrize("heads, hf", [("files", False), ("zeroshot", False), ("linear_probe", True)])
+def test_an_open_clip_study_runs_every_topic(tmp_path, heads, hf):
+    from clip_support import import_open_clip, make_clip_study
+
+    from freqmerge_viz.figures import write_all
+
+    import_open_clip()
+    path = make_clip_study(tmp_path, "tiny", heads=heads, hf=hf, tasks=3, per_class=6)
+    index = write_all(path, tmp_path / "out", quick=True, formats=("png",))
+    assert index["kind"] == "open_clip" and list(index["topics"]) == list(TOPICS)
+    for topic, entry in index["topics"].items():
+        assert entry["files"] and "not_applicable" not in entry, topic
+    study = load_study(path)
+    text_tower = ("transformer.", "model.transformer.", "text_model.", "token_embedding", "model.token_embedding",
+                  "positional_embedding", "model.positional_embedding", "ln_final", "model.ln_final")
+    assert not any(k.startswith(text_tower) for k in study.backbone_keys())
+    import pandas as pd
+
+    analysed = set(pd.read_csv(tmp_path / "out" / "spectra" / "radial_profiles_by_key.csv")["key"])
+    assert analysed and not any(k.startswith(text_tower) for k in analysed)

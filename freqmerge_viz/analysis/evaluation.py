@@ -7,6 +7,7 @@ hands the engine as many states as possible at once.
 
 from __future__ import annotations
 
+import glob
 import math
 import platform
 from typing import Mapping, Sequence
@@ -40,8 +41,19 @@ def study_tasks(study, tasks: Sequence[str] | None = None) -> list[str]:
 
 def study_task_vectors(study, tasks: Sequence[str] | None = None) -> list[TaskVector]:
     """The task vectors ``θ_t − θ_pre`` of `tasks`, named by task and held in memory (float32, CPU)."""
-    return [TaskVector.from_states(study.pretrained, study.finetuned[t], name=t, device="cpu").materialize()
-            for t in study_tasks(study, tasks)]
+    chosen = study_tasks(study, tasks)
+    return [TaskVector.from_states(study.pretrained, study.finetuned[t], include=analysed_keys(study), name=t,
+                                   device="cpu").materialize()
+            for t in chosen]
+
+
+def analysed_keys(study) -> list[str] | None:
+    """Globs selecting exactly the study's backbone keys (what its forward reads: a CLIP study's
+    image tower, never its text tower), or ``None`` where that is every key of the pretrained."""
+    keys = list(study.backbone_keys())
+    if set(keys) == set(load_state(study.pretrained).keys()):
+        return None
+    return [glob.escape(k) for k in keys]
 
 
 def transformed(task_vectors, step) -> list[TaskVector]:

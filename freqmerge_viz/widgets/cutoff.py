@@ -192,6 +192,7 @@ class CutoffModel:
                                               "chosen on validation when the zoo was built")
 
     def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str) -> None:
+        from ..analysis.evaluation import analysed_keys
         from ..study import as_study, is_study, study_evaluator
 
         if isinstance(source, (str, os.PathLike)):
@@ -204,6 +205,7 @@ class CutoffModel:
                 finetuned = {f"task{i}": state for i, state in enumerate(finetuned)}
             self.eval_description = "the evaluator's data"
             self.eval_per_task = None
+            include = None
         elif is_study(source):
             check_positive_int("eval_per_task", eval_per_task)
             pretrained, finetuned = source.pretrained, dict(source.finetuned)
@@ -211,6 +213,7 @@ class CutoffModel:
                                           device=self.device) for t in source.tasks}
             self.eval_description = f"first {eval_per_task} {eval_split} {getattr(source, 'unit', 'images')} of each task"
             self.eval_per_task = eval_per_task
+            include = analysed_keys(source)
         else:
             raise ParameterError(f"CutoffExplorer needs a study (or the zoo, or a study file) or "
                                  f"(pretrained, finetuned, evaluator), "
@@ -224,7 +227,8 @@ class CutoffModel:
         self.tasks = [str(t) for t in finetuned]
         self._pretrained = {k: pre[k].to(self.device) for k in pre}
         self._finetuned = {str(t): state for t, state in finetuned.items()}
-        self._vectors = [TaskVector.from_states(self._pretrained, state, name=str(t), device=self.device).materialize()
+        self._vectors = [TaskVector.from_states(self._pretrained, state, include=include, name=str(t),
+                                                device=self.device).materialize()
                          for t, state in finetuned.items()]
         self._evaluator = evaluator
         if isinstance(evaluator, Mapping):
