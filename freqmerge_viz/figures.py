@@ -25,15 +25,17 @@ INDEX = "index.json"
 
 def write_all(study, out_dir: str | Path, *, topics: Sequence[str] | None = None, quick: bool = False,
               formats: Sequence[str] = ("png", "svg"), progress: Callable[[str], None] | None = None,
-              threads: int | None = 1) -> dict:
+              threads: int | None | str = "study") -> dict:
     """Write the figures of `topics` (default: all of :data:`~freqmerge_viz.topics.TOPICS`) for
     `study` (a study, the zoo, a zoo folder or a study YAML file) into ``out_dir/<topic>/``, plus
     ``out_dir/index.json`` listing each topic's files
     (relative paths) and its wall time in seconds. Returns that index.
 
-    The topics run with `threads` torch threads (default 1: their many small operations were
-    measured 3–8× slower with two threads on a busy 2-core machine; ``None`` keeps torch's
-    setting); the previous setting is restored afterwards.
+    The topics run with `threads` torch threads; the default ``"study"`` takes the study's
+    ``threads`` (1 for the demo zoo and python studies, whose many small operations were measured
+    3–8× slower with two threads on a busy 2-core machine; ``None``, torch's setting, for the
+    open_clip and transformers kinds, whose large matrix products use every core). The
+    previous setting is restored afterwards.
     """
     chosen = list(TOPICS) if topics is None else list(topics)
     unknown = [t for t in chosen if t not in TOPICS]
@@ -48,6 +50,8 @@ def write_all(study, out_dir: str | Path, *, topics: Sequence[str] | None = None
              "topics": {}}
     if getattr(study, "kind", "") == "zoo":
         index["zoo"] = str(study.path)
+    if threads == "study":
+        threads = getattr(study, "threads", 1)
     with torch_threads(threads):
         for topic in chosen:
             if progress:

@@ -271,3 +271,11 @@ def test_an_open_clip_study_runs_every_topic(tmp_path, heads, hf):
 
     analysed = set(pd.read_csv(tmp_path / "out" / "spectra" / "radial_profiles_by_key.csv")["key"])
     assert analysed and not any(k.startswith(text_tower) for k in analysed)
+
+
+def test_the_readme_lists_every_study_kind_as_the_code_declares_it():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- study-kinds:start -->\n", 1)[1].split("<!-- study-kinds:end -->", 1)[0]
+    assert kind_table().rstrip() in block
+    for kind in ("zoo", "python", "open_clip", "hf_classification", "causal_lm"):
+        assert f"**`kind: {kind}`**" in block

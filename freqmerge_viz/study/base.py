@@ -65,6 +65,10 @@ class Study:
     batch_size = 1000
     """Samples per forward call the evaluations use by default (a language model with a real
     vocabulary needs far fewer: its logits take ``T × vocabulary`` floats per sample)."""
+    threads: int | None = 1
+    """Torch threads the figure topics run with (``None``: torch's setting). One for small models,
+    whose many short operations wait at a barrier after each with more threads; the real-model
+    kinds (open_clip, transformers) set ``None``."""
     progress: bool | None = False
     """Whether evaluations show a tqdm bar (``None``: on a terminal; the command line's default)."""
     tasks: list[str]

@@ -680,6 +680,8 @@ class OpenClipStudy(Study):
     """A study of CLIP image towers (see the module docstring); build it with
     :func:`~freqmerge_viz.study.load_study` from a ``kind: open_clip`` file."""
 
+    threads = None
+
     kind = "open_clip"
     unit = "images"
     metric = "accuracy"
@@ -1174,7 +1176,7 @@ FIELDS = (
     Field("heads", "`{task: head file}`: task_vectors ClassificationHead pickles, or state dicts / safetensors with "
                    "weight [C, D] and bias [C]"),
     Field("zeroshot", "`{templates: [\"a photo of a {}.\"], classnames: {task: [...]}, logit_scale: true}`: heads "
-                      "from the pretrained text tower (needs open_clip's tokenizer)"),
+                      "from the pretrained text tower (needs open_clip's tokenizer: `pip install freqmerge-viz[open_clip]`; nothing else does)"),
     Field("linear_probe", "`{split: train, steps: 100, weight_decay: 0.0001}`: logistic-regression heads on the "
                           "pretrained image embeddings of a split"),
     Field("quick_gelu", "the MLP activation is QuickGELU (OpenAI weights); default: as the checkpoint says "
@@ -1188,6 +1190,6 @@ FIELDS = (
 
 
 @register_kind("open_clip", "image classification with CLIP image towers (task_vectors, open_clip, FusionBench "
-                            "Hugging Face checkpoints) on ImageFolder data", FIELDS, extra="open_clip")
+                            "Hugging Face checkpoints) on ImageFolder data", FIELDS)
 def build_open_clip_study(spec: Spec) -> OpenClipStudy:
     return OpenClipStudy(spec)

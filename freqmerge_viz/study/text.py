@@ -395,6 +395,8 @@ def _meta_free(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class _TransformersStudy(Study):
     """What both kinds share: folders, exposed states, the one module, the forward."""
 
+    threads = None
+
     head_kinds = ("finetuned",)
     auto_class_name = ""
 

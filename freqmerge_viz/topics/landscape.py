@@ -16,6 +16,10 @@ from ..plots.landscape import interpolation_figure, interpolation_plotly, landsc
 from . import scope_label, topic_limit
 
 
+REAL_MODEL_GRID = 9
+"""Grid points per axis (and curve points) of a study with a ``default_limit`` (see write_figures)."""
+
+
 def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
                   task_a: str | None = None, task_b: str | None = None, eval_task: str | None = None,
                   filtered=True, cache_dir=None) -> list[Path]:
@@ -31,7 +35,10 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     FR-Merging and TIES, merged once and projected onto both planes. Full: a 21 × 21 grid
     per plane, 256 test images per point, 21 points per curve (1,020 models, 261,000 image
     forward passes; under a minute to two on 2 busy CPU cores). Quick: 5 × 5, 32 images,
-    3 points per curve, Task Arithmetic only. `cache_dir` (default: none) caches every
+    3 points per curve, Task Arithmetic only. A study with a ``default_limit`` (a real model: an
+    open_clip, transformers or python study file's ``limit``) gets a :data:`REAL_MODEL_GRID`-point
+    grid and curves on at most that many images (ViT-B-32 on 2 CPU cores: about ten minutes);
+    ``--device cuda`` or an executor for more. `cache_dir` (default: none) caches every
     evaluation.
     """
 
@@ -40,6 +47,8 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     if task_a is None or task_b is None:
         task_a, task_b = default_pair(study)
     grid, limit, n_curve = (5, 32, 3) if quick else (21, 256, 21)
+    if not quick and getattr(study, "default_limit", None) is not None:
+        grid, n_curve = REAL_MODEL_GRID, REAL_MODEL_GRID
     limit = topic_limit(study, quick, limit, quick_limit=limit)
     methods = {k: v for k, v in DEFAULT_METHODS.items() if not quick or k == "task_arithmetic"}
     settings = {"unfiltered": None, filter_label(filtered): filtered}
