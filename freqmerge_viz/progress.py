@@ -43,22 +43,24 @@ class _Silent:
         pass
 
 
-def progress_bar(total: int | None, desc: str, progress: bool | None = False, unit: str = "key"):
+def progress_bar(total: int | None, desc: str, progress: bool | None = False, unit: str = "key",
+                 leave: bool = True):
     """A tqdm bar of `total` steps on stderr when :func:`shows_progress`, else a silent stand-in
-    (``update``, ``set_postfix_str``, ``close``, and a context manager)."""
+    (``update``, ``set_postfix_str``, ``close``, and a context manager). ``leave=False`` clears
+    the bar when done (for the many short evaluations inside one figure topic)."""
     if not shows_progress(progress):
         return _Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=leave)
 
 
 def track(items: Iterable[T], desc: str, progress: bool | None = False, total: int | None = None,
-          unit: str = "key") -> Iterator[T]:
+          unit: str = "key", leave: bool = True) -> Iterator[T]:
     """`items`, one at a time, advancing a :func:`progress_bar` after each."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)
-    with progress_bar(total, desc, progress, unit) as bar:
+    with progress_bar(total, desc, progress, unit, leave) as bar:
         for item in items:
             yield item
             bar.update(1)

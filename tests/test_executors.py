@@ -106,3 +106,24 @@ def test_dask_local_cluster_runs_a_sweep_and_a_grid(shipped_zoo, serial_sweep, s
     pd.testing.assert_frame_equal(sweep, serial_sweep, check_exact=True)
     pd.testing.assert_frame_equal(grid, serial_grid, check_exact=True)
     assert len(stream.data) == len(SWEEP["cutoffs"]) + len(GRID[1]) == 5
+
+
+def test_a_study_file_sweeps_and_grids_in_a_process_pool(pool, tmp_path):
+    """A study of the user's (here a python study file) given as its path: each worker reopens it
+    and the tables equal the serial ones."""
+    from pathlib import Path
+
+    from freqmerge_viz.study import load_study
+
+    support = Path(__file__).parent / "study_support.py"
+    path = tmp_path / "study.yaml"
+    path.write_text(f"kind: python\nfunction: {support}:tiny_study\nargs: {{tasks: 2, per_split: 16}}\n")
+    study = load_study(path)
+    sweep = {**SWEEP, "limit": 8}
+    serial = cutoff_sweep(study, tasks=tuple(study.tasks), **sweep)
+    pooled = cutoff_sweep(str(path), tasks=tuple(study.tasks), executor=pool, **sweep)
+    pd.testing.assert_frame_equal(serial, pooled)
+    grid = ([0.0, 1.0], [0.0, 0.5])
+    serial_grid = L.landscape(study, "task0", "task1", grid=grid, limit=8)
+    pooled_grid = L.landscape(study, "task0", "task1", grid=grid, limit=8, executor=pool, rows_per_block=1)
+    pd.testing.assert_frame_equal(serial_grid, pooled_grid)

@@ -275,7 +275,7 @@ def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,
     source = stacked if stacked is not None else states
     rows = []
     label = f"{getattr(study, 'name', 'study')}: {len(source)} model{'s' if len(source) != 1 else ''} on {split}"
-    for task in track(tasks, label, getattr(study, "progress", False), unit="task"):
+    for task in track(tasks, label, getattr(study, "progress", False), unit="task", leave=False):
         inputs, labels = study_data(study, task, split, limit)
         result = evaluate_params(study.functional_forward(task, head), source, inputs, labels, keys, mode=mode,
                                  chunk=chunk, batch_size=batch_size, device=device, memory_budget=memory_budget,
