@@ -39,12 +39,45 @@ def study_tasks(study, tasks: Sequence[str] | None = None) -> list[str]:
     return chosen
 
 
+TASK_VECTOR_CACHE_BYTES = 4 * 2**30
+"""Task vectors of a study up to this many bytes (all tasks together) are kept on the study for
+the next analysis (a cutoff sweep asks for them at every point); larger ones are read again."""
+
+
 def study_task_vectors(study, tasks: Sequence[str] | None = None) -> list[TaskVector]:
-    """The task vectors ``θ_t − θ_pre`` of `tasks`, named by task and held in memory (float32, CPU)."""
+    """The task vectors ``θ_t − θ_pre`` of `tasks`, named by task and held in memory (float32, CPU).
+
+    Read once per study and task (kept on the study while they take at most
+    :data:`TASK_VECTOR_CACHE_BYTES`); do not modify their tensors."""
     chosen = study_tasks(study, tasks)
-    return [TaskVector.from_states(study.pretrained, study.finetuned[t], include=analysed_keys(study), name=t,
-                                   device="cpu").materialize()
-            for t in chosen]
+    cache = _vector_cache(study)
+    keys = analysed_keys(study)
+    for task in chosen:
+        if task not in cache:
+            vector = TaskVector.from_states(study.pretrained, study.finetuned[task], include=keys, name=task,
+                                            device="cpu").materialize()
+            if cache is not None and _cached_bytes(cache) + _vector_bytes(vector) <= TASK_VECTOR_CACHE_BYTES:
+                cache[task] = vector
+            else:
+                return [cache[t] if t in cache else TaskVector.from_states(
+                    study.pretrained, study.finetuned[t], include=keys, name=t, device="cpu").materialize()
+                        for t in chosen]
+    return [cache[t] for t in chosen]
+
+
+def _vector_cache(study) -> dict | None:
+    try:
+        return vars(study).setdefault("_task_vector_cache", {})
+    except TypeError:
+        return None
+
+
+def _vector_bytes(vector: TaskVector) -> int:
+    return sum(vector[k].numel() * vector[k].element_size() for k in vector.keys())
+
+
+def _cached_bytes(cache: dict) -> int:
+    return sum(_vector_bytes(v) for v in cache.values())
 
 
 def analysed_keys(study) -> list[str] | None:

@@ -16,6 +16,9 @@ LIMIT = 300
 """Test images per task."""
 VALIDATION_LIMIT = 150
 """Validation images per task used to pick the sweep's one scaling."""
+REAL_MODEL_KINDS, REAL_MODEL_CUTOFFS = ("ideal", "gaussian"), (0.0, 0.1, 0.3, 0.5)
+"""The sweep of a study with a ``default_limit`` (a real model on a CPU: each point is a merge and
+an evaluation of a full model)."""
 DEFAULT_KIND, DEFAULT_CUTOFF = "ideal", 0.1
 """FR's paper default filter, where the sweep's scaling is chosen."""
 
@@ -30,7 +33,8 @@ def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
     curve shows the cutoff alone. Accuracy on :data:`LIMIT` test images per task, beside no merge,
     task arithmetic at the same scaling and weights, and the fine-tuned models on the same images
     (``cutoff_sweep_references.csv``). ``quick``: three tasks, ideal and Gaussian at cutoffs 0 and
-    0.3, scaling 1 (not chosen), 48 images.
+    0.3, scaling 1 (not chosen), 48 images. A study with a ``default_limit`` (a real model) sweeps
+    :data:`REAL_MODEL_KINDS` at :data:`REAL_MODEL_CUTOFFS` on at most that many images.
     """
     tasks = tuple(scope(study, quick))
     limit = topic_limit(study, quick, LIMIT)
@@ -42,7 +46,9 @@ def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
                                     validation_limit=topic_limit(study, quick, VALIDATION_LIMIT))
         chosen_by = (f"chosen once, on {VALIDATION_LIMIT} validation images per task at {DEFAULT_KIND} "
                      f"ρ = {DEFAULT_CUTOFF:g}, among {', '.join(f'{v:g}' for v in SCALINGS)}")
-        table = cutoff_sweep(study, KINDS, CUTOFFS, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
+        real = getattr(study, "default_limit", None) is not None
+        kinds, cutoffs = (REAL_MODEL_KINDS, REAL_MODEL_CUTOFFS) if real else (KINDS, CUTOFFS)
+        table = cutoff_sweep(study, kinds, cutoffs, executor=executor, tasks=tasks, scalings=(scaling,), limit=limit)
     references = sweep_references(study, scaling, tasks=tasks, limit=limit)
     title = f"FR-Merging along the cutoff ({scope_label(study, tasks, limit, 'test')}; paper reading: λ_i of Eq. 3)"
     out = Path(out_dir)
