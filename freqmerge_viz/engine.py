@@ -49,9 +49,10 @@ cores shared with other jobs, 1.5 to 4 times faster than two intra-op threads, d
 on the other load; it is the engine's main gain on CPU, where vmap itself runs about as
 fast per thread as the loop (vmap pays off where per-operator launch costs dominate, as on
 GPUs; not measured here). During such a call ``torch.set_num_threads(1)`` is in effect
-process-wide and the previous value is restored afterwards. Other forwards run in one
-thread unless ``workers=`` says otherwise (``functional_call`` on a shared module is not
-thread safe).
+process-wide and the previous value is restored afterwards. Other forwards, and parameter
+sets over :data:`LARGE_SET_BYTES` (a CLIP ViT-B/32 image tower: 350 MB), run one set at a
+time with torch's intra-op threads unless ``workers=`` says otherwise (``functional_call`` on
+a shared module is not thread safe; a large model's matrix products split well over cores).
 
 Nothing is cached between calls; the only state kept is what the caller holds (a
 :class:`StackedStates`, an :class:`Evaluator`).
@@ -442,13 +443,14 @@ def evaluate_params(forward: Forward, states, inputs: torch.Tensor, labels: torc
                              f"got {tuple(inputs.shape)} "
                              f"and {tuple(labels.shape)}")
     target = resolve_device(device)
-    workers = default_workers(target, forward) if workers is None else check_positive_int("workers", workers)
+    param_bytes = _param_bytes(states, stacked, keys)
+    workers = (default_workers(target, forward, param_bytes) if workers is None
+               else check_positive_int("workers", workers))
     inputs = inputs.to(target, torch.float32) if inputs.is_floating_point() else inputs.to(target)
     labels = labels.to(target, torch.long)
     common = (forward, states, stacked, inputs, labels, keys, batch_size, target)
     count = len(stacked) if stacked is not None else len(states)
     budget = memory_budget_bytes(target, memory_budget) // workers
-    param_bytes = _param_bytes(states, stacked, keys)
     loop_chunk = max(1, min(-(-count // (4 * workers)), budget // max(param_bytes, 1)))
     if mode == "loop":
         return _run(*common, vmapped=False, chunk=loop_chunk, workers=workers)
@@ -473,10 +475,18 @@ def evaluate_params(forward: Forward, states, inputs: torch.Tensor, labels: torc
         return _run(*common, vmapped=False, chunk=loop_chunk, workers=workers)
 
 
-def default_workers(device: torch.device, forward: Forward | None = None) -> int:
+LARGE_SET_BYTES = 64 * 2**20
+"""Parameter sets larger than this (float32 bytes) are scored one at a time with torch's own
+intra-op threads rather than one set per thread: their matrix products split well over the
+cores, and a few sets over a few threads leave threads idle (5 ViT-B/32 sets on 2 threads:
+one thread idle for a third of the time)."""
+
+
+def default_workers(device: torch.device, forward: Forward | None = None, param_bytes: int = 0) -> int:
     """Threads the engine spreads chunks over by default: torch's intra-op thread count on CPU
-    for a forward marked ``thread_safe``, else 1 (a GPU, or a forward that may not be)."""
-    if device.type != "cpu" or not getattr(forward, "thread_safe", False):
+    for a forward marked ``thread_safe`` whose parameter sets take at most :data:`LARGE_SET_BYTES`,
+    else 1 (a GPU, a forward that may not be thread safe, or a large model)."""
+    if device.type != "cpu" or not getattr(forward, "thread_safe", False) or param_bytes > LARGE_SET_BYTES:
         return 1
     return max(1, torch.get_num_threads())
 
