@@ -241,9 +241,10 @@ def study_evaluator(study, task: str, split: str = "test", limit: int | None = N
     """:class:`~freqmerge_viz.engine.Evaluator` of `study`'s parameter sets on `task` (its
     `head`), the first `limit` samples of `split`; `options` are Evaluator fields."""
     inputs, labels = study_data(study, task, split, limit)
+    kind = getattr(study, "kind", "study")
+    prefix = kind if kind == "zoo" else f"{kind}:{getattr(study, 'name', '')}"
     return Evaluator(study.functional_forward(task, head), inputs, labels, tuple(study.backbone_keys()),
-                     name=f"{getattr(study, 'kind', 'study')}:{getattr(study, 'name', '')}:{task}:{split}:"
-                          f"{len(labels)}:{head}", **options)
+                     name=f"{prefix}:{task}:{split}:{len(labels)}:{head}", **options)
 
 
 def evaluate_on_study(study, states, tasks: str | Sequence[str] | None = None,

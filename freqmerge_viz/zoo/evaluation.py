@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..engine import (STACK_LIMIT, Evaluator, Forward, StackedStates, _param_bytes, as_stacked, check_states,
-                      evaluate_params, tensor_digest)
-from ..errors import MissingKeysError, ParameterError, ShapeMismatchError, check_positive_int
+from ..engine import Evaluator, Forward, tensor_digest
+from ..errors import MissingKeysError, ShapeMismatchError
+from ..study import evaluate_on_study, study_data, study_evaluator
 from .model import _template, backbone_forward, head_forward
 
 __all__ = ["zoo_forward", "zoo_backbone_keys", "zoo_data", "zoo_evaluator", "evaluate_on_zoo"]
@@ -113,53 +113,18 @@ def zoo_backbone_keys(zoo) -> list[str]:
 
 
 def zoo_data(zoo, task: str, split: str = "test", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` of `task`'s `split`, the first `limit` samples (all if ``None``)."""
-    images, labels = zoo.data(task, split)
-    if limit is not None:
-        check_positive_int("limit", limit)
-        images, labels = images[:limit], labels[:limit]
-    return images, labels
+    """``(images, labels)`` of `task`'s `split`, the first `limit` samples (all if ``None``);
+    :func:`~freqmerge_viz.study.study_data` on the zoo."""
+    return study_data(zoo, task, split, limit)
 
 
 def zoo_evaluator(zoo, task: str, split: str = "test", limit: int | None = None, head: str = "finetuned",
                   **options) -> Evaluator:
-    """:class:`Evaluator` of zoo backbones on `task` (its `head`), the first `limit` samples of
-    `split`; `options` are :class:`Evaluator` fields (mode, chunk, batch_size, device, ...)."""
-    images, labels = zoo_data(zoo, task, split, limit)
-    return Evaluator(zoo_forward(zoo, task, head), images, labels, tuple(zoo_backbone_keys(zoo)),
-                     name=f"zoo:{task}:{split}:{len(labels)}:{head}", **options)
+    """:func:`~freqmerge_viz.study.study_evaluator` on the zoo (named ``zoo:task:split:n:head``)."""
+    return study_evaluator(zoo, task, split, limit, head, **options)
 
 
-def evaluate_on_zoo(zoo, states, tasks: str | Sequence[str] | None = None,
-                    *, split: str = "test", limit: int | None = None, head: str = "finetuned",
-                    mode: str = "auto", chunk: int | None = None,
-                    device: torch.device | str | None = None, batch_size: int = 1000,
-                    memory_budget: int | None = None, workers: int | None = None) -> pd.DataFrame:
-    """Tidy table (columns ``state, task, loss, accuracy``) of backbones `states` on zoo tasks.
-
-    ``state`` is the index into `states` (a list of states or a :class:`StackedStates`);
-    `limit` keeps the first `limit` samples of each split; each task is evaluated with its
-    own `head` (``"finetuned"`` or ``"probe"``). With several tasks, a list of (lazy) states
-    is read once into a :class:`StackedStates` when it fits :data:`STACK_LIMIT`.
-    """
-    tasks = zoo.tasks if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
-    keys = zoo_backbone_keys(zoo)
-    stacked = as_stacked(states)
-    if stacked is None:
-        states = list(states)
-        if not states:
-            raise ParameterError("need at least one parameter set to evaluate")
-        check_states(states, keys)
-        if len(tasks) > 1 and len(states) * _param_bytes(states, None, keys) <= STACK_LIMIT:
-            stacked = StackedStates.from_states(states, keys)
-    source = stacked if stacked is not None else states
-    rows = []
-    for task in tasks:
-        images, labels = zoo_data(zoo, task, split, limit)
-        result = evaluate_params(zoo_forward(zoo, task, head), source, images, labels, keys, mode=mode,
-                                 chunk=chunk, batch_size=batch_size, device=device, memory_budget=memory_budget,
-                                 workers=workers)
-        for i in range(len(source)):
-            rows.append({"state": i, "task": task, "loss": float(result.loss[i]),
-                         "accuracy": float(result.accuracy[i])})
-    return pd.DataFrame(rows, columns=["state", "task", "loss", "accuracy"])
+def evaluate_on_zoo(zoo, states, tasks: str | Sequence[str] | None = None, **options) -> pd.DataFrame:
+    """:func:`~freqmerge_viz.study.evaluate_on_study` on the zoo (the zoo is a study): columns
+    ``state, task, loss, accuracy``; keyword options as there (split, limit, head, mode, ...)."""
+    return evaluate_on_study(zoo, states, tasks, **options)
