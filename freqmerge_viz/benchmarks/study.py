@@ -33,10 +33,8 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
@@ -44,71 +42,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import FreqMergeError, ParameterError
+from ..errors import ParameterError
+from ..study import examples
 from .filter import _with_threads
 
-FAKE_PACKAGE = "freqmerge_bench_task_vectors"
-FAKE_MODULE = f"{FAKE_PACKAGE}.modeling"
-TINY = dict(vision=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-            text=dict(context_length=16, vocab_size=49408, width=32, heads=1, layers=1), embed=32)
-
-
-def _classes():
-    """task_vectors' ImageEncoder and ClassificationHead, in a module of their own."""
-    from torch import nn
-
-    class ImageEncoder(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-            self.cache_dir = None
-
-        def forward(self, images):
-            return self.model.encode_image(images)
-
-    class ClassificationHead(nn.Linear):
-        def __init__(self, normalize, weights, biases=None):
-            output_size, input_size = weights.shape
-            super().__init__(input_size, output_size)
-            self.normalize = normalize
-            self.weight = nn.Parameter(weights.clone())
-            self.bias = nn.Parameter(biases.clone() if biases is not None else torch.zeros_like(self.bias))
-
-        def forward(self, inputs):
-            if self.normalize:
-                inputs = inputs / inputs.norm(dim=-1, keepdim=True)
-            return super().forward(inputs)
-
-    module = types.ModuleType(FAKE_MODULE)
-    for cls in (ImageEncoder, ClassificationHead):
-        cls.__module__, cls.__qualname__ = FAKE_MODULE, cls.__name__
-        setattr(module, cls.__name__, cls)
-    return module
-
-
-class _Importable:
-    """The ImageEncoder classes importable while in the block (as with task_vectors' code installed)."""
-
-    def __init__(self):
-        self.module = _classes()
-
-    def __enter__(self):
-        sys.modules.update({FAKE_PACKAGE: types.ModuleType(FAKE_PACKAGE), FAKE_MODULE: self.module})
-        return self.module
-
-    def __exit__(self, *exc):
-        sys.modules.pop(FAKE_MODULE, None)
-        sys.modules.pop(FAKE_PACKAGE, None)
-
-
-def _open_clip():
-    try:
-        import open_clip
-    except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision's RuntimeError
-        raise FreqMergeError(f"the study benchmark builds open_clip models: {type(exc).__name__}: {exc}; "
-                             "pip install freqmerge-viz[open_clip] (on a CPU-only torch: scripts/open_clip_deps.sh)"
-                             ) from exc
-    return open_clip
+TINY_IMAGE, TINY_HEAD_WIDTH = 32, 32
+"""The ``--quick`` model: :func:`freqmerge_viz.study.examples.tiny_clip` (image 32, 32-wide heads)."""
 
 
 def build_study(folder: Path, quick: bool, k: int, images: int, classes: int = 10, seed: int = 0) -> Path:
@@ -117,15 +56,12 @@ def build_study(folder: Path, quick: bool, k: int, images: int, classes: int = 1
     import yaml
     from PIL import Image
 
-    open_clip = _open_clip()
-    torch.manual_seed(seed)
     if quick:
-        from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-        model = open_clip.CLIP(TINY["embed"], CLIPVisionCfg(**TINY["vision"]), CLIPTextCfg(**TINY["text"]))
-        size, dim = TINY["vision"]["image_size"], TINY["embed"]
+        model = examples.tiny_clip(seed=seed)
+        size, dim = TINY_IMAGE, model.visual.output_dim
     else:
-        model = open_clip.create_model("ViT-B-32", pretrained=None)
+        torch.manual_seed(seed)
+        model = examples.import_open_clip().create_model("ViT-B-32", pretrained=None)
         size, dim = 224, model.visual.output_dim
     model.eval()
     pre = {key: value.detach().clone() for key, value in model.state_dict().items()}
@@ -134,31 +70,36 @@ def build_study(folder: Path, quick: bool, k: int, images: int, classes: int = 1
     spec = {"kind": "open_clip", "name": f"bench-{'tiny' if quick else 'vit-b-32'}-{k}", "pretrained": "zeroshot.pt",
             "finetuned": {}, "heads": {}, "data": {}, "limit": images}
     if quick:
-        spec["head_width"] = TINY["vision"]["head_width"]
+        spec["head_width"] = TINY_HEAD_WIDTH
     rng = np.random.default_rng(seed)
-    with _Importable() as classes_module:
-        torch.save(classes_module.ImageEncoder(model), folder / "zeroshot.pt")
-        for i in range(k):
-            task = f"task{i}"
-            state = dict(pre)
-            for key, value in pre.items():
-                if key.startswith("visual.") and value.is_floating_point() and value.numel() > 1:
-                    state[key] = value + 0.01 * float(value.std()) * torch.randn(value.shape, generator=generator)
+    def encoder(state):
+        def build(classes):
             model.load_state_dict(state)
-            (folder / task).mkdir(exist_ok=True)
-            torch.save(classes_module.ImageEncoder(model), folder / task / "finetuned.pt")
-            head = classes_module.ClassificationHead(True, torch.randn(classes, dim, generator=generator))
-            torch.save(head, folder / f"head_{task}.pt")
-            spec["finetuned"][task] = f"{task}/finetuned.pt"
-            spec["heads"][task] = f"head_{task}.pt"
-            for split in ("val", "test"):
-                for c in range(classes):
-                    out = folder / "data" / task / split / f"c{c}"
-                    out.mkdir(parents=True, exist_ok=True)
-                    for j in range(math.ceil(images / classes)):
-                        pixels = rng.integers(0, 256, (size // 2 + 3, size // 2, 3), dtype=np.uint8)
-                        Image.fromarray(pixels).save(out / f"{j}.png")
-            spec["data"][task] = {split: f"data/{task}/{split}" for split in ("val", "test")}
+            return classes.ImageEncoder(model)
+        return build
+
+    objects = {folder / "zeroshot.pt": encoder(pre)}
+    for i in range(k):
+        task = f"task{i}"
+        state = dict(pre)
+        for key, value in pre.items():
+            if key.startswith("visual.") and value.is_floating_point() and value.numel() > 1:
+                state[key] = value + 0.01 * float(value.std()) * torch.randn(value.shape, generator=generator)
+        weight = torch.randn(classes, dim, generator=generator)
+        objects[folder / task / "finetuned.pt"] = encoder(state)
+        objects[folder / f"head_{task}.pt"] = lambda classes_module, weight=weight: \
+            classes_module.ClassificationHead(True, weight)
+        spec["finetuned"][task] = f"{task}/finetuned.pt"
+        spec["heads"][task] = f"head_{task}.pt"
+        for split in ("val", "test"):
+            for c in range(classes):
+                out = folder / "data" / task / split / f"c{c}"
+                out.mkdir(parents=True, exist_ok=True)
+                for j in range(math.ceil(images / classes)):
+                    pixels = rng.integers(0, 256, (size // 2 + 3, size // 2, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(out / f"{j}.png")
+        spec["data"][task] = {split: f"data/{task}/{split}" for split in ("val", "test")}
+    examples.save_pickled(objects)
     model.load_state_dict(pre)
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
@@ -197,7 +138,7 @@ def _time_merge(spec_path: Path, study, coefficient: float, repeats: int) -> dic
     files = [str(state.origins[0]) for state in study.finetuned.values()]
 
     def plain():
-        with _Importable():
+        with examples.classes_importable():
             pre = _plain_state(pre_file)
             finetuned = [_plain_state(f) for f in files]
         out = {}
@@ -232,7 +173,7 @@ def _time_evaluation(study, images: int, batch_size: int, repeats: int) -> dict:
     full = [{k: state[k].to(torch.float32) for k in state} for state in sets]
     backbone = [{k: state[k] for k in keys} for state in full]
     head = study.head(task)
-    with _Importable():
+    with examples.classes_importable():
         encoder = torch.load(str(study.pretrained.origins[0]), map_location="cpu", weights_only=False)
     if not isinstance(encoder, torch.nn.Module):
         raise ParameterError("the plain evaluation loop needs the pretrained checkpoint as a pickled module")

@@ -22,7 +22,8 @@ def write_figures(study, out_dir: str | os.PathLike, *, quick: bool = False,
     table = table1(study_task_vectors(study, scope(study, quick)), DEFAULT_ROWS)
     fr = table.set_index("label").loc["FR"]
     title = (f"Across-task amplitude variance after each method's step ({scope_label(study, scope(study, quick))}); "
-             f"FR: {fr['change_all_pct']:+.1f}% over all bins, {fr['change_kept_pct']:+.1f}% over the "
+             f"FR: {round(fr['change_all_pct'], 1) + 0.0:+.1f}% over all bins, "
+             f"{round(fr['change_kept_pct'], 1) + 0.0:+.1f}% over the "
              f"{100 * fr['kept_fraction']:.1f}% of bins it keeps")
     return write_all(Path(out_dir) / "table1", table, table1_bars(table, title), table1_plotly(table, title),
                      "table1-amplitude-variance", formats)

@@ -165,7 +165,7 @@ class CutoffModel:
         return {"cutoff": defaults["cutoff"] if cutoff is None else cutoff,
                 "upper_cutoff": 0.5, "kind": defaults.get("kind", "ideal"),
                 "band": defaults.get("band", "high"), "scaling": scaling, "method": method,
-                "key": key if key is not None else self._default_key(),
+                "key": key if key is not None else self._default_key(method),
                 "task": task if task is not None else self.tasks[0], "variance_over": "matrix"}
 
     # ------------------------------------------------------------------ inputs
@@ -238,12 +238,15 @@ class CutoffModel:
             self.eval_tasks = list(self._accuracy_dict(self._pretrained))
             self.eval_counts = {t: None for t in self.eval_tasks}
 
-    def _default_key(self) -> str:
-        for key in self.matrix_keys:
-            shape = self._vectors[0].shape_of(key)
-            if shape[0] > 1 and math.prod(shape[1:]) > 1:
-                return key
-        return self.matrix_keys[0]
+    def _default_key(self, method: str = "fr") -> str:
+        """The first proper matrix (more than one row and column) the method's ``filter_scope``
+        filters (a CLIP study's first attention matrix, not its positional embedding), else the
+        first proper matrix, else the first one."""
+        scope = get_method(method).resolve({}).get("filter_scope")
+        proper = [k for k in self.matrix_keys
+                  if self._vectors[0].shape_of(k)[0] > 1 and math.prod(self._vectors[0].shape_of(k)[1:]) > 1]
+        filtered = [k for k in proper if scope is None or selects(scope, k, len(self._vectors[0].shape_of(k)))]
+        return (filtered or proper or self.matrix_keys)[0]
 
     # ------------------------------------------------------------------ computations
     def _accuracy_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:

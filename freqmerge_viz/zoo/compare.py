@@ -4,3 +4,6 @@ so that ``from freqmerge_viz.zoo.compare import compare_methods`` goes on workin
 from ..analysis.compare import (CANDIDATES, SCALINGS, Candidate, compare_methods, comparison_frame,  # noqa: F401
                                 evaluate_routed, features, grid, markdown_table, standard_error, train_router,
                                 with_needs)
+
+__all__ = ["CANDIDATES", "SCALINGS", "Candidate", "compare_methods", "comparison_frame", "evaluate_routed", "features",
+           "grid", "markdown_table", "standard_error", "train_router", "with_needs"]
