@@ -52,33 +52,56 @@ def amplitude_variance(task_vectors: TaskVectors, *, transform: StackTransform |
     gain of `within` is at least 0.5, when given). ``normalize=True`` divides that mean by the
     mean amplitude over the same bins and tasks. ``mean`` is the unweighted mean over matrices.
     """
+    return amplitude_variances(task_vectors, {"measure": {"within": within, "normalize": normalize}},
+                               transform=transform, spectrum=spectrum, include=include, exclude=exclude,
+                               one_d=one_d, device=device)["measure"]
+
+
+def amplitude_variances(task_vectors: TaskVectors, measures: dict[str, dict], *,
+                        transform: StackTransform | None = None, spectrum: str = "amplitude",
+                        include: Patterns = None, exclude: Patterns = None, one_d: str = "skip",
+                        device: torch.device | str | None = None) -> dict[str, AmplitudeVarianceResult]:
+    """Several :func:`amplitude_variance` measures of the same task vectors from one DFT per
+    matrix: `measures` maps a name to its ``within`` (a :class:`FilterSpec` or ``None``) and
+    ``normalize``; returns ``{name: AmplitudeVarianceResult}``, each equal to its own call."""
     check_choice("spectrum", spectrum, ("amplitude", "power"))
+    for name, options in measures.items():
+        unknown = set(options) - {"within", "normalize"}
+        if unknown:
+            raise ParameterError(f"measure {name!r}: unknown option(s) {sorted(unknown)}; use within, normalize")
     keys = common_keys(task_vectors, include, exclude)
     target = resolve_device(device)
-    rows = []
+    rows: dict[str, list] = {name: [] for name in measures}
     for key, matrices in key_matrices(task_vectors, keys, transform, one_d, target):
         amplitude = torch.fft.fft2(matrices).abs()
         values = amplitude**2 if spectrum == "power" else amplitude
         per_bin = values.var(dim=0, unbiased=False)
         shape = tuple(matrices.shape[-2:])
-        if within is not None:
-            counted = within.mask(shape, device=target, centered=False) >= 0.5
-        else:
-            counted = torch.ones(shape, dtype=torch.bool, device=target)
-        n_counted = int(counted.sum())
-        variance = float(per_bin[counted].mean()) if n_counted else float("nan")
-        mean_amplitude = float(amplitude[:, counted].mean()) if n_counted else float("nan")
-        rows.append({"key": key, "shape": "×".join(map(str, shape)), "bins": n_counted,
-                     "kept_fraction": n_counted / counted.numel(), "variance": variance,
-                     "mean_amplitude": mean_amplitude, "value": measure_value(variance, mean_amplitude, normalize)})
-    if not rows:
+        for name, options in measures.items():
+            within, normalize = options.get("within"), bool(options.get("normalize", False))
+            if within is not None:
+                counted = within.mask(shape, device=target, centered=False) >= 0.5
+            else:
+                counted = torch.ones(shape, dtype=torch.bool, device=target)
+            n_counted = int(counted.sum())
+            variance = float(per_bin[counted].mean()) if n_counted else float("nan")
+            mean_amplitude = float(amplitude[:, counted].mean()) if n_counted else float("nan")
+            rows[name].append({"key": key, "shape": "×".join(map(str, shape)), "bins": n_counted,
+                               "kept_fraction": n_counted / counted.numel(), "variance": variance,
+                               "mean_amplitude": mean_amplitude,
+                               "value": measure_value(variance, mean_amplitude, normalize)})
+    if measures and not next(iter(rows.values())):
         raise EmptyInputError("none of the selected keys is a matrix (2-D or more); "
                               f"selected {len(keys)} key(s), e.g. {keys[:3]}")
-    table = pd.DataFrame(rows)
-    settings = {"spectrum": spectrum, "normalize": normalize, "one_d": one_d,
-                "within": None if within is None else repr(within),
-                "transform": getattr(transform, "__name__", None) if transform else None}
-    return AmplitudeVarianceResult(mean_over_matrices(table["value"]), table, settings)
+    out = {}
+    for name, options in measures.items():
+        table = pd.DataFrame(rows[name])
+        within = options.get("within")
+        settings = {"spectrum": spectrum, "normalize": bool(options.get("normalize", False)), "one_d": one_d,
+                    "within": None if within is None else repr(within),
+                    "transform": getattr(transform, "__name__", None) if transform else None}
+        out[name] = AmplitudeVarianceResult(mean_over_matrices(table["value"]), table, settings)
+    return out
 
 
 def key_matrices(task_vectors: TaskVectors, keys, transform: StackTransform | None, one_d: str,

@@ -384,3 +384,19 @@ def test_low_frequency_energy_matches_numpy_and_skips_1d():
 def test_low_frequency_energy_zero_matrix_is_nan():
     table = low_frequency_energy([{"z": torch.zeros(4, 4)}], 0.5, device="cpu")
     assert math.isnan(table["fraction"].iloc[0])
+
+
+def test_several_measures_from_one_pass_equal_their_own_calls():
+    import freqmerge_viz as fmv
+    from freqmerge_viz.metrics import amplitude_variances
+
+    g = torch.Generator().manual_seed(3)
+    vectors = [{"a": torch.randn(6, 10, generator=g, dtype=torch.float64),
+                "b": torch.randn(4, 3, 5, generator=g, dtype=torch.float64)} for _ in range(3)]
+    spec = fmv.FilterSpec(0.3)
+    together = amplitude_variances(vectors, {"all": {}, "kept": {"within": spec}, "norm": {"normalize": True}})
+    for name, options in (("all", {}), ("kept", {"within": spec}), ("norm", {"normalize": True})):
+        alone = fmv.amplitude_variance(vectors, **options)
+        assert together[name].mean == alone.mean
+        pd.testing.assert_frame_equal(together[name].per_matrix, alone.per_matrix)
+        assert together[name].settings == alone.settings

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import EmptyInputError, ParameterError, check_positive_int
 from ..methods import merge
-from ..metrics import amplitude_variance
+from ..metrics import amplitude_variances
 from .evaluation import (evaluate_per_task, image_counts, individual_accuracies, materialize, study_task_vectors,
                          study_tasks)
 
@@ -126,8 +126,8 @@ def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pair
     rows = []
     for i, (a, b) in enumerate(pairs):
         pair = [vectors[a], vectors[b]]
-        variance = amplitude_variance(pair, device="cpu").mean
-        normalized_variance = amplitude_variance(pair, normalize=True, device="cpu").mean
+        measured_pair = amplitude_variances(pair, {"raw": {}, "normalized": {"normalize": True}}, device="cpu")
+        variance, normalized_variance = measured_pair["raw"].mean, measured_pair["normalized"].mean
         acc_a, acc_b = float(accuracy[(a, i)]), float(accuracy[(b, i)])
         norm_a, norm_b = acc_a / individual[a], acc_b / individual[b]
         rows.append({"task_a": a, "task_b": b, "amplitude_variance": variance,

@@ -31,7 +31,7 @@ from ..study import as_study, evaluate_on_study
 from ..errors import ParameterError, check_choice
 from ..methods import get_method, merge, method_transform
 from ..methods.fr import filter_spec
-from ..metrics import amplitude_variance
+from ..metrics import amplitude_variances
 from ..spectral import KINDS
 from .evaluation import (finetuned_subset, image_counts, materialize, reference_accuracies, transformed,
                          study_task_vectors, study_tasks)
@@ -104,9 +104,9 @@ def run_point(study, point: SweepPoint) -> pd.DataFrame:
     measured = evaluate_on_study(study, [state], tasks, split=point.split, limit=point.limit)
     filtered = transformed(study_task_vectors(study, tasks), method_transform("fr", len(tasks), **params))
     spec = filter_spec(get_method("fr").resolve(params))
-    everything = amplitude_variance(filtered, device="cpu")
-    kept = amplitude_variance(filtered, within=spec, device="cpu")
-    normalized = amplitude_variance(filtered, normalize=True, device="cpu")
+    measured_variance = amplitude_variances(filtered, {"all": {}, "kept": {"within": spec},
+                                                       "normalized": {"normalize": True}}, device="cpu")
+    everything, kept, normalized = (measured_variance[m] for m in ("all", "kept", "normalized"))
     out = measured[["task", "accuracy", "loss"]].copy()
     out["n_images"] = out["task"].map(image_counts(study, tasks, split=point.split, limit=point.limit))
     out.insert(0, "validation_mean", validation_mean)

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ParameterError
 from ..methods import get_method, method_transform
-from ..metrics import amplitude_variance
+from ..metrics import amplitude_variances
 from ..taskvector import TaskVectors
 from ..methods.fr import filter_spec
 from ..spectral import FilterSpec
@@ -89,9 +89,9 @@ def table1(task_vectors: TaskVectors, rows: Sequence = DEFAULT_ROWS, *, baseline
     records = []
     for setting in settings:
         stepped = transformed(task_vectors, method_transform(setting.method, k, **dict(setting.params)))
-        everything = amplitude_variance(stepped, device=device)
-        kept = amplitude_variance(stepped, within=within, device=device)
-        normalized = amplitude_variance(stepped, normalize=True, device=device)
+        measured = amplitude_variances(stepped, {"all": {}, "kept": {"within": within},
+                                                 "normalized": {"normalize": True}}, device=device)
+        everything, kept, normalized = (measured[m] for m in ("all", "kept", "normalized"))
         records.append({"label": setting.label, "method": setting.method,
                         "params": json.dumps(dict(setting.params), sort_keys=True),
                         "all_bins": everything.mean, "kept_bins": kept.mean, "normalized": normalized.mean,
