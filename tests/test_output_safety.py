@@ -286,11 +286,12 @@ def test_figures_report_and_exports_refuse_their_inputs(tmp_path, models):
 
     paths, _ = models
 
-    class FakeZoo:
-        path = paths["pre"]
+    from freqmerge_viz.study import FunctionalStudy
 
+    state = freqmerge_viz.io.load_state(paths["pre"])
+    study = FunctionalStudy(state, {"t": state}, {}, lambda params, inputs, task: inputs, name="on-disk")
     with pytest.raises(OutputError, match="figures folder lies inside the input"):
-        write_all(FakeZoo(), paths["pre"] / "figures")
+        write_all(study, paths["pre"] / "figures")
     with pytest.raises(OutputError, match="report folder is the input"):
         run_report(ReportInputs(paths["pre"], finetuned(paths)), paths["ft0.safetensors"])
     assert not (paths["pre"] / "figures").exists()

@@ -202,7 +202,10 @@ def kind_table() -> str:
     """Every study kind with its fields, as Markdown (the README's schema is this table)."""
     _register_builtin_kinds()
     lines = []
-    for kind in KINDS.values():
+    modules = list(BUILTIN)
+    ordered = sorted(KINDS.values(), key=lambda k: modules.index(k.build.__module__)
+                     if k.build.__module__ in modules else len(modules))
+    for kind in ordered:
         extra = f" (needs `pip install freqmerge-viz[{kind.extra}]`)" if kind.extra else ""
         lines.append(f"**`kind: {kind.name}`**: {kind.summary}{extra}\n")
         lines.append("| field | required | meaning |")
