@@ -565,3 +565,18 @@ def test_blockwise_filter_crosses_block_boundaries(monkeypatch):
     x = torch.randn(1, 37, 29, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = torch.fft.ifft2(torch.fft.fft2(x) * spec.mask((37, 29), dtype=torch.float64, centered=False)).real
     torch.testing.assert_close(spectral.filter_stack(x.clone(), spec, inplace=True), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("h, w, cutoff", [(6, 6, 1 / 3), (4, 4, 0.5), (8, 8, 0.25), (12, 12, 0.5)])
+def test_bands_and_filters_share_one_boundary_rule(h, w, cutoff):
+    """A bin at exactly the cutoff is kept by the high-pass and lies in the band [cutoff, …):
+    the high-pass leaves no energy in [0, cutoff), the low-pass none in [cutoff, 1]
+    (shapes where some bin sits exactly on the cutoff; the rule the hypothesis test found)."""
+    rho = radial_frequency((h, w))
+    assert bool((rho == cutoff).any())
+    x = rand(h, w, seed=21)
+    high = frequency_filter(x, cutoff)
+    low = frequency_filter(x, cutoff, band="low")
+    assert float(band_energy_fraction(high, [0.0, cutoff])[0]) < 1e-12
+    assert float(band_energy_fraction(high, [0.0, cutoff, 1.0])[0]) < 1e-12
+    assert float(band_energy_fraction(low, [cutoff, 1.0])[0]) < 1e-12

@@ -202,10 +202,11 @@ def angular_profile(x: torch.Tensor, n_bins: int = 36, spectrum: str = "amplitud
 def band_energy_fraction(x: torch.Tensor, edges: Sequence[float], units: str = "normalized") -> torch.Tensor:
     """Share of the spectral energy ``Σ|F|²`` of ``x[..., H, W]`` in each radius band.
 
-    `edges` are increasing radii in `units`; band i is ``[e_i, e_i+1)``, the last band also
-    includes its upper edge, so edges ``[0, …, 1]`` (normalised) cover every bin and the
-    shares sum to 1 (for a non-zero input; an all-zero input gives zeros).
-    Returns ``[..., len(edges) - 1]``.
+    `edges` are increasing radii in `units`; band i is ``[e_i, e_i+1)``, the filters' rule (a
+    high-pass at cutoff ρ keeps the bins at radius ≥ ρ, so ``[0, ρ)`` is what it removes). The
+    last band also includes its upper edge when that edge reaches the largest radius present,
+    so edges ``[0, …, 1]`` (normalised) cover every bin and the shares sum to 1 (for a
+    non-zero input; an all-zero input gives zeros). Returns ``[..., len(edges) - 1]``.
     """
     values = _spectrum_values(x, "power")
     edge_list = [float(e) for e in edges]
@@ -215,8 +216,9 @@ def band_energy_fraction(x: torch.Tensor, edges: Sequence[float], units: str = "
     fractions = []
     total = values.sum(dim=(-2, -1))
     last = len(edge_list) - 2
+    top = float(radius.max())
     for i, (lower, upper) in enumerate(zip(edge_list[:-1], edge_list[1:])):
-        below_upper = (radius <= upper) if i == last else (radius < upper)
+        below_upper = (radius <= upper) if i == last and upper >= top else (radius < upper)
         inside = ((radius >= lower) & below_upper).to(values.dtype)
         fractions.append((values * inside).sum(dim=(-2, -1)))
     stacked = torch.stack(fractions, dim=-1)
