@@ -49,20 +49,18 @@ def study_task_vectors(study, tasks: Sequence[str] | None = None) -> list[TaskVe
 
     Read once per study and task (kept on the study while they take at most
     :data:`TASK_VECTOR_CACHE_BYTES`); do not modify their tensors."""
-    chosen = study_tasks(study, tasks)
     cache = _vector_cache(study)
     keys = analysed_keys(study)
-    for task in chosen:
-        if task not in cache:
+    vectors = []
+    for task in study_tasks(study, tasks):
+        vector = cache.get(task) if cache is not None else None
+        if vector is None:
             vector = TaskVector.from_states(study.pretrained, study.finetuned[task], include=keys, name=task,
                                             device="cpu").materialize()
             if cache is not None and _cached_bytes(cache) + _vector_bytes(vector) <= TASK_VECTOR_CACHE_BYTES:
                 cache[task] = vector
-            else:
-                return [cache[t] if t in cache else TaskVector.from_states(
-                    study.pretrained, study.finetuned[t], include=keys, name=t, device="cpu").materialize()
-                        for t in chosen]
-    return [cache[t] for t in chosen]
+        vectors.append(vector)
+    return vectors
 
 
 def _vector_cache(study) -> dict | None:

@@ -61,8 +61,6 @@ def build_python_study(spec: Spec):
         raise spec.error("function", f"{target}(**args) raised {type(exc).__name__}: {exc}") from exc
     if not is_study(study):
         raise spec.error("function", f"{target} returned a {type(study).__name__}, not a Study")
-    if spec.get("name") and hasattr(study, "name"):
-        study.name = spec.name
     if spec.get("limit") is not None:
         study.default_limit = spec.positive_int("limit")
     return study

@@ -213,10 +213,6 @@ class Zoo(Study):
             return torch.cat([backbone_forward(self.pretrained, inputs[i:i + 500], self.model_config,
                                                where="pretrained") for i in range(0, len(inputs), 500)])
 
-    @property
-    def has_features(self) -> bool:
-        return True
-
     def task_accuracies(self, state, tasks=None, *, split: str = "test", limit: int | None = None,
                    head: str = "finetuned", device=None) -> dict[str, float]:
         """:meth:`evaluate` (the zoo's module forward, which its manifest's numbers were measured with)."""
