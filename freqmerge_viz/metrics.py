@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -272,19 +272,26 @@ def cosine_similarity_matrix(task_vectors: TaskVectors, include: Patterns = None
     return cosine_table(gram, names)
 
 
-def _entry_blocks(stack: torch.Tensor):
-    """Column views ``[K, b]`` of the flattened ``stack[K, *shape]``, ``K·b`` <= :data:`BLOCK_ENTRIES`."""
-    flat = stack.reshape(stack.shape[0], -1)
-    step = max(1, BLOCK_ENTRIES // max(1, flat.shape[0]))
-    for start in range(0, flat.shape[1], step):
-        yield flat[:, start:start + step]
+def _entry_blocks(stack: torch.Tensor | Sequence[torch.Tensor]):
+    """Column blocks ``[K, b]`` of one key's flattened entries, ``K·b`` <= :data:`BLOCK_ENTRIES`:
+    views of a ``stack[K, *shape]``, or small copies gathered from a sequence of K tensors."""
+    if isinstance(stack, torch.Tensor):
+        flat = stack.reshape(stack.shape[0], -1)
+        step = max(1, BLOCK_ENTRIES // max(1, flat.shape[0]))
+        for start in range(0, flat.shape[1], step):
+            yield flat[:, start:start + step]
+        return
+    flats = [entry.reshape(-1) for entry in stack]
+    step = max(1, BLOCK_ENTRIES // max(1, len(flats)))
+    for start in range(0, flats[0].numel(), step):
+        yield torch.stack([flat[start:start + step] for flat in flats])
 
 
-def key_gram(stack: torch.Tensor) -> torch.Tensor:
-    """``G[i, j] = Σ stack[i]·stack[j]`` over the entries of one key's ``stack[K, *shape]``
-    (float64, on the CPU; squared weight units), a block of entries at a time."""
-    k = stack.shape[0]
-    gram = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
+def key_gram(stack: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """``G[i, j] = Σ stack[i]·stack[j]`` over the entries of one key's ``stack[K, *shape]`` or K
+    tensors of one shape (float64, on the CPU; squared weight units), a block of entries at a time."""
+    k = len(stack)
+    gram = torch.zeros(k, k, dtype=torch.float64, device=stack[0].device)
     for block in _entry_blocks(stack):
         block = block.to(torch.float64)
         gram += block @ block.T
@@ -327,14 +334,14 @@ def sign_conflicts(task_vectors: TaskVectors, include: Patterns = None, exclude:
     return sign_conflict_result(counts, task_names(task_vectors))
 
 
-def key_sign_counts(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Sign counts of one key's ``stack[K, *shape]``, a block of entries at a time: the K×K
+def key_sign_counts(stack: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Sign counts of one key's ``stack[K, *shape]`` (or K tensors), a block of entries at a time: the K×K
     numbers of coordinates where tasks i and j are both non-zero, and where i is positive and
     j negative (float64, CPU); the coordinates where at least two tasks are non-zero; and those
     among them whose signs are not all the same."""
-    k = stack.shape[0]
-    both_nonzero = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
-    opposite = torch.zeros(k, k, dtype=torch.float64, device=stack.device)
+    k = len(stack)
+    both_nonzero = torch.zeros(k, k, dtype=torch.float64, device=stack[0].device)
+    opposite = torch.zeros(k, k, dtype=torch.float64, device=stack[0].device)
     shared = conflicted = 0
     for block in _entry_blocks(stack):  # 0/1 products summed over a block are exact in float32
         positive, negative = (block > 0).to(torch.float32), (block < 0).to(torch.float32)

@@ -80,7 +80,7 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
     filter at ``filter_ratio = 0.7`` is added for comparison. `comparison` (the result of
     :func:`~freqmerge_viz.zoo.compare.compare_methods`) adds the merge accuracy table.
     Every table comes from one pass over the keys (:func:`~freqmerge_viz.analysis.scan.scan`:
-    each key's K entries read once, memory about K + 4 tensors of the largest key); `progress`
+    each key's K entries read once, memory at most about K + 3.5 tensors of the largest key); `progress`
     shows a bar over the keys. Returns the JSON summary.
     """
     import matplotlib

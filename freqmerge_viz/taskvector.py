@@ -322,6 +322,13 @@ def entry_shape(task_vector: Mapping[str, torch.Tensor], key: str) -> tuple[int,
     return tuple(task_vector[key].shape)
 
 
+def key_entries(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Entry `key` of every task, each in the compute dtype on `device`: :func:`stack_key`'s
+    numbers as K separate tensors, so that a caller can drop each task's entry once done with it."""
+    target = resolve_device(device)
+    return [as_compute_tensor(tv[key], target) for tv in task_vectors]
+
+
 def stack_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None) -> torch.Tensor:
     """``[K, *shape]`` stack of entry `key` of every task, in the compute dtype, on `device`.
 

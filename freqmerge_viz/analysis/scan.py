@@ -3,10 +3,11 @@
 The report measures interference (:func:`~freqmerge_viz.analysis.interference_table`), cosine
 similarity, sign conflicts, low-frequency energy, radial profiles and one key's spectra. Run
 one by one, each reads every checkpoint again; :func:`scan` reads each key's K entries once,
-stacks them (cosine and sign conflicts compare tasks entry by entry), transforms each task's
-matrix once (``rfft2``) and feeds that half spectrum to every spectral measure. Each table equals
-what its own function gives. Memory: one key's stack, one task's half spectrum and the
-interference accumulators (two float64 half spectra): about K + 4 tensors of the largest key.
+compares them block by block (cosine and sign conflicts compare tasks entry by entry), then
+transforms each task's matrix once (``rfft2``), dropping the entry, and feeds that half spectrum
+to every spectral measure. Each table equals what its own function gives. Memory: one key's K
+entries, one task's half spectrum and the interference accumulators (two float64 half spectra),
+and the entries go as the spectra are made: at most about K + 3 tensors of the largest key.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..metrics import (AmplitudeMoments, SignConflictResult, add_sign_counts, co
                        key_sign_counts, matrix_shape, sign_conflict_result, spectral_energy)
 from ..progress import track
 from ..spectral import FilterSpec, half_amplitudes
-from ..taskvector import TaskVectors, common_keys, entry_shape, stack_key, task_names
+from ..taskvector import TaskVectors, common_keys, entry_shape, key_entries, task_names
 from .interference import FilterSetting, interference_from_keys, key_interference
 from .spectra import RadialProfileMean, spectra_of_stack
 
@@ -66,16 +67,16 @@ def scan(task_vectors: TaskVectors, settings: Sequence[FilterSetting], energy_cu
     interference, energy, spectra = [], [], None
     profiles = RadialProfileMean(len(names), profile_bins)
     for key in track(keys, "report", progress):
-        stack = stack_key(task_vectors, key, target)
-        gram += key_gram(stack)
-        counts = add_sign_counts(counts, key_sign_counts(stack))
+        entries = key_entries(task_vectors, key, target)
+        gram += key_gram(entries)
+        counts = add_sign_counts(counts, key_sign_counts(entries))
         shape = matrix_shape(entry_shape(task_vectors[0], key))
         if shape is None:
             continue
         if key == spectrum_key:
-            spectra = spectra_of_stack(stack, key)
+            spectra = spectra_of_stack(entries, key)
         moments, task = None, 0  # a counter, not enumerate: its result tuple would keep the last amplitude alive
-        for amplitude in half_amplitudes(stack.view(len(names), *shape)):
+        for amplitude in half_amplitudes(_taken(entries, shape)):
             energy.append(energy_row(names[task], key, *spectral_energy(amplitude, shape, low_pass)))
             profiles.add(task, amplitude, shape)
             moments = moments or AmplitudeMoments(shape, amplitude.dtype)
@@ -83,8 +84,15 @@ def scan(task_vectors: TaskVectors, settings: Sequence[FilterSetting], energy_cu
             del amplitude
             task += 1
         interference.append(key_interference(moments, settings))
-        del stack, moments
+        del moments
     if not energy:
         raise EmptyInputError("none of the selected keys is a matrix (2-D or more)")
     return ScanResult(interference_from_keys(interference, settings), cosine_table(gram, names),
                       sign_conflict_result(counts, names), pd.DataFrame(energy), profiles.table(names), spectra)
+
+
+def _taken(entries: list[torch.Tensor], shape: tuple[int, int]):
+    """Each entry as an ``H × W`` matrix, taken out of `entries` as it is handed on, so that an
+    entry is freed once its spectrum is made."""
+    while entries:
+        yield entries.pop(0).view(shape)

@@ -14,6 +14,8 @@ numerically zero bins grey, outside the colour scale
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -22,24 +24,25 @@ from ..backend import resolve_device
 from ..errors import EmptyInputError, ParameterError
 from ..metrics import matrix_shape, task_matrix
 from ..progress import track
-from ..taskvector import TaskVectors, entry_shape, stack_key, task_names
+from ..taskvector import TaskVectors, entry_shape, key_entries, stack_key, task_names
 from ..taskvector import TaskVector
-from ..spectral import (as_matrix, half_amplitudes, matrix_stack, half_radial_profile, log_amplitude_spectrum, radial_profile,
+from ..spectral import (as_matrix, half_amplitudes, half_radial_profile, log_amplitude_spectrum, radial_profile,
                         radial_shells)
 
 
 def spectra_of_key(task_vectors: TaskVectors, key: str, device: torch.device | str | None = None,
                    one_d: str = "skip") -> np.ndarray:
     """Centred log amplitude ``ln|F(v)|`` of entry `key` for every task: ``[K, H, W]`` (numpy)."""
-    return spectra_of_stack(stack_key(task_vectors, key, device), key, one_d)
+    return spectra_of_stack(key_entries(task_vectors, key, device), key, one_d)
 
 
-def spectra_of_stack(stack: torch.Tensor, key: str, one_d: str = "skip") -> np.ndarray:
-    """:func:`spectra_of_key` from the key's ``stack[K, *shape]`` already in hand."""
-    matrices = matrix_stack(stack, one_d)
-    if matrices is None:
-        raise ParameterError(f"{key!r} has shape {tuple(stack.shape[1:])}: not a matrix")
-    out = np.empty(tuple(matrices.shape), dtype=np.float64 if stack.dtype == torch.float64 else np.float32)
+def spectra_of_stack(stack: torch.Tensor | Sequence[torch.Tensor], key: str, one_d: str = "skip") -> np.ndarray:
+    """:func:`spectra_of_key` from the key's entries already in hand: a ``stack[K, *shape]`` or K tensors."""
+    matrices = [as_matrix(entry, one_d) for entry in stack]
+    if not matrices or matrices[0] is None:
+        shape = tuple(stack[0].shape) if len(stack) else ()
+        raise ParameterError(f"{key!r} has shape {shape}: not a matrix")
+    out = np.empty((len(matrices), *matrices[0].shape), dtype=np.float64 if stack[0].dtype == torch.float64 else np.float32)
     for task, matrix in enumerate(matrices):
         out[task] = log_amplitude_spectrum(matrix).cpu().numpy()
     return out
