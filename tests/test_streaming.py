@@ -234,12 +234,13 @@ def _peak_in_tensors(directory, k: int, what: str, tensor_bytes: int) -> float:
 
 
 @pytest.mark.parametrize("k", [3, 8])
-def test_interference_stays_within_k_plus_2_tensors(eight_matrices, k):
-    # Held at the peak: the two float64 half-spectrum accumulators (2 tensors), the pretrained and
-    # fine-tuned entries being subtracted (2), the cached half mask and counts of the filter
-    # (0.6): about 4.6 tensors whatever K; stacking the K spectra would need 2K + 2.
+def test_interference_stays_within_5_5_tensors_whatever_k(eight_matrices, k):
+    # Held at the peak (reading a task's entry): the two float64 half-spectrum accumulators (2),
+    # the pretrained and fine-tuned entries being subtracted (2), the cached half mask and counts
+    # of the filter (0.6) and blocks: about 4.9 tensors measured, whatever K; stacking the K
+    # spectra would need 2K + 2 (8 for K = 3).
     directory, tensor_bytes = eight_matrices
-    assert _peak_in_tensors(directory, k, "interference", tensor_bytes) <= k + 2
+    assert _peak_in_tensors(directory, k, "interference", tensor_bytes) <= 5.5
 
 
 @pytest.mark.parametrize("k", [3, 8])
