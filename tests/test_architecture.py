@@ -1,13 +1,14 @@
 """The package's import graph: floors that only look down, and no import circles.
 
-Every ``import``/``from ... import`` of a ``freqmerge_viz`` module is an edge, at module level
-or inside a function alike (a function-level import is still a dependency, only a late one);
-imports under ``if TYPE_CHECKING:`` (type annotations only, never run) are not.
+Every ``import``/``from ... import`` of a ``freqmerge_viz`` module is an edge, at module level,
+inside a function (still a dependency, only a late one) or under ``if TYPE_CHECKING:`` (a
+dependency of the types) alike, between modules of one package as between packages.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "freqmerge_viz"
@@ -18,18 +19,6 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node of `tree` except those under ``if TYPE_CHECKING:``."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            stack.extend(node.orelse)
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
 def import_graph() -> dict[str, set[str]]:
     """``module -> modules it imports`` over the package (names like ``freqmerge_viz.io``)."""
     paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -37,7 +26,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
-        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")
@@ -102,13 +91,24 @@ def test_the_graph_sees_imports_at_every_level():
     assert "freqmerge_viz.io" in graph["freqmerge_viz.merge_job"]
     assert "freqmerge_viz.outputs" in graph["freqmerge_viz.io"]
     assert "freqmerge_viz.spectral.masks" in graph["freqmerge_viz.spectral.spec"]
-    assert "freqmerge_viz.spectral.spec" not in graph["freqmerge_viz.spectral.masks"]  # TYPE_CHECKING only
+    assert "freqmerge_viz.spectral.spec" not in graph["freqmerge_viz.spectral.masks"]
+    assert "freqmerge_viz.spectral.masks" in graph["freqmerge_viz.spectral.filters"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert "freqmerge_viz.methods" in graph["freqmerge_viz.analysis.sweeps"]  # via methods.fr: runs methods/__init__
 
 
 def test_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+def test_type_checking_imports_count(tmp_path, monkeypatch):
+    package = tmp_path / "freqmerge_viz"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (package / "b.py").write_text("from .a import A\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    assert cycles(import_graph()) == [["freqmerge_viz.a", "freqmerge_viz.b"]]
 
 
 def test_analysis_and_plots_do_not_import_each_other():

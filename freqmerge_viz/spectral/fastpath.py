@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from ..backend import BLOCK_ENTRIES, compute_dtype
 from ..errors import ParameterError, check_choice
-from .masks import _cached_half_mask, _matrix_shape
-
-if TYPE_CHECKING:
-    from .spec import FilterSpec
+from .masks import FilterLike, _cached_half_mask, _matrix_shape
 
 
 # --------------------------------------------------------------------------- filter paths
@@ -165,7 +162,7 @@ def fft_path_cost(shape: Sequence[int]) -> float:
 
 
 @lru_cache(maxsize=512)
-def _band_support(spec: FilterSpec, h: int, w: int, device: str,
+def _band_support(spec: FilterLike, h: int, w: int, device: str,
                   dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per mode, the rows ``[h]`` and columns ``[w]`` (bool, CPU) of the full unshifted spectrum
     that hold a bin where the band gain (``1 − g`` to subtract, ``g`` direct) is not zero.
@@ -185,7 +182,7 @@ def _band_support(spec: FilterSpec, h: int, w: int, device: str,
 
 
 @lru_cache(maxsize=512)
-def _lowband_plans(spec: FilterSpec, h: int, w: int, device: str, dtype: torch.dtype,
+def _lowband_plans(spec: FilterLike, h: int, w: int, device: str, dtype: torch.dtype,
                    bounded: bool) -> tuple[LowbandPlan, ...]:
     plans = []
     for mode in BAND_MODES:
@@ -207,7 +204,7 @@ def _lowband_plans(spec: FilterSpec, h: int, w: int, device: str, dtype: torch.d
     return tuple(sorted(plans, key=lambda plan: plan.cost))
 
 
-def lowband_plans(shape: Sequence[int], spec: FilterSpec, device: torch.device | str | None = None,
+def lowband_plans(shape: Sequence[int], spec: FilterLike, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32, bounded: bool = True) -> tuple[LowbandPlan, ...]:
     """Every :class:`LowbandPlan` for an ``H × W`` matrix under `spec`, cheapest first.
 
@@ -222,13 +219,13 @@ def lowband_plans(shape: Sequence[int], spec: FilterSpec, device: torch.device |
     return _lowband_plans(spec, h, w, str(torch.device(device or "cpu")), compute_dtype(dtype), bounded)
 
 
-def filter_costs(shape: Sequence[int], spec: FilterSpec, device: torch.device | str | None = None,
+def filter_costs(shape: Sequence[int], spec: FilterLike, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Model estimates (seconds per matrix) of the ``"fft"`` and ``"lowband"`` paths."""
     return {"fft": fft_path_cost(shape), "lowband": lowband_plans(shape, spec, device, dtype)[0].cost}
 
 
-def filter_path(shape: Sequence[int], spec: FilterSpec, device: torch.device | str | None = None,
+def filter_path(shape: Sequence[int], spec: FilterLike, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> str:
     """The path ``path="auto"`` takes for an ``H × W`` matrix: ``"lowband"`` or ``"fft"``.
 
@@ -242,7 +239,7 @@ def filter_path(shape: Sequence[int], spec: FilterSpec, device: torch.device | s
     return "lowband" if eligible and best.cost < fft_path_cost(shape) else "fft"
 
 
-def _resolve_path(spec: FilterSpec, h: int, w: int, device: torch.device, dtype: torch.dtype,
+def _resolve_path(spec: FilterLike, h: int, w: int, device: torch.device, dtype: torch.dtype,
                   path: str | LowbandPlan) -> LowbandPlan | None:
     if isinstance(path, LowbandPlan):
         return path
@@ -265,7 +262,7 @@ def _band_gain(half: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, h:
 
 
 @lru_cache(maxsize=256)
-def _lowband_tensors(spec: FilterSpec, h: int, w: int, plan: LowbandPlan, device: str,
+def _lowband_tensors(spec: FilterLike, h: int, w: int, plan: LowbandPlan, device: str,
                      dtype: torch.dtype) -> _LowbandTensors:
     rows, columns = _band_support(spec, h, w, device, dtype)[plan.mode]
     n0, n1 = (w, h) if plan.transposed else (h, w)

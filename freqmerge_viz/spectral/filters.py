@@ -5,18 +5,12 @@ Every function takes a real ``x[..., H, W]`` and returns it filtered, same shape
 
 from __future__ import annotations
 
-
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..backend import BLOCK_ENTRIES, as_compute_tensor
 from ..errors import ParameterError
 from .fastpath import LowbandPlan, _band_support, _lowband_plans, _lowband_tensors, _resolve_path, lowband_filter_
-from .masks import _cached_half_counts, _cached_half_mask, _cached_mask, as_matrix
-
-if TYPE_CHECKING:
-    from .spec import FilterSpec
+from .masks import FilterLike, _cached_half_counts, _cached_half_mask, _cached_mask, as_matrix
 
 
 def clear_mask_cache() -> None:
@@ -30,7 +24,7 @@ def clear_mask_cache() -> None:
 
 
 # --------------------------------------------------------------------------- filtering
-def apply_filter(x: torch.Tensor, spec: FilterSpec, path: str | LowbandPlan = "auto") -> torch.Tensor:
+def apply_filter(x: torch.Tensor, spec: FilterLike, path: str | LowbandPlan = "auto") -> torch.Tensor:
     """Filter the last two dimensions of real ``x[..., H, W]`` with `spec` (same shape).
 
     ``path="fft"`` transforms the whole spectrum; ``"lowband"`` transforms only the band of
@@ -54,12 +48,12 @@ def apply_filter(x: torch.Tensor, spec: FilterSpec, path: str | LowbandPlan = "a
     return out
 
 
-def filter_parameter(tensor: torch.Tensor, spec: FilterSpec, one_d: str = "skip") -> torch.Tensor:
+def filter_parameter(tensor: torch.Tensor, spec: FilterLike, one_d: str = "skip") -> torch.Tensor:
     """Filter one model parameter of any rank by the :func:`as_matrix` rule; same shape back."""
     return filter_stack(tensor.unsqueeze(0), spec, one_d)[0]
 
 
-def filter_stack(stack: torch.Tensor, spec: FilterSpec, one_d: str = "skip", inplace: bool = False,
+def filter_stack(stack: torch.Tensor, spec: FilterLike, one_d: str = "skip", inplace: bool = False,
                  path: str | LowbandPlan = "auto") -> torch.Tensor:
     """Filter each of the K parameters in ``stack[K, *shape]`` by the :func:`as_matrix` rule.
 

@@ -40,15 +40,38 @@ for every kind.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import torch
 
 from ..backend import BLOCK_ENTRIES
 from ..errors import ParameterError, check_choice
 
-if TYPE_CHECKING:
-    from .spec import FilterSpec
+
+class FilterLike(Protocol):
+    """What this floor and the two above it (``fastpath``, ``filters``) read of a filter: the
+    fields and methods of :class:`freqmerge_viz.spectral.FilterSpec`, which is defined on the
+    floor above them (``spec.py``, built on these functions) and satisfies this protocol, so
+    that no module below ``spec.py`` imports it. Cutoffs as in that class (normalised or bins,
+    per ``units``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def band(self) -> str: ...
+    @property
+    def units(self) -> str: ...
+    @property
+    def convention(self) -> str: ...
+    @property
+    def order(self) -> int: ...
+    @property
+    def ring(self) -> str: ...
+    @property
+    def cutoffs(self) -> tuple[float, ...]: ...
+
+    def half_mask(self, shape: Sequence[int], device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
 
 
 KINDS = ("ideal", "butterworth", "gaussian")
@@ -103,7 +126,7 @@ def _official_distance_unshifted(shape: tuple[int, int], rows: torch.Tensor | No
     return squared.to(torch.float32).sqrt()
 
 
-def _official_high_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None = None,
+def _official_high_gain(spec: FilterLike, h: int, w: int, rows: torch.Tensor | None = None,
                         cols: torch.Tensor | None = None) -> torch.Tensor:
     """The authors' kept set as a gain (float64): disc ``d <= min//10`` plus band
     ``min//10 <= d <= ratio·min``; the ring ``d = min//10`` has gain 2 with ``ring="twice"``
@@ -143,7 +166,7 @@ def _as_float(value) -> float:
         raise ParameterError(f"cutoff must be a number, got {value!r}") from None
 
 
-def _high_gain(distance: torch.Tensor, cutoff: float, spec: FilterSpec) -> torch.Tensor:
+def _high_gain(distance: torch.Tensor, cutoff: float, spec: FilterLike) -> torch.Tensor:
     if cutoff == 0:
         return torch.ones_like(distance)
     if spec.kind == "ideal":
@@ -153,7 +176,7 @@ def _high_gain(distance: torch.Tensor, cutoff: float, spec: FilterSpec) -> torch
     return 1.0 - torch.exp(-0.5 * (distance / cutoff) ** 2)
 
 
-def _unshifted_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None = None,
+def _unshifted_gain(spec: FilterLike, h: int, w: int, rows: torch.Tensor | None = None,
                     cols: torch.Tensor | None = None) -> torch.Tensor:
     """Gain (float64) of the bins ``rows × cols`` (default: all) of an unshifted ``h × w`` spectrum."""
     if spec.convention == "official":
@@ -168,7 +191,7 @@ def _unshifted_gain(spec: FilterSpec, h: int, w: int, rows: torch.Tensor | None 
 
 
 @lru_cache(maxsize=512)
-def _cached_mask(spec: FilterSpec, h: int, w: int, device: str, dtype: torch.dtype,
+def _cached_mask(spec: FilterLike, h: int, w: int, device: str, dtype: torch.dtype,
                  centered: bool) -> torch.Tensor:
     gain = _unshifted_gain(spec, h, w)
     if centered:
@@ -177,7 +200,7 @@ def _cached_mask(spec: FilterSpec, h: int, w: int, device: str, dtype: torch.dty
 
 
 @lru_cache(maxsize=512)
-def _cached_half_mask(spec: FilterSpec, h: int, w: int, device: str,
+def _cached_half_mask(spec: FilterLike, h: int, w: int, device: str,
                       dtype: torch.dtype) -> torch.Tensor:
     # The mean of the gain at (i, j) and at its mirror (-i mod h, -j mod w), built a block of
     # rows at a time so that no full-size float64 grid is ever held.
@@ -207,7 +230,7 @@ def half_spectrum_weights(w: int, device: torch.device | str | None = None,
 
 
 @lru_cache(maxsize=512)
-def _cached_half_counts(spec: FilterSpec, h: int, w: int, device: str) -> torch.Tensor:
+def _cached_half_counts(spec: FilterLike, h: int, w: int, device: str) -> torch.Tensor:
     # Per half-spectrum bin: is its gain >= 0.5 (as the float32 mask says), plus, in the paired
     # columns, is its mirror's; a row block at a time, like _cached_half_mask.
     cols = torch.arange(w // 2 + 1)
