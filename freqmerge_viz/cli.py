@@ -29,6 +29,17 @@ def _progress(args) -> bool | None:
     return True if getattr(args, "progress", False) else None
 
 
+HTML_JS_HELP = ("where the HTML figures get plotly.js: 'shared' (default) writes one plotly.min.js into the output "
+                "folder that every page loads by a relative path (works offline when the folder is opened or copied "
+                "as a whole), 'inline' puts it into every page (about 4.8 MB each, self-contained), 'cdn' loads it "
+                "from cdn.plot.ly (small pages that need internet access when viewed)")
+
+
+def _add_html_js(parser: argparse.ArgumentParser) -> None:
+    # the choices of freqmerge_viz.plots.core.HTML_JS, not imported here: --help imports no numpy
+    parser.add_argument("--html-js", choices=["shared", "inline", "cdn"], default="shared", help=HTML_JS_HELP)
+
+
 def _add_inputs(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--pretrained", required=required,
                         help="pretrained checkpoint: .safetensors, .pt/.bin, sharded or Hugging Face directory")
@@ -65,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
                         help="static figure formats (default: png svg)")
     report.add_argument("--no-html", action="store_true", help="skip the plotly HTML figure")
+    _add_html_js(report)
     _add_progress(report)
 
     figures = sub.add_parser("figures", help="every analysis of the paper on a study (default: the demo zoo): "
@@ -85,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--quick", action="store_true", help="coarse grids and few samples (a smoke test)")
     figures.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"],
                          help="static figure formats besides the HTML (default: png svg)")
+    _add_html_js(figures)
+    figures.add_argument("--progress", action="store_true",
+                         help="show progress bars over each topic's loops (methods, cutoff points, task pairs, ...) "
+                              "on stderr even when it is not a terminal (they are shown on a terminal anyway)")
 
     synth = sub.add_parser("synth", help="write the synthetic model set as safetensors files",
                            description="Generate the synthetic pretrained + fine-tuned set into --out.")
@@ -286,7 +302,7 @@ def _cmd_report(args) -> dict:
                                          progress=lambda name: print(f"  evaluating {name} ...", file=sys.stderr))
     summary = run_report(inputs, args.out, cutoffs=args.cutoffs or DEFAULT_CUTOFFS,
                          device=available_device(args.device), formats=args.formats, html=not args.no_html,
-                         comparison=comparison, progress=_progress(args))
+                         comparison=comparison, progress=_progress(args), html_js=args.html_js)
     print(f"report written to {args.out}/ (report.md, report.json, CSV tables, figures)")
     for row in summary["interference"]:
         print(f"  {row['setting']:<22} all bins {row['all_bins']:.4g} ({row['change_all_pct']:+.1f}%)   "
@@ -321,7 +337,8 @@ def _cmd_figures(args) -> None:
     study = _open_study(args.study if args.study is not None else args.zoo, args.limit, args.device)
     print(f"study {study.name!r} ({study.kind}): {len(study.tasks)} tasks", file=sys.stderr)
     index = write_all(study, args.out, topics=args.only, quick=args.quick, formats=args.formats,
-                      progress=lambda topic: print(f"  {topic} ...", file=sys.stderr))
+                      progress=lambda topic: print(f"  {topic} ...", file=sys.stderr), html_js=args.html_js,
+                      progress_bars=_progress(args))
     for topic, entry in index["topics"].items():
         if "not_applicable" in entry:
             print(f"{topic:<28} not applicable: {entry['not_applicable']}")

@@ -73,7 +73,8 @@ def _write_csv(table, path: Path) -> None:
 
 def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
                device: str | torch.device | None = None, formats: Sequence[str] = ("png", "svg"),
-               html: bool = True, comparison: dict | None = None, progress: bool | None = False) -> dict:
+               html: bool = True, comparison: dict | None = None, progress: bool | None = False,
+               html_js: str = "shared") -> dict:
     """Analyse `inputs` and write tables (CSV), figures and ``report.json`` under `out`.
 
     Cutoffs are normalised radii (paper convention, ideal high-pass); the authors' official
@@ -81,7 +82,9 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
     :func:`~freqmerge_viz.zoo.compare.compare_methods`) adds the merge accuracy table.
     Every table comes from one pass over the keys (:func:`~freqmerge_viz.analysis.scan.scan`:
     each key's K entries read once, memory at most about K + 3.5 tensors of the largest key); `progress`
-    shows a bar over the keys. Returns the JSON summary.
+    shows a bar over the keys. `html_js`: where the HTML figure gets plotly.js
+    (:func:`~freqmerge_viz.plots.core.save_html`: one shared ``plotly.min.js`` in `out` by
+    default, ``"inline"`` or ``"cdn"``). Returns the JSON summary.
     """
     import matplotlib
 
@@ -90,6 +93,7 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
 
     from . import plots
 
+    plots.core.check_html_js(html_js)
     out = Path(out)
     if not inputs.generated:
         check_output(out, source_paths([inputs.pretrained, *inputs.finetuned]), what="report folder")
@@ -140,7 +144,7 @@ def run_report(inputs: ReportInputs, out: str | os.PathLike, cutoffs: Sequence[f
     plt.close(fig)
     if html:
         plots.save_html(plots.radial_profiles_plotly(profiles, cutoffs[0], "Radial amplitude profile"),
-                        out / "radial_profiles.html", div_id="radial-profiles")
+                        out / "radial_profiles.html", div_id="radial-profiles", html_js=html_js)
 
     summary = {
         "inputs": {"description": inputs.description, "pretrained": str(inputs.pretrained),

@@ -65,3 +65,44 @@ def test_merge_errors_exit_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def figures_calls(monkeypatch):
+    """What `freqmerge-viz figures` passes to figures.write_all (which is not run)."""
+    import types
+
+    import freqmerge_viz.cli as cli
+    import freqmerge_viz.figures as figures
+
+    calls = []
+
+    def record(study, out, **options):
+        calls.append({"out": out, **options})
+        return {"topics": {}}
+
+    monkeypatch.setattr(figures, "write_all", record)
+    monkeypatch.setattr(cli, "_open_study", lambda *args: types.SimpleNamespace(name="stub", kind="zoo", tasks=["a"]))
+    return calls
+
+
+def test_figures_html_js_and_progress_reach_write_all(figures_calls, tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path / "a"), "--html-js", "cdn", "--progress"]) == 0
+    assert main(["figures", "--out", str(tmp_path / "b"), "--html-js", "inline"]) == 0
+    assert main(["figures", "--out", str(tmp_path / "c")]) == 0
+    assert [(c["html_js"], c["progress_bars"]) for c in figures_calls] == [("cdn", True), ("inline", None),
+                                                                             ("shared", None)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["figures", "--html-js", "embedded"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "embedded" in err and all(c in err for c in ("shared", "inline", "cdn"))
+
+
+def test_html_js_choices_are_the_library_s():
+    from freqmerge_viz.plots.core import HTML_JS
+
+    parser = build_parser()
+    for command in ("figures", "report"):
+        assert parser.parse_args([command]).html_js == "shared"
+        choices = [a.choices for where, a in _actions(parser) if where == command and a.dest == "html_js"]
+        assert choices == [list(HTML_JS)]

@@ -5,6 +5,7 @@ rest on, one scaling along a cutoff sweep, the d = 1 rescale artefact not joined
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -225,3 +226,82 @@ def test_spectrum_colour_limits_leave_out_the_zero_row(shipped_zoo, tasks):
     assert np.isnan(image.get_array().filled(np.nan)[center]).all()   # drawn in the 'bad' (grey) colour
     assert image.get_clim() == pytest.approx((low, high))
     assert "η = 0 row" in fig._supxlabel.get_text()
+
+
+# ----------------------------------------------------------------------------- HTML: where plotly.js comes from
+def small_plotly_figure():
+    import plotly.graph_objects as go
+
+    return go.Figure(go.Scatter(x=[0.0, 0.5, 1.0], y=[3.0, 1.0, 2.0], name="a line"))
+
+
+def script_sources(page) -> list[str]:
+    import re
+
+    return re.findall(r'<script[^>]*\ssrc="([^"]+)"', page.read_text(encoding="utf-8"))
+
+
+def test_shared_html_pages_load_one_plotly_js_written_once(tmp_path, monkeypatch):
+    import freqmerge_viz.plots.core as core
+    from plotly.offline import get_plotlyjs
+
+    writes = []
+    original = core.write_atomically
+
+    def counting(target, write):
+        writes.append(Path(target).name)
+        return original(target, write)
+
+    monkeypatch.setattr(core, "write_atomically", counting)
+    first = core.save_html(small_plotly_figure(), tmp_path / "first.html", div_id="first")
+    second = core.save_html(small_plotly_figure(), tmp_path / "second.html", div_id="second")
+    script = tmp_path / core.PLOTLY_JS
+    assert writes.count(core.PLOTLY_JS) == 1                      # once per folder, however many pages
+    assert script.read_bytes() == get_plotlyjs().encode("utf-8")
+    for page in (first, second):
+        assert script_sources(page) == ["plotly.min.js"]          # relative: the folder works as a whole
+        assert (page.parent / script_sources(page)[0]).resolve() == script.resolve()
+        assert page.stat().st_size < 100_000                       # the inlined page was about 4.8 MB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.html", core.PLOTLY_JS, "second.html"]
+    again = core.save_html(small_plotly_figure(), tmp_path / "again.html", div_id="first")
+    assert again.read_bytes() == first.read_bytes()                # deterministic: fixed div id, same bytes
+    script.write_text("// stale copy", encoding="utf-8")           # a wrong copy is replaced
+    core.save_html(small_plotly_figure(), tmp_path / "third.html")
+    assert script.read_bytes() == get_plotlyjs().encode("utf-8") and writes.count(core.PLOTLY_JS) == 2
+
+
+def test_shared_html_in_a_sub_folder_points_to_the_top_copy(tmp_path):
+    import freqmerge_viz.plots.core as core
+
+    table = pd.DataFrame({"x": [0.0, 1.0], "y": [1.0, 2.0]})
+    written = core.write_all(tmp_path / "topic" / "deeper" / "figure", table, interactive=small_plotly_figure(),
+                             js_dir=tmp_path)
+    page = tmp_path / "topic" / "deeper" / "figure.html"
+    assert page in written and tmp_path / core.PLOTLY_JS not in written
+    assert script_sources(page) == ["../../plotly.min.js"]
+    assert (page.parent / "../../plotly.min.js").resolve() == (tmp_path / core.PLOTLY_JS).resolve()
+    assert not (tmp_path / "topic" / core.PLOTLY_JS).exists() and not (page.parent / core.PLOTLY_JS).exists()
+
+
+def test_inline_and_cdn_html_write_no_script_file(tmp_path):
+    import freqmerge_viz.plots.core as core
+    from plotly.offline import get_plotlyjs
+
+    inline = core.save_html(small_plotly_figure(), tmp_path / "inline.html", html_js="inline")
+    assert get_plotlyjs() in inline.read_text(encoding="utf-8") and script_sources(inline) == []
+    cdn = core.save_html(small_plotly_figure(), tmp_path / "cdn.html", html_js="cdn")
+    assert len(script_sources(cdn)) == 1 and script_sources(cdn)[0].startswith("https://cdn.plot.ly/")
+    assert cdn.stat().st_size < 100_000
+    assert not (tmp_path / core.PLOTLY_JS).exists()
+
+
+def test_an_unknown_html_js_names_the_choices(tmp_path, shipped_zoo):
+    import freqmerge_viz.plots.core as core
+    from freqmerge_viz.errors import ParameterError
+    from freqmerge_viz.figures import write_all
+
+    with pytest.raises(ParameterError, match="html_js must be one of shared, inline, cdn; got 'embedded'"):
+        core.save_html(small_plotly_figure(), tmp_path / "page.html", html_js="embedded")
+    with pytest.raises(ParameterError, match="shared, inline, cdn"):
+        write_all(shipped_zoo, tmp_path / "out", topics=["table1"], quick=True, html_js="embedded")
+    assert not (tmp_path / "page.html").exists() and not (tmp_path / "out").exists()   # refused before any work

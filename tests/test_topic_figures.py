@@ -48,9 +48,10 @@ def accuracy_labels(fig) -> list[str]:
 
 
 @pytest.mark.parametrize("topic", list(ALL_TOPICS))
-def test_quick_figures(topic, shipped_zoo, tmp_path, drawn):
+def test_quick_figures(topic, shipped_zoo, tmp_path, drawn, capsys):
     module = topic_module(topic)
     written = module.write_figures(shipped_zoo, tmp_path, quick=True, formats=("png", "svg"))
+    assert "%|" not in capsys.readouterr().err                      # no progress bar unless asked for
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert drawn, "no matplotlib figure drawn"
@@ -87,3 +88,27 @@ def test_layout_overlaps_finds_colliding_titles_and_legends():
     fig.legend(loc="outside lower center")
     core.add_caption(fig, "a caption")
     assert ("caption", "figure legend 0") in layout_overlaps(fig)
+
+
+@pytest.mark.parametrize("topic, loop, steps", [("table1", "table1: methods", "7/7"),
+                                                ("cutoff_sweep", "cutoff sweep: points", "4/4")])
+def test_a_topic_shows_its_loops_with_progress_on(topic, loop, steps, shipped_zoo, tmp_path, capsys):
+    topic_module(topic).write_figures(shipped_zoo, tmp_path / "on", quick=True, formats=("png",), progress=True)
+    err = capsys.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(f"{loop}:")]
+    assert bars and steps in bars[-1], err[-2000:]
+
+
+def test_figures_write_one_shared_plotly_js_and_pass_progress_on(shipped_zoo, tmp_path, capsys):
+    from freqmerge_viz.figures import write_all
+    from freqmerge_viz.plots.core import PLOTLY_JS
+
+    index = write_all(shipped_zoo, tmp_path / "out", topics=["table1"], quick=True, formats=("png",),
+                      progress_bars=True)
+    assert index["html_js"] == "shared" and index["plotly_js"] == PLOTLY_JS
+    page = tmp_path / "out" / "table1" / "table1.html"
+    assert 'src="../plotly.min.js"' in page.read_text(encoding="utf-8") and page.stat().st_size < 100_000
+    assert (tmp_path / "out" / PLOTLY_JS).is_file() and not (tmp_path / "out" / "table1" / PLOTLY_JS).exists()
+    assert "table1: methods" in capsys.readouterr().err
+    write_all(shipped_zoo, tmp_path / "quiet", topics=["table1"], quick=True, formats=("png",))
+    assert "table1: methods" not in capsys.readouterr().err          # the study's default: no bars

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ..methods import merge
+from ..progress import track
 from ..scopes import depth_fractions, layer_position
 from .evaluation import finetuned_subset, study_tasks
 from .singular_views import role_of
@@ -42,7 +43,7 @@ def chosen_cutoffs(study, params: Mapping | None = None, *, tasks: Sequence[str]
 
 def rule_comparison(study, rules: Mapping[str, Mapping] = RULES, *, kind: str = "ideal", cutoff: float = 0.1,
                     scalings: Sequence[float] = SCALINGS, tasks: Sequence[str] | None = None, limit: int | None = 300,
-                    validation_limit: int | None = 150) -> pd.DataFrame:
+                    validation_limit: int | None = 150, progress: bool | None = False) -> pd.DataFrame:
     """FR under each cutoff rule, each at its own scaling: the best of `scalings` by mean accuracy on
     the first `validation_limit` validation images per task (a single scaling: used as is), then
     accuracy on the first `limit` test images (:func:`~freqmerge_viz.analysis.sweeps.run_point`).
@@ -50,10 +51,11 @@ def rule_comparison(study, rules: Mapping[str, Mapping] = RULES, *, kind: str = 
     One row per rule and task: ``rule``, then run_point's columns (``scaling``, ``validation_mean``,
     ``task``, ``accuracy`` as a fraction, ``n_images``, ...). `cutoff` is the fixed rule's cutoff
     (the adaptive rules choose their own per matrix; their rows still carry it in ``cutoff``).
+    `progress`: a bar over the rules (:mod:`freqmerge_viz.progress`).
     """
     chosen = tuple(study_tasks(study, tasks))
     frames = []
-    for name, params in rules.items():
+    for name, params in track(list(rules.items()), "adaptive cutoffs: rules", progress, unit="rule"):
         point = SweepPoint(kind, float(cutoff), dict(params), scalings=tuple(scalings), tasks=chosen, limit=limit,
                            validation_limit=validation_limit)
         frame = run_point(study, point)

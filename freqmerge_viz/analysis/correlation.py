@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import EmptyInputError, ParameterError, check_positive_int
 from ..methods import merge
 from ..metrics import amplitude_variances
+from ..progress import track
 from .evaluation import (evaluate_per_task, image_counts, individual_accuracies, materialize, study_task_vectors,
                          study_tasks)
 
@@ -97,7 +98,7 @@ def task_pairs(tasks: Sequence[str], n_pairs: int | None = None, seed: int = 0) 
 def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None,
                             seed: int = 0, method: str = "task_arithmetic",
                             params: Mapping | None = None, split: str = "test",
-                            limit: int | None = 300) -> pd.DataFrame:
+                            limit: int | None = 300, progress: bool | None = False) -> pd.DataFrame:
     """One row per pair of tasks: interference of the pair's task vectors and how their merge does.
 
     ``amplitude_variance``: :func:`~freqmerge_viz.amplitude_variance` of the two task vectors
@@ -107,7 +108,8 @@ def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pair
     scaling 0.3, fixed for every pair, not tuned) on each task; ``normalized_a/b``: divided by
     the fine-tuned model's accuracy on the same images; ``normalized_accuracy``: their mean.
     Accuracies (fractions) use the first `limit` images of `split` per task; ``n_images_a/b``
-    say how many.
+    say how many. `progress`: bars over the pairs, while merging them and while measuring their
+    interference (:mod:`freqmerge_viz.progress`).
     """
     tasks = study_tasks(study, tasks)
     pairs = task_pairs(tasks, n_pairs, seed)
@@ -116,7 +118,7 @@ def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pair
     params = dict(params or {})
     vectors = {tv.name: tv for tv in study_task_vectors(study, sorted({t for p in pairs for t in p}, key=tasks.index))}
     states = [materialize(merge(method, study.pretrained, {a: study.finetuned[a], b: study.finetuned[b]}, **params))
-              for a, b in pairs]
+              for a, b in track(pairs, "task pairs: merges", progress, unit="pair")]
     wanted = {t: [i for i, p in enumerate(pairs) if t in p] for t in tasks}
     measured = evaluate_per_task(study, {t: [states[i] for i in idx] for t, idx in wanted.items() if idx},
                                  split=split, limit=limit)
@@ -124,7 +126,7 @@ def pair_interference_table(study, *, tasks: Sequence[str] | None = None, n_pair
     individual = individual_accuracies(study, [t for t in tasks if wanted[t]], split=split, limit=limit)
     counts = image_counts(study, tasks, split=split, limit=limit)
     rows = []
-    for i, (a, b) in enumerate(pairs):
+    for i, (a, b) in enumerate(track(pairs, "task pairs: interference", progress, unit="pair")):
         pair = [vectors[a], vectors[b]]
         measured_pair = amplitude_variances(pair, {"raw": {}, "normalized": {"normalize": True}}, device="cpu")
         variance, normalized_variance = measured_pair["raw"].mean, measured_pair["normalized"].mean

@@ -20,6 +20,7 @@ import torch
 from ..study import evaluate_on_study
 from ..errors import check_positive_int
 from ..experts import storage_table
+from ..progress import track
 from ..methods import EMRMerging, RoutedMerge
 from .evaluation import (backbone_numel, device_label, evaluate_per_task, image_counts, individual_accuracies,
                          materialize, study_tasks)
@@ -76,7 +77,7 @@ def inference_seconds_per_1000(study, run_task: Callable[[int, str, torch.Tensor
 
 def cost_table(study, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None = None, limit: int | None = 300,
                validation_limit: int | None = VALIDATION_LIMIT, quick: bool = False, timing_inputs: int = 1000,
-               repeats: int = 3) -> pd.DataFrame:
+               repeats: int = 3, progress: bool | None = False) -> pd.DataFrame:
     """One row per method: storage, merge time, inference time and mean test accuracy.
 
     Settings are chosen on the validation split (:mod:`.selection`; `validation_limit` images per
@@ -87,7 +88,8 @@ def cost_table(study, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None
     (routed merges: oracle routes given, no router cost), ``mean_accuracy`` (test, first `limit`
     images per task; routed merges with oracle routes; a fraction), ``accuracy_se`` (its standard
     error, binomial per task, :func:`~freqmerge_viz.plots.scales.mean_se`), ``n_images`` (per task)
-    and ``device``.
+    and ``device``. `progress`: bars over the rows, while choosing their settings and while
+    measuring them (:mod:`freqmerge_viz.progress`).
     """
     from ..stats import mean_se
 
@@ -100,7 +102,7 @@ def cost_table(study, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None
         return mean_se([per_task[t] for t in tasks], [counts[t] for t in tasks])
 
     device = device_label("cpu")
-    choices = choose(study, list(rows), tasks=tasks, limit=validation_limit, quick=quick)
+    choices = choose(study, list(rows), tasks=tasks, limit=validation_limit, quick=quick, progress=progress)
     individual = individual_accuracies(study, tasks, split="test", limit=limit)
     finetuned = {t: materialize(study.finetuned[t]) for t in tasks}
     records = [{"method": "individual", "kind": "individual", "settings": "{}", "extra_values": (k - 1) * numel,
@@ -108,7 +110,7 @@ def cost_table(study, rows: Sequence[str] = ROWS, *, tasks: Sequence[str] | None
                 "inference_seconds_per_1000": inference_seconds_per_1000(
                     study, lambda i, t, x: study.forward(finetuned[t], x, t), tasks, timing_inputs, repeats),
                 "mean_accuracy": float(np.mean(list(individual.values()))), "accuracy_se": se(individual)}]
-    for name in rows:
+    for name in track(rows, "costs: methods", progress, unit="method"):
         choice = choices[name]
         if choice.routed:
             def build():

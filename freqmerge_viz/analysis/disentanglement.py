@@ -29,6 +29,7 @@ import torch
 from ..engine import Forward, StackedStates, evaluate_params
 from ..study import study_data
 from ..errors import EmptyInputError, MissingKeysError, ParameterError
+from ..progress import track
 from ..tables import disentanglement_pivot  # noqa: F401  (part of this analysis' API)
 
 __all__ = ["disentanglement_error", "disentanglement_pivot", "others_table", "others_summary",
@@ -89,7 +90,8 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
                           pretrained: Mapping[str, torch.Tensor],
                           task_vectors: Mapping[str, Mapping[str, torch.Tensor]], pair: Sequence[str], *,
                           alphas: Sequence[float] = DEFAULT_ALPHAS, keys: Sequence[str] | None = None,
-                          batch_size: int = 500, mode: str = "auto", device=None) -> pd.DataFrame:
+                          batch_size: int = 500, mode: str = "auto", device=None,
+                          progress: bool | None = False) -> pd.DataFrame:
     """Tidy ``alpha_1, alpha_2, task, disagreement, accuracy`` over the grid `alphas` × `alphas`.
 
     Per cell and task t of `pair` (= (task 1, task 2)): ``disagreement``, the share of
@@ -98,7 +100,8 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
     model's accuracy on task t's labels. ξ of Ortiz-Jimenez et al. is the sum over the two
     tasks (:func:`disentanglement_pivot`). `keys` are the parameters the forwards need
     (default: every pretrained key; keys a task vector lacks stay at ``θ_0``).
-    ``df.attrs``: ``pair``, ``alphas``, ``samples`` (inputs per task).
+    ``df.attrs``: ``pair``, ``alphas``, ``samples`` (inputs per task). `progress`: a bar over the
+    reference rows of the grid, per task of the pair (:mod:`freqmerge_viz.progress`).
     """
     pair = list(pair)
     if len(pair) != 2 or pair[0] == pair[1]:
@@ -122,7 +125,8 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
         truth = evaluate_params(forwards[task], combined, inputs, labels, keys, mode=mode,
                                 batch_size=batch_size, device=device).accuracy
         agreement = np.empty(len(cells))
-        for r, alpha in enumerate(grid):  # cells whose own coefficient is `alpha` share a reference
+        rows_of_grid = track(grid, f"disentanglement: grid rows ({task})", progress, unit="row")
+        for r, alpha in enumerate(rows_of_grid):  # cells whose own coefficient is `alpha` share a reference
             chosen = np.flatnonzero(cells[:, index] == alpha)
             subset = StackedStates.affine(pretrained, directions, cells[chosen], keys)
             agreement[chosen] = evaluate_params(forwards[task], subset, inputs, references[r], keys, mode=mode,
@@ -138,12 +142,13 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
 def others_table(forwards: Mapping[str, Forward], data: Mapping[str, Data], pretrained: Mapping[str, torch.Tensor],
                  task_vectors: Mapping[str, Mapping[str, torch.Tensor]], *, tasks: Sequence[str] | None = None,
                  scalings: Sequence[float] = (0.3,), keys: Sequence[str] | None = None, batch_size: int = 500,
-                 mode: str = "auto", device=None) -> pd.DataFrame:
+                 mode: str = "auto", device=None, progress: bool | None = False) -> pd.DataFrame:
     """Tidy ``task, scaling, kind, accuracy, loss``: on each task t's `data`, the states
     ``θ_0`` (kind ``pretrained``), ``θ_0 + α τ_t`` (``own``), ``θ_0 + α Σ_{s≠t} τ_s``
     (``others``) and ``θ_0 + α Σ_s τ_s`` (``all``) for each α in `scalings`. Accuracy is a
     fraction in [0, 1], loss the mean cross-entropy in nats. The vectors summed are those
-    of `tasks` (default: every task of `task_vectors`).
+    of `tasks` (default: every task of `task_vectors`). `progress`: a bar over the tasks
+    (:mod:`freqmerge_viz.progress`).
     """
     tasks = list(task_vectors) if tasks is None else list(tasks)
     keys = _check_inputs(forwards, data, tasks, pretrained, task_vectors, keys)
@@ -151,7 +156,7 @@ def others_table(forwards: Mapping[str, Forward], data: Mapping[str, Data], pret
     directions = [task_vectors[t] for t in tasks]
     k = len(tasks)
     rows = []
-    for index, task in enumerate(tasks):
+    for index, task in enumerate(track(tasks, "others' vectors: tasks", progress, unit="task")):
         inputs, labels = data[task]
         own = np.zeros(k)
         own[index] = 1.0

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..errors import ParameterError, check_choice
 from ..experts import check_density, extract_experts, storage_table, svd_experts
+from ..progress import track
 from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
                          study_task_vectors, study_tasks)
 
@@ -86,14 +87,15 @@ def expert_state(pretrained, expert) -> dict:
 
 def expert_curves(study, *, kinds: Sequence[str] = KINDS, densities: Sequence[float] = DENSITIES,
                   tasks: Sequence[str] | None = None, seed: int = 0, split: str = "test",
-                  limit: int | None = 300) -> pd.DataFrame:
+                  limit: int | None = 300, progress: bool | None = False) -> pd.DataFrame:
     """Expert-only accuracy for every kind and density, per task.
 
     Columns: ``kind, density`` (fraction asked for), ``task, accuracy`` (in [0, 1], first `limit`
     images of `split`), ``n_images`` (how many), ``parameters`` (numbers the task's expert stores), ``stored_fraction``
     (``parameters`` over one backbone's entries), ``rank`` (SVD only), ``scale`` (μ, sparse
     only), ``over_budget`` and ``individual`` (the fine-tuned model on the same images). Rows
-    with ``kind="pretrained"`` (no expert) are the floor, at density 0.
+    with ``kind="pretrained"`` (no expert) are the floor, at density 0. `progress`: a bar over the
+    (kind, density) points while their experts are built (:mod:`freqmerge_viz.progress`).
     """
     tasks = study_tasks(study, tasks)
     for kind in kinds:
@@ -105,18 +107,18 @@ def expert_curves(study, *, kinds: Sequence[str] = KINDS, densities: Sequence[fl
     pre = materialize(study.pretrained)
     points, states = [], {t: [pre] for t in tasks}
     svd_storage = svd_storage_by_rank(vectors[0]) if "svd" in kinds else None
-    for kind in kinds:
-        for density in densities:
-            experts = build_experts(vectors, kind, density, seed, svd_storage)
-            table = storage_table(experts, numel)
-            budget = topk_budget(vectors[0], density) if kind == "svd" else None
-            for i, (task, expert) in enumerate(zip(tasks, experts)):
-                states[task].append(expert_state(pre, expert))
-                points.append({"kind": kind, "density": float(density), "task": task, "position": len(states[task]) - 1,
-                               "parameters": int(table["parameters_kept"].iloc[i]),
-                               "stored_fraction": float(table["percent_of_model"].iloc[i]) / 100.0,
-                               "rank": getattr(expert, "rank", None), "scale": float(expert.scale),
-                               "over_budget": budget is not None and int(table["parameters_kept"].iloc[i]) > budget})
+    grid = [(kind, density) for kind in kinds for density in densities]
+    for kind, density in track(grid, "expert sparsity: points", progress, unit="point"):
+        experts = build_experts(vectors, kind, density, seed, svd_storage)
+        table = storage_table(experts, numel)
+        budget = topk_budget(vectors[0], density) if kind == "svd" else None
+        for i, (task, expert) in enumerate(zip(tasks, experts)):
+            states[task].append(expert_state(pre, expert))
+            points.append({"kind": kind, "density": float(density), "task": task, "position": len(states[task]) - 1,
+                           "parameters": int(table["parameters_kept"].iloc[i]),
+                           "stored_fraction": float(table["percent_of_model"].iloc[i]) / 100.0,
+                           "rank": getattr(expert, "rank", None), "scale": float(expert.scale),
+                           "over_budget": budget is not None and int(table["parameters_kept"].iloc[i]) > budget})
     measured = evaluate_per_task(study, states, split=split, limit=limit)
     accuracy = {(t, s): a for t, s, a in zip(measured["task"], measured["state"], measured["accuracy"])}
     individual = individual_accuracies(study, tasks, split=split, limit=limit)

@@ -16,6 +16,7 @@ import torch
 from ..engine import StackedStates
 from ..study import evaluate_on_study
 from ..errors import EmptyInputError, ParameterError
+from ..progress import track
 from ..tables import generalisation_difference, generalisation_pivot  # noqa: F401  (part of this analysis' API)
 from .evaluation import image_counts
 from .landscape import filter_label, filter_step
@@ -23,16 +24,18 @@ from .landscape import filter_label, filter_step
 COLUMNS = ["source", "target", "filtered", "accuracy", "loss"]
 
 
-def source_states(study, tasks: Sequence[str], filtered=True, scaling: float = 1.0) -> StackedStates:
+def source_states(study, tasks: Sequence[str], filtered=True, scaling: float = 1.0,
+                  progress: bool | None = False) -> StackedStates:
     """Stacked backbones: θ_pre, then ``θ_pre + scaling·τ_i`` per task, then the filtered ones
     ``θ_pre + scaling·G(τ_i)`` (``1 + 2K`` sets; `filtered` as in
-    :func:`~freqmerge_viz.analysis.landscape.filter_step`)."""
+    :func:`~freqmerge_viz.analysis.landscape.filter_step`). `progress`: a bar over the keys
+    (:mod:`freqmerge_viz.progress`)."""
     step, _ = filter_step(filtered)
     if step is None:
         raise ParameterError("the generalisation matrix compares a filter with no filter; give filtered=")
     keys = study.backbone_keys()
     stacked = {}
-    for key in keys:
+    for key in track(keys, "generalisation: filtered vectors", progress):
         base = study.pretrained[key].detach().to(torch.float32)
         deltas = torch.stack([study.finetuned[t][key].detach().to(torch.float32) - base for t in tasks])
         filtered_deltas = step(deltas.clone(), key)
@@ -42,12 +45,15 @@ def source_states(study, tasks: Sequence[str], filtered=True, scaling: float = 1
 
 def generalisation_matrix(study, *, tasks: Sequence[str] | None = None, filtered=True, scaling: float = 1.0,
                           split: str = "test", limit: int | None = None, head: str = "finetuned",
-                          mode: str = "auto", chunk: int | None = None, device=None) -> pd.DataFrame:
+                          mode: str = "auto", chunk: int | None = None, device=None,
+                          progress: bool | None = False) -> pd.DataFrame:
     """Tidy ``source, target, filtered, accuracy, loss``: ``θ_pre + scaling·τ_source`` (``filtered``
     False) or with the filtered vector (True) on `target`'s first `limit` samples of `split`.
 
     ``df.attrs``: ``pretrained`` (θ_pre's accuracy per target), ``filter`` (label), ``scaling``,
     ``split``, ``limit``, ``n_images`` (images per target). With ``scaling=1`` the unfiltered diagonal is the fine-tuned models.
+    `progress`: a bar over the keys while the source states are built (the evaluation's own bar
+    over the targets follows the study's ``progress``).
     """
     chosen = list(study.tasks) if tasks is None else list(tasks)
     if not chosen:
@@ -56,7 +62,7 @@ def generalisation_matrix(study, *, tasks: Sequence[str] | None = None, filtered
         study.check_task(task)
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise ParameterError(f"scaling must be a number, got {scaling!r}")
-    states = source_states(study, chosen, filtered, float(scaling))
+    states = source_states(study, chosen, filtered, float(scaling), progress=progress)
     table = evaluate_on_study(study, states, chosen, split=split, limit=limit, head=head, mode=mode, chunk=chunk,
                             device=device)
     k = len(chosen)

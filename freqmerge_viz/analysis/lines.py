@@ -16,6 +16,7 @@ import pandas as pd
 from ..stats import best_on_validation
 from ..study import evaluate_on_study
 from ..methods import merge
+from ..progress import track
 from .evaluation import finetuned_subset, image_counts, materialize, study_tasks
 SCALINGS = (0.025, 0.05, 0.1, 0.2, 0.3)
 """Task arithmetic's one scaling tried (the demo study's validation optimum was at 0.1, the lower
@@ -51,16 +52,18 @@ def choose_on_validation(study, method: str, grid: Sequence[Mapping], *, tasks: 
 
 def lines_comparison(study, *, scalings: Sequence[float] = SCALINGS, alphas: Sequence[float] = ALPHAS,
                      betas: Sequence[float] = BETAS, tasks: Sequence[str] | None = None, limit: int | None = 300,
-                     validation_limit: int | None = VALIDATION_LIMIT) -> pd.DataFrame:
+                     validation_limit: int | None = VALIDATION_LIMIT, progress: bool | None = False) -> pd.DataFrame:
     """Task arithmetic with one scaling (best of `scalings`) against task arithmetic with LiNeS
     scaling (best of :func:`lines_grid`), each chosen on validation and measured on the first
     `limit` test images per task. One row per setting and task: ``setting, params`` (JSON),
-    ``validation_mean``, ``task``, ``accuracy`` (a fraction), ``n_images``."""
+    ``validation_mean``, ``task``, ``accuracy`` (a fraction), ``n_images``. `progress`: a bar over
+    the two families while their settings are chosen (:mod:`freqmerge_viz.progress`)."""
     chosen = study_tasks(study, tasks)
     families = {"task arithmetic": [{"scaling": float(s)} for s in scalings],
                 "task arithmetic + LiNeS": lines_grid(alphas, betas)}
     picks = {name: choose_on_validation(study, "task_arithmetic", grid, tasks=chosen, validation_limit=validation_limit)
-             for name, grid in families.items()}
+             for name, grid in track(list(families.items()), "LiNeS: families on validation", progress,
+                                     unit="family")}
     models = finetuned_subset(study, chosen)
     states = [materialize(merge("task_arithmetic", study.pretrained, models, **params)) for params, _ in picks.values()]
     measured = evaluate_on_study(study, states, chosen, split="test", limit=limit)

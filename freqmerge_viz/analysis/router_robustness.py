@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ParameterError
 from ..methods import RoutedMerge
+from ..progress import track
 from ..routing import RandomRouter
 from .evaluation import reference_accuracies, study_tasks
 from .selection import VALIDATION_LIMIT, build_chosen, choose
@@ -97,32 +98,38 @@ def robustness_table(correct_by_method: Mapping[str, torch.Tensor], tasks: Seque
 
 def router_robustness(study, routed_by_method: Mapping[str, RoutedMerge], *, tasks: Sequence[str] | None = None,
                       ps: Sequence[float] = ROUTER_ACCURACIES, seed: int = 0, split: str = "test",
-                      limit: int | None = 300) -> pd.DataFrame:
-    """:func:`robustness_table` of the given routed merges (built over `tasks`, in that order) on the study."""
+                      limit: int | None = 300, progress: bool | None = False) -> pd.DataFrame:
+    """:func:`robustness_table` of the given routed merges (built over `tasks`, in that order) on the study;
+    `progress`: a bar over the merges while each is run on every task (:mod:`freqmerge_viz.progress`)."""
     tasks = study_tasks(study, tasks)
     outcomes = {name: correctness(study, routed, tasks, split=split, limit=limit)
-                for name, routed in routed_by_method.items()}
+                for name, routed in track(list(routed_by_method.items()), "router robustness: methods", progress,
+                                          unit="method")}
     table = robustness_table(outcomes, tasks, ps, seed)
     table.attrs.update({"split": split, "limit": limit, "seed": seed})
     return table
 
 
 def chosen_routed_merges(study, *, tasks: Sequence[str] | None = None, quick: bool = False,
-                         validation_limit: int | None = VALIDATION_LIMIT) -> dict[str, RoutedMerge]:
+                         validation_limit: int | None = VALIDATION_LIMIT,
+                         progress: bool | None = False) -> dict[str, RoutedMerge]:
     """FREE, EMR and Twin over `tasks` with the settings the study comparison chooses on validation
     (oracle routes; :mod:`.selection`): FREE's FR backbone and expert scale, Twin's rank and
-    task-arithmetic scaling; EMR has no settings."""
+    task-arithmetic scaling; EMR has no settings. `progress`: a bar over the rows while choosing."""
     tasks = study_tasks(study, tasks)
-    choices = choose(study, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick)
+    choices = choose(study, list(ROUTED_ROWS.values()), tasks=tasks, limit=validation_limit, quick=quick,
+                     progress=progress)
     return {label: build_chosen(study, choices, row, tasks) for label, row in ROUTED_ROWS.items()}
 
 
 def robustness_references(study, *, tasks: Sequence[str] | None = None, quick: bool = False,
                           validation_limit: int | None = VALIDATION_LIMIT, split: str = "test",
-                          limit: int | None = 300) -> pd.DataFrame:
+                          limit: int | None = 300, progress: bool | None = False) -> pd.DataFrame:
     """:func:`~freqmerge_viz.analysis.evaluation.reference_accuracies` for the routed merges, on the
     images they are scored on: no merge (θ_pre + heads), task arithmetic with the scaling the study
-    comparison chooses on validation (the shared part Twin adds its experts to) and the fine-tuned models."""
+    comparison chooses on validation (the shared part Twin adds its experts to) and the fine-tuned models.
+    `progress`: a bar while choosing its scaling."""
     tasks = study_tasks(study, tasks)
-    ta = choose(study, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick)["task_arithmetic"]
+    ta = choose(study, ["task_arithmetic"], tasks=tasks, limit=validation_limit, quick=quick,
+                progress=progress)["task_arithmetic"]
     return reference_accuracies(study, tasks, split=split, limit=limit, task_arithmetic=ta.params)

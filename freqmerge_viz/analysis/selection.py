@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..progress import track
 from ..stats import best_on_validation
 from ..study import evaluate_on_study
 from .compare import Candidate, _build, _params, with_needs
@@ -58,18 +59,20 @@ def _score(study, row: Candidate, grid: list[dict], chosen: dict, tasks: list[st
 
 
 def choose(study, names: Sequence[str], *, tasks: Sequence[str] | None = None,
-           limit: int | None = VALIDATION_LIMIT, quick: bool = False) -> dict[str, Choice]:
+           limit: int | None = VALIDATION_LIMIT, quick: bool = False,
+           progress: bool | None = False) -> dict[str, Choice]:
     """Each row in `names` and the rows it builds on (keys of the result, in table order) with the
     settings of best validation mean.
 
     Ties go to the earlier candidate, as in the comparison. A row with one candidate is not
     evaluated (``validation_mean`` NaN). ``quick=True`` tries only each row's first candidate.
+    `progress`: a bar over the rows (:mod:`freqmerge_viz.progress`).
     """
     tasks = study_tasks(study, tasks)
     rows = [r for r in with_needs(names) if not (r.routed and r.router != "oracle")]
     chosen_settings: dict[str, dict] = {}
     out: dict[str, Choice] = {}
-    for row in rows:
+    for row in track(rows, "settings on validation: methods", progress, unit="method"):
         key = (id(study), tuple(tasks), limit, quick, row.name)
         with _LOCK:
             owner, cached = _CACHE.get(key, (None, None))

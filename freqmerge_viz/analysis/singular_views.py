@@ -27,6 +27,7 @@ from ..errors import EmptyInputError, ParameterError, check_positive_int
 from ..keys import Patterns
 from ..methods import method_transform
 from ..metrics import amplitude_variance, key_gram
+from ..progress import track
 from ..scopes import depth_fractions, is_attention, is_embedding, is_mlp, layer_position
 from ..singular import key_singular, singular_interference, singular_row
 from ..spectral import matrix_stack
@@ -85,19 +86,20 @@ def key_measures(stack: torch.Tensor, key: str, k: int | None = None, one_d: str
 
 
 def key_views(task_vectors: TaskVectors, *, transform=None, k: int | None = None, include: Patterns = None,
-              exclude: Patterns = None, one_d: str = "skip",
-              device: torch.device | str | None = "cpu") -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
+              exclude: Patterns = None, one_d: str = "skip", device: torch.device | str | None = "cpu",
+              progress: bool | None = False) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """One row per key of the task vectors after `transform` (a method's per-task step):
     ``key, layer_stack, layer, depth, part, role, ndim, norm`` (mean over tasks of the entry's L2
     norm, weight units) and, for matrices, ``shape``, :data:`FOURIER` and :data:`SINGULAR`; plus
     each key's K×K Gram matrix (:func:`~freqmerge_viz.metrics.key_gram`) for per-layer cosines.
-    One key's stack at a time (two copies of it at most, while the Fourier measure runs)."""
+    One key's stack at a time (two copies of it at most, while the Fourier measure runs).
+    `progress`: a bar over the keys (:mod:`freqmerge_viz.progress`)."""
     keys = common_keys(task_vectors, include, exclude)
     if not keys:
         raise EmptyInputError("no key selected")
     depth = depth_fractions(keys)
     rows, grams = [], {}
-    for key in keys:
+    for key in track(keys, "per-key views: keys", progress):
         stack = stack_key(task_vectors, key, device)
         if transform is not None:
             stack = as_compute_tensor(transform(stack, key), stack.device)
@@ -120,18 +122,19 @@ def key_views(task_vectors: TaskVectors, *, transform=None, k: int | None = None
 
 def interference_views(task_vectors: TaskVectors, settings: Sequence = DEFAULT_VIEWS, *, k: int | None = None,
                        include: Patterns = None, exclude: Patterns = None, one_d: str = "skip",
-                       device: torch.device | str | None = "cpu") -> pd.DataFrame:
+                       device: torch.device | str | None = "cpu", progress: bool | None = False) -> pd.DataFrame:
     """The Fourier and the singular measure side by side, per matrix and per method: one row per
     (setting, matrix) with ``label, method`` and the matrix columns of :func:`key_views`, after
     each setting's per-task step (:func:`~freqmerge_viz.method_transform`; a setting is a
     :class:`~freqmerge_viz.analysis.table1.MethodSetting`, a method name or ``(label, method[,
-    params])``). Aggregate per layer with :func:`per_layer`."""
+    params])``). Aggregate per layer with :func:`per_layer`. `progress`: a bar over the settings
+    (:mod:`freqmerge_viz.progress`)."""
     chosen = [as_setting(s) for s in settings]
     labels = [s.label for s in chosen]
     if len(set(labels)) != len(labels):
         raise ParameterError(f"labels must be unique, got {labels}")
     frames = []
-    for setting in chosen:
+    for setting in track(chosen, "interference views: methods", progress, unit="method"):
         step = method_transform(setting.method, len(task_vectors), **dict(setting.params))
         table, _ = key_views(task_vectors, transform=step, k=k, include=include, exclude=exclude, one_d=one_d,
                              device=device)
@@ -159,15 +162,16 @@ def per_layer(table: pd.DataFrame, columns: Sequence[str] = FOURIER + SINGULAR,
 
 
 def layer_profile(task_vectors: TaskVectors, *, transform=None, k: int | None = None, include: Patterns = None,
-                  exclude: Patterns = None, one_d: str = "skip",
-                  device: torch.device | str | None = "cpu") -> pd.DataFrame:
+                  exclude: Patterns = None, one_d: str = "skip", device: torch.device | str | None = "cpu",
+                  progress: bool | None = False) -> pd.DataFrame:
     """Layer-wise view of the task vectors (after `transform`): one row per numbered layer with
     ``layer_stack, layer, depth`` (0 first, 1 last), ``keys``, ``norm`` (mean over tasks of the
     layer's task-vector L2 norm over all its entries, weight units), ``cosine`` (mean over pairs
     of tasks of their cosine over the layer's entries), and the means over the layer's matrices of
-    :data:`FOURIER` and of ``sti_normalized``, ``overlap``, ``chance_overlap``, ``alignment``."""
+    :data:`FOURIER` and of ``sti_normalized``, ``overlap``, ``chance_overlap``, ``alignment``.
+    `progress`: a bar over the keys (:mod:`freqmerge_viz.progress`)."""
     table, grams = key_views(task_vectors, transform=transform, k=k, include=include, exclude=exclude,
-                             one_d=one_d, device=device)
+                             one_d=one_d, device=device, progress=progress)
     inside = table[table["layer"].notna()]
     if inside.empty:
         raise EmptyInputError("no key lies in a numbered layer")
@@ -189,18 +193,20 @@ def layer_profile(task_vectors: TaskVectors, *, transform=None, k: int | None = 
 # --------------------------------------------------------------------------- pairs of tasks
 def pair_singular_table(study, *, tasks: Sequence[str] | None = None, n_pairs: int | None = None, seed: int = 0,
                         method: str = "task_arithmetic", params: Mapping | None = None, split: str = "test",
-                        limit: int | None = 300, k: int | None = None) -> pd.DataFrame:
+                        limit: int | None = 300, k: int | None = None, progress: bool | None = False) -> pd.DataFrame:
     """:func:`~freqmerge_viz.analysis.correlation.pair_interference_table` (each pair merged and
     evaluated; its Fourier measures) with the singular measures of each pair's two task vectors
     beside them: ``sti``, ``sti_normalized``, ``overlap``, ``alignment`` (means over the same
     matrices as the Fourier measures: every key of 2+ dimensions; ``k`` per matrix as
-    :func:`~freqmerge_viz.singular.default_rank` with K = 2 unless given)."""
+    :func:`~freqmerge_viz.singular.default_rank` with K = 2 unless given). `progress`: bars over
+    the pairs (:mod:`freqmerge_viz.progress`)."""
     pairs = pair_interference_table(study, tasks=tasks, n_pairs=n_pairs, seed=seed, method=method, params=params,
-                                    split=split, limit=limit)
+                                    split=split, limit=limit, progress=progress)
     names = list(dict.fromkeys([*pairs["task_a"], *pairs["task_b"]]))
     vectors = {tv.name: tv for tv in study_task_vectors(study, names)}
     singular = []
-    for a, b in zip(pairs["task_a"], pairs["task_b"]):
+    for a, b in track(list(zip(pairs["task_a"], pairs["task_b"])), "task pairs: singular measures", progress,
+                      unit="pair"):
         measured = singular_interference([vectors[a], vectors[b]], k=k, device="cpu")
         singular.append({c: float(measured[c].mean()) for c in ("sti", "sti_normalized", "overlap", "alignment")})
     out = pd.concat([pairs, pd.DataFrame(singular, index=pairs.index)], axis=1)

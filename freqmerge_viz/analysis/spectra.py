@@ -146,16 +146,19 @@ def spectra_table(task_vectors: TaskVectors, keys=None, device: torch.device | s
 
 
 def radial_profiles_by_key(task_vectors: TaskVectors, keys=None, n_bins: int = 16,
-                           device: torch.device | str | None = "cpu", one_d: str = "skip") -> pd.DataFrame:
+                           device: torch.device | str | None = "cpu", one_d: str = "skip",
+                           progress: bool | None = False) -> pd.DataFrame:
     """Mean DFT amplitude of each task vector in normalised radial shells, per matrix.
 
     Columns: ``layer, matrix, key, task, radius`` (shell centre, normalised: 0 = DC, 1 = the
     spectrum's corner) and ``amplitude`` (mean unnormalised ``|F(v)|`` in the shell; 0 for a
-    shell with no bin). Default `keys`: every matrix.
+    shell with no bin). Default `keys`: every matrix. `progress`: a bar over the keys
+    (:mod:`freqmerge_viz.progress`).
     """
     names = task_names(task_vectors)
     rows = []
-    for key in matrix_keys(task_vectors, one_d) if keys is None else list(keys):
+    chosen = matrix_keys(task_vectors, one_d) if keys is None else list(keys)
+    for key in track(chosen, "radial profiles by key: keys", progress):
         stack = stack_key(task_vectors, key, device)
         view = as_matrix(stack[0], one_d)
         if view is None:

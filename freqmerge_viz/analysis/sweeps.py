@@ -32,6 +32,7 @@ from ..errors import ParameterError, check_choice
 from ..methods import get_method, merge, method_transform
 from ..methods.fr import filter_spec
 from ..metrics import amplitude_variances
+from ..progress import track
 from ..spectral import KINDS
 from .evaluation import (finetuned_subset, image_counts, materialize, reference_accuracies, transformed,
                          study_task_vectors, study_tasks)
@@ -182,15 +183,17 @@ def sweep_points(kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFF
 
 
 def cutoff_sweep(study, kinds: Sequence[str] = KINDS, cutoffs: Sequence[float] = CUTOFFS, *, executor=None,
-                 **point_fields) -> pd.DataFrame:
+                 progress: bool | None = False, **point_fields) -> pd.DataFrame:
     """The sweep over `kinds` × `cutoffs` as one tidy table (rows of :func:`run_point`, grid order).
 
     `executor` is anything with ``map(fn, iterable)`` (a thread or process pool, a dask
     ``client.get_executor()``); default: serial. For other processes or machines give `study` as
     a directory path they can read: each point then loads it where it runs (a loaded study
     pickles too, but sends its manifest, heads and lazy file readers with every point).
+    `progress`: a bar over the points, advanced as each result arrives (:mod:`freqmerge_viz.progress`).
     """
     points = sweep_points(kinds, cutoffs, **point_fields)
     run = partial(run_point, study)
-    results = list(executor.map(run, points)) if executor is not None else [run(p) for p in points]
+    results = executor.map(run, points) if executor is not None else map(run, points)
+    results = list(track(results, "cutoff sweep: points", progress, total=len(points), unit="point"))
     return pd.concat(results, ignore_index=True)

@@ -19,6 +19,7 @@ import torch
 from ..errors import ParameterError
 from ..methods import get_method, method_transform
 from ..metrics import amplitude_variances
+from ..progress import track
 from ..taskvector import TaskVectors
 from ..methods.fr import filter_spec
 from ..spectral import FilterSpec
@@ -69,7 +70,8 @@ def reference_filter(params: Mapping | None = None) -> FilterSpec:
 
 
 def table1(task_vectors: TaskVectors, rows: Sequence = DEFAULT_ROWS, *, baseline: str = "TA",
-           kept_within: FilterSpec | None = None, device: torch.device | str | None = "cpu") -> pd.DataFrame:
+           kept_within: FilterSpec | None = None, device: torch.device | str | None = "cpu",
+           progress: bool | None = False) -> pd.DataFrame:
     """One row per method setting; columns ``label, method, params, all_bins, kept_bins, normalized``,
     ``change_all_pct, change_kept_pct, change_normalized_pct`` (percent against the `baseline` row)
     and ``kept_fraction`` (mean share of a matrix's bins that ``kept_bins`` counts).
@@ -77,6 +79,7 @@ def table1(task_vectors: TaskVectors, rows: Sequence = DEFAULT_ROWS, *, baseline
     ``kept_bins`` counts, for every row, the bins where the gain of `kept_within` is at least 0.5
     (default: FR's filter at its registered defaults, an ideal high-pass at normalised radius 0.1).
     An ideal high-pass passes those bins unchanged, so FR's ``kept_bins`` equals task arithmetic's.
+    `progress`: a bar over the rows (:mod:`freqmerge_viz.progress`).
     """
     settings = [as_setting(r) for r in rows]
     labels = [s.label for s in settings]
@@ -87,7 +90,7 @@ def table1(task_vectors: TaskVectors, rows: Sequence = DEFAULT_ROWS, *, baseline
     within = kept_within or reference_filter()
     k = len(task_vectors)
     records = []
-    for setting in settings:
+    for setting in track(settings, "table1: methods", progress, unit="method"):
         stepped = transformed(task_vectors, method_transform(setting.method, k, **dict(setting.params)))
         measured = amplitude_variances(stepped, {"all": {}, "kept": {"within": within},
                                                  "normalized": {"normalize": True}}, device=device)

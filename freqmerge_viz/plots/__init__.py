@@ -5,8 +5,8 @@ Every figure function takes plain arrays or tidy tables and returns a figure; th
 topic; :mod:`.core` holds the export helpers and the spectra figures.
 """
 
-from .core import (STATIC_FORMATS, interference_figure, radial_profiles_figure, radial_profiles_plotly,
-                   save_figure, save_html, spectra_grid)
+from .core import (HTML_JS, PLOTLY_JS, STATIC_FORMATS, interference_figure, radial_profiles_figure,
+                   radial_profiles_plotly, save_figure, save_html, shared_plotly_js, spectra_grid)
 
-__all__ = ["STATIC_FORMATS", "interference_figure", "radial_profiles_figure", "radial_profiles_plotly",
-           "save_figure", "save_html", "spectra_grid"]
+__all__ = ["HTML_JS", "PLOTLY_JS", "STATIC_FORMATS", "interference_figure", "radial_profiles_figure",
+           "radial_profiles_plotly", "save_figure", "save_html", "shared_plotly_js", "spectra_grid"]

@@ -8,16 +8,29 @@ static + HTML). Nothing here computes an analysis: every function draws what it 
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..errors import check_choice
 from ..io import write_atomically
 
 STATIC_FORMATS = ("png", "svg", "pdf")
+HTML_JS = ("shared", "inline", "cdn")
+"""How an HTML figure gets plotly.js: ``shared`` (the default) writes one :data:`PLOTLY_JS` into the
+output folder and each page loads it by a relative path (pages of a few kB to a few hundred kB;
+the folder works offline when opened or copied as a whole); ``inline`` puts plotly.js into every
+page (about 4.8 MB each, every file self-contained); ``cdn`` loads it from cdn.plot.ly (small
+pages that need internet access when viewed)."""
+PLOTLY_JS = "plotly.min.js"
+"""File name of the shared plotly.js (``html_js="shared"``)."""
+_PLOTLY_JS_LOCK = threading.Lock()
 
 
 def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
@@ -36,11 +49,54 @@ def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "
     return written
 
 
-def save_html(fig, path: str | os.PathLike, div_id: str = "freqmerge-figure") -> Path:
-    """Write a plotly figure as a self-contained HTML page with a fixed div id (reproducible)."""
+@functools.lru_cache(maxsize=1)
+def _plotly_js_bytes() -> bytes:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().encode("utf-8")
+
+
+def shared_plotly_js(folder: str | os.PathLike) -> Path:
+    """``folder/plotly.min.js``: the plotly.js of the installed plotly
+    (:func:`plotly.offline.get_plotlyjs`), written atomically (temporary name, then rename) unless
+    an identical copy is already there, so a folder gets it once however many pages load it."""
+    target = Path(folder) / PLOTLY_JS
+    data = _plotly_js_bytes()
+    with _PLOTLY_JS_LOCK:
+        if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda tmp: tmp.write_bytes(data))
+    return target
+
+
+def check_html_js(html_js: str) -> str:
+    """`html_js` if it is one of :data:`HTML_JS`, else :class:`~freqmerge_viz.errors.ParameterError`
+    naming the allowed values."""
+    check_choice("html_js", html_js, HTML_JS)
+    return html_js
+
+
+def save_html(fig, path: str | os.PathLike, div_id: str = "freqmerge-figure", html_js: str = "shared",
+              js_dir: str | os.PathLike | None = None) -> Path:
+    """Write a plotly figure as an HTML page with a fixed div id (reproducible: the same figure
+    gives the same bytes).
+
+    `html_js` (:data:`HTML_JS`) says where plotly.js comes from: ``"shared"`` writes
+    :data:`PLOTLY_JS` once into `js_dir` (default: the page's own folder; give the top of an output
+    tree, a folder above the page, to share one copy among its sub-folders) and the page loads it
+    by a relative path (``plotly.min.js``, ``../plotly.min.js``), so the folder works offline as a
+    whole; ``"inline"`` puts it into the page (self-contained, about 4.8 MB); ``"cdn"`` loads it
+    from cdn.plot.ly (the page needs internet access when viewed)."""
+    check_html_js(html_js)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(target, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True,
+    if html_js == "shared":
+        script = shared_plotly_js(target.parent if js_dir is None else js_dir)
+        include = urllib.parse.quote(Path(os.path.relpath(script, target.parent)).as_posix())
+    else:
+        include = True if html_js == "inline" else "cdn"
+    write_atomically(target, lambda tmp: fig.write_html(tmp, include_plotlyjs=include, full_html=True,
                                                         div_id=div_id))
     return target
 
@@ -177,17 +233,20 @@ def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4
 
 def write_all(stem: str | os.PathLike, table: pd.DataFrame, static=None, interactive=None,
               div_id: str = "freqmerge-figure", formats: Sequence[str] = ("png", "svg"),
-              fractions: Sequence[str] = ()) -> list[Path]:
+              fractions: Sequence[str] = (), html_js: str = "shared",
+              js_dir: str | os.PathLike | None = None) -> list[Path]:
     """``stem.csv``, the matplotlib figure `static` as ``stem.<fmt>`` and the plotly figure
     `interactive` as ``stem.html`` (each skipped when None); returns the paths written.
 
     `fractions`: columns holding accuracies as fractions in [0, 1], named with a ``_fraction``
-    suffix in the CSV (:func:`fraction_names`)."""
+    suffix in the CSV (:func:`fraction_names`). `html_js` and `js_dir`: where the page gets
+    plotly.js (:func:`save_html`; the shared :data:`PLOTLY_JS` is not in the list returned)."""
+    check_html_js(html_js)
     written = [save_csv(fraction_names(table, fractions), f"{stem}.csv")]
     if static is not None:
         written += save_figure(static, stem, formats)
     if interactive is not None:
-        written.append(save_html(interactive, f"{stem}.html", div_id=div_id))
+        written.append(save_html(interactive, f"{stem}.html", div_id=div_id, html_js=html_js, js_dir=js_dir))
     return written
 
 

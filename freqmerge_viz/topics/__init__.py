@@ -1,9 +1,13 @@
 """Figure topics: one module per topic of ``freqmerge-viz figures``, named as the topic.
 
-A topic module's ``write_figures(study, out_dir, *, quick, formats) -> list[Path]`` asks
-:mod:`freqmerge_viz.analysis` for its tables and :mod:`freqmerge_viz.plots` for its figures,
-and writes both (CSV, PNG/SVG/PDF, HTML) under ``out_dir``. This is the only floor that
-imports both analysis and plots; they never import each other.
+A topic module's ``write_figures(study, out_dir, *, quick, formats, progress, html_js, js_dir)
+-> list[Path]`` asks :mod:`freqmerge_viz.analysis` for its tables and :mod:`freqmerge_viz.plots`
+for its figures, and writes both (CSV, PNG/SVG/PDF, HTML) under ``out_dir``. ``progress``
+(default False; :mod:`freqmerge_viz.progress`) shows a tqdm bar over each of its long loops (methods,
+cutoff points, task pairs, planes, ...), named ``"<what>: <items>"``; ``html_js`` and ``js_dir``
+say where its HTML pages get plotly.js (:func:`freqmerge_viz.plots.core.save_html`; default: one
+shared ``plotly.min.js`` in ``out_dir``). This is the only floor that imports both analysis and
+plots; they never import each other.
 """
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ import pandas as pd
 
 from ..analysis.generalisation import generalisation_difference, generalisation_matrix
 from ..outputs import write_atomically
-from ..plots.core import save_figure, save_html
+from ..plots.core import check_html_js, save_figure, save_html
 from ..plots.generalisation import generalisation_figure, generalisation_plotly
 from . import scope_label, topic_limit
 
 
 def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
-                  filtered=True, tasks: Sequence[str] | None = None) -> list[Path]:
+                  filtered=True, tasks: Sequence[str] | None = None, progress: bool | None = False,
+                  html_js: str = "shared", js_dir=None) -> list[Path]:
     """Fig. 3 on the study: heatmaps of the unfiltered and filtered matrices and their difference
     (matplotlib in `formats`, plotly HTML) and CSV tables, in `out_dir`.
 
@@ -24,11 +25,13 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     first four tasks, 32 images). 17 models × 8 tasks × 1,000 images: about a minute on 2
     busy CPU cores.
     """
+    check_html_js(html_js)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick and tasks is None:
         tasks = list(study.tasks)[:4]
-    table = generalisation_matrix(study, tasks=tasks, filtered=filtered, limit=topic_limit(study, quick, 1000, quick_limit=32))
+    table = generalisation_matrix(study, tasks=tasks, filtered=filtered,
+                                  limit=topic_limit(study, quick, 1000, quick_limit=32), progress=progress)
     title = (f"θ_pre + τ_source on each target ({scope_label(study, table.attrs['n_images'], table.attrs['limit'], table.attrs['split'])}); "
              f"filter: {table.attrs['filter']}")
     written: list[Path] = []
@@ -38,7 +41,7 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
 
     plt.close(fig)
     written.append(save_html(generalisation_plotly(table, title=title), out / "generalisation.html",
-                             div_id="freqmerge-generalisation"))
+                             div_id="freqmerge-generalisation", html_js=html_js, js_dir=js_dir))
     pretrained = pd.DataFrame({"target": list(table.attrs["pretrained"]),
                                "accuracy_fraction": list(table.attrs["pretrained"].values())})
     difference = generalisation_difference(table).reset_index()

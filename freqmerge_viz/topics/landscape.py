@@ -11,8 +11,9 @@ import pandas as pd
 
 from ..analysis.landscape import DEFAULT_METHODS, default_pair, filter_label, merged_states, plane_study
 from ..outputs import write_atomically
-from ..plots.core import save_figure, save_html
+from ..plots.core import check_html_js, save_figure, save_html
 from ..plots.landscape import interpolation_figure, interpolation_plotly, landscape_figure, landscape_plotly
+from ..progress import track
 from . import scope_label, topic_limit
 
 
@@ -22,7 +23,8 @@ REAL_MODEL_GRID = 9
 
 def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str] = ("png", "svg"),
                   task_a: str | None = None, task_b: str | None = None, eval_task: str | None = None,
-                  filtered=True, cache_dir=None) -> list[Path]:
+                  filtered=True, cache_dir=None, progress: bool | None = False, html_js: str = "shared",
+                  js_dir=None) -> list[Path]:
     """Fig. 4 on the study: loss/accuracy landscapes unfiltered and filtered, merged points,
     interpolation curves; matplotlib (`formats`), plotly HTML and CSV tables in `out_dir`.
 
@@ -41,6 +43,7 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     ``--device cuda`` or an executor for more. `cache_dir` (default: none) caches every
     evaluation.
     """
+    check_html_js(html_js)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +58,8 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     grids, points, curves, planes = {}, {}, [], []
     merged = None
     start = time.perf_counter()
-    for label, setting in settings.items():
+    for label, setting in track(list(settings.items()), "landscape: planes (grid, points, curves)", progress,
+                                unit="plane"):
         plane = plane_study(study, task_a, task_b, eval_task=eval_task, filtered=setting, split="test",
                             limit=limit, cache_dir=cache_dir)
         if merged is None:
@@ -80,14 +84,16 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
     for metric in ("loss", "accuracy"):
         title = f"{metric} on {evaluated_on}: plane of τ_{task_a} and τ_{task_b}"
         written.append(save_html(landscape_plotly(grids, points, metric=metric, title=title),
-                                 out / f"landscape_{metric}.html", div_id=f"freqmerge-landscape-{metric}"))
+                                 out / f"landscape_{metric}.html", div_id=f"freqmerge-landscape-{metric}",
+                                 html_js=html_js, js_dir=js_dir))
     table = pd.concat(curves, ignore_index=True)
     fig = interpolation_figure(table, title=f"interpolation, evaluated on {evaluated_on}",
                                n_images=planes[0]["samples"])
     written += save_figure(fig, out / "landscape_curves", formats)
     _close(fig)
     written.append(save_html(interpolation_plotly(table, title=f"interpolation, evaluated on {evaluated_on}"),
-                             out / "landscape_curves.html", div_id="freqmerge-landscape-curves"))
+                             out / "landscape_curves.html", div_id="freqmerge-landscape-curves", html_js=html_js,
+                             js_dir=js_dir))
     tables = {
         "landscape_grid.csv": pd.concat([g.assign(setting=k) for k, g in grids.items()], ignore_index=True)[
             ["setting", "alpha", "beta", "loss", "accuracy"]].rename(columns={"accuracy": "accuracy_fraction"}),

@@ -226,20 +226,23 @@ class Explorer:
     def debouncer(self) -> Debouncer:
         return self._debouncer
 
-    def export(self, path: str | os.PathLike) -> Path:
+    def export(self, path: str | os.PathLike, html_js: str = "inline") -> Path:
         """Write the current view: ``.png``/``.svg``/``.pdf`` as a matplotlib rendering
-        (:meth:`static_figure`), ``.html`` as the plotly figure, self-contained, with a fixed
-        div id and no random trace ids (the same view gives the same bytes)."""
-        from ..plots.core import save_figure, save_html
+        (:meth:`static_figure`), ``.html`` as the plotly figure with a fixed div id and no random
+        trace ids (the same view gives the same bytes). `html_js`: where the page gets plotly.js
+        (:func:`~freqmerge_viz.plots.core.save_html`): ``"inline"`` (default: one self-contained
+        file), ``"shared"`` (a ``plotly.min.js`` beside it) or ``"cdn"``."""
+        from ..plots.core import check_html_js, save_figure, save_html
 
         target = Path(path)
         suffix = target.suffix.lower()
         if suffix not in EXPORT_SUFFIXES:
             raise ParameterError(f"export to {', '.join(EXPORT_SUFFIXES)}; got {str(path)!r}")
+        check_html_js(html_js)
         check_output(target, self.input_paths(), what="export")
         with self._lock:
             if suffix == ".html":
-                return save_html(self.plotly_figure(), target, div_id=self.export_div_id)
+                return save_html(self.plotly_figure(), target, div_id=self.export_div_id, html_js=html_js)
             figure = self.static_figure()
         stem = target.with_suffix("")
         written = save_figure(figure, stem, formats=(suffix[1:],))[0]
