@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-execute the tutorial notebooks in place, so their stored outputs are what nbval will compare.
 # Usage: scripts/run_notebooks.sh [NOTEBOOK ...]   (default: every notebooks/*.ipynb)
-source "$(dirname "$0")/env.sh"
+FREQMERGE_EXTRAS=test source "$(dirname "$0")/env.sh"
 cd notebooks
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(*.ipynb)

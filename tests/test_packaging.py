@@ -15,21 +15,29 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].strip().lower()
 
 
-def test_environment_yml_lists_every_pyproject_dependency_with_the_same_bounds():
+def test_environment_yml_is_the_package_and_its_notebooks_with_the_same_bounds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["notebooks"]
     conda_names = {"torch": "pytorch"}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_only = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    # conda-forge packages at the top level; PyPI-only ones (fusion-bench) in the pip section
-    listed = {_name(d): d for d in env["dependencies"] + pip_only if isinstance(d, str) and not d.startswith("-")}
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_name(d): d for d in env["dependencies"] + pip_section if isinstance(d, str) and not d.startswith("-")}
     for requirement in wanted:
         name = conda_names.get(_name(requirement), _name(requirement))
         assert name in listed, f"{requirement} is in pyproject.toml but not environment.yml"
         bound = requirement[len(_name(requirement)):]
         assert listed[name].endswith(bound), f"{listed[name]!r} differs from pyproject's {requirement!r}"
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    test_only = {_name(r) for r in extras["test"]} - {_name(r) for r in wanted}
+    assert test_only >= {"fusion-bench", "peft", "transformers", "pytest"}
+    assert not test_only & set(listed), f"test-only libraries in environment.yml: {sorted(test_only & set(listed))}"
     assert "-e ." in pip_section
+
+
+def test_demo_installs_the_package_alone_and_the_tests_add_their_extras():
+    assert "FREQMERGE_EXTRAS" not in (ROOT / "scripts" / "demo.sh").read_text()
+    for script in ("scripts/test.sh", ".ci/run", "scripts/run_notebooks.sh"):
+        assert "FREQMERGE_EXTRAS=test source" in (ROOT / script).read_text(), script
 
 
 def test_torch_is_a_range_so_an_existing_cuda_build_is_kept():
