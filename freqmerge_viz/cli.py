@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import FreqMergeError, check_positive_int
+from .errors import FreqMergeError, check_positive_int, counted
 
 PICKLED_HELP = ("read .pt/.pth/.bin files that hold a pickled whole module (torch.save(model), as task_vectors "
                 "releases them) without running their code: weights only, named as model.state_dict() names them")
@@ -335,7 +335,7 @@ def _cmd_figures(args) -> None:
     if args.study is not None and args.zoo is not None:
         raise FreqMergeError("give --study or --zoo, not both")
     study = _open_study(args.study if args.study is not None else args.zoo, args.limit, args.device)
-    print(f"study {study.name!r} ({study.kind}): {len(study.tasks)} tasks", file=sys.stderr)
+    print(f"study {study.name!r} ({study.kind}): {counted(len(study.tasks), 'task')}", file=sys.stderr)
     index = write_all(study, args.out, topics=args.only, quick=args.quick, formats=args.formats,
                       progress=lambda topic: print(f"  {topic} ...", file=sys.stderr), html_js=args.html_js,
                       progress_bars=_progress(args))

@@ -114,3 +114,8 @@ def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ParameterError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 task"``, ``"3 tasks"``: `n` and the noun in the number it takes (`plural` defaults to noun + "s")."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

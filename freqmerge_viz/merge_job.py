@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import FreqMergeError, OutputError, ParameterError
+from .errors import FreqMergeError, ParameterError
 from .io import KeyMapState, LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
 from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
 from .progress import progress_bar
@@ -384,7 +384,9 @@ def verify_merge(path: str | os.PathLike) -> list[dict]:
     try:
         record = json.loads(record_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise OutputError(record_file, "no merge record here (merge.json, or X.merge.json beside X.safetensors)") from None
+        where = "" if path.exists() else f"; {path} does not exist"
+        raise FreqMergeError(f"no merge record at {record_file} (a merge output folder holds merge.json; "
+                             f"a single file X.safetensors has X.merge.json beside it){where}") from None
     except (OSError, ValueError) as exc:
         raise FreqMergeError(f"cannot read merge record {record_file}: {exc}") from None
     base = record_file.parent

@@ -16,7 +16,7 @@ from .analysis import FilterSetting
 from .analysis.scan import scan
 from .analysis.spectra import spectrum_key
 from .backend import resolve_device
-from .errors import EmptyInputError
+from .errors import EmptyInputError, counted
 from .io import load_state, write_text_atomically
 from .outputs import check_output, make_folder, source_paths
 from .keys import Patterns
@@ -51,7 +51,7 @@ def synthetic_inputs(directory: str | os.PathLike, n_tasks: int = 4, seed: int =
     paths = make_model_set(n_tasks=n_tasks, seed=seed).save(directory)
     names = [n for n in paths if n != "pretrained"]
     return ReportInputs(paths["pretrained"], [paths[n] for n in names], names,
-                        description=f"synthetic model set (seed {seed}, {n_tasks} tasks); its "
+                        description=f"synthetic model set (seed {seed}, {counted(n_tasks, 'task')}); its "
                                     "low-frequency task differences are planted by the generator",
                         extra={"seed": seed}, generated=True)
 

@@ -53,9 +53,9 @@ def test_registered_with_documented_parameters_and_presets():
     ("tsv", dict(rank_fraction=0.0), r"'rank_fraction' must lie in \(0.0, 1.0\]"),
     ("iso_cts", dict(common_fraction=1.5), r"'common_fraction' must lie in \[0.0, 1.0\]"),
     ("consensus", dict(base="median"), r"'base' must be one of \['task_arithmetic', 'ties'\]"),
-    ("consensus", dict(min_tasks=-1), r"'min_tasks' must lie in \[0, None\]"),
-    ("wudi", dict(steps=-1), r"'steps' must lie in \[0, None\]"),
-    ("wudi", dict(lr=0.0), r"'lr' must lie in \(0.0, None\]"),
+    ("consensus", dict(min_tasks=-1), r"'min_tasks' must be ≥ 0, got -1"),
+    ("wudi", dict(steps=-1), r"'steps' must be ≥ 0, got -1"),
+    ("wudi", dict(lr=0.0), r"'lr' must be > 0.0, got 0.0"),
     ("wudi", dict(progress="yes"), r"'progress' must be true or false"),
     ("cart", dict(matrix_scope="rows"), r"unknown key scope 'rows'"),
 ])

@@ -45,7 +45,7 @@ def test_every_method_is_registered_and_documented():
     ("ties", dict(density=1.3), r"ties: parameter 'density' must lie in \(0.0, 1.0\], got 1.3"),
     ("ties", dict(density=0.0), r"must lie in \(0.0, 1.0\], got 0.0"),
     ("ties", dict(convention="other"), r"'convention' must be one of \['peft', 'mergekit'\]"),
-    ("task_arithmetic", dict(weights=[1.0]), r"1 weights given for 2 tasks"),
+    ("task_arithmetic", dict(weights=[1.0]), r"1 weight given for 2 tasks"),
     ("task_arithmetic", dict(lambda_=1), r"unknown parameter\(s\) \['lambda_'\]"),
     ("fr", dict(preset="mine"), r"unknown preset 'mine'"),
     ("breadcrumbs", dict(density=0.95, gamma=0.1), r"density \+ gamma must be at most 1"),

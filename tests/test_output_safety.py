@@ -417,6 +417,15 @@ def test_verify_reports_changed_and_missing_files(tmp_path, models, capsys):
     assert sum(s == "ok" for s in status.values()) == len(rows) - 2
 
 
+def test_verify_on_a_missing_folder_says_what_is_missing(tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FreqMergeError, match=r"no merge record at .*no_such_folder.*does not exist") as caught:
+        verify_merge(missing)
+    assert "cannot write" not in str(caught.value)
+    assert main(["verify", str(missing)]) == 2
+    assert "no merge record" in capsys.readouterr().err
+
+
 def test_routed_merge_output_is_replaced_whole(tmp_path, models):
     paths, inputs_before = models
     out = tmp_path / "routed"

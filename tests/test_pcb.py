@@ -266,7 +266,7 @@ def test_merge_key_is_the_merge_and_transform_the_masked_vectors():
     (dict(density=0), r"pcb: parameter 'density' must lie in \(0.0, 1.0\], got 0"),
     (dict(clamp=0.6), r"parameter 'clamp' must lie in \[0.0, 0.5\]"),
     (dict(inter="relu"), r"parameter 'inter' must be one of \['softmax', 'tanh', 'tanh_pairwise'\]"),
-    (dict(weights=[1.0]), r"1 weights given for 2 tasks"),
+    (dict(weights=[1.0]), r"1 weight given for 2 tasks"),
     (dict(preset="authors"), r"unknown preset 'authors'"),
 ])
 def test_bad_parameters_raise_naming_them(params, message):

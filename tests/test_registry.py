@@ -43,7 +43,7 @@ def test_plain_and_routed_entry_points_say_which_to_use():
 
 def test_routed_parameters_are_validated_like_every_other():
     pre, fts = {"w": torch.zeros(3, 4)}, [{"w": torch.randn(3, 4)}, {"w": torch.randn(3, 4)}]
-    with pytest.raises(ParameterError, match="twin: parameter 'rank' must lie in"):
+    with pytest.raises(ParameterError, match="twin: parameter 'rank' must be ≥ 1, got 0"):
         fmv.routed_merge("twin", pre, fts, rank=0)
     with pytest.raises(ParameterError, match="twin: shared_method 'free' is itself routed"):
         fmv.routed_merge("twin", pre, fts, shared_method="free")

@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from ..backend import as_compute_tensor, resolve_device
-from ..errors import EmptyInputError, MissingKeysError, ParameterError, ScopeWarning, ShapeMismatchError
+from ..errors import EmptyInputError, MissingKeysError, ParameterError, ScopeWarning, ShapeMismatchError, counted
 from ..io import LazyState, load_state
 from ..keys import Patterns
 from ..scopes import SCOPE_NAMES, scope_parts, scope_warning
@@ -71,21 +71,25 @@ class Param:
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and value > self.high
         if too_low or too_high:
-            left = "(" if self.low_open else "["
-            raise ParameterError(f"{where} must lie in {left}{self.low}, {self.high}], got {value!r}")
+            verb = "lie" if self.low is not None and self.high is not None else "be"
+            raise ParameterError(f"{where} must {verb} {self._range_text()}, got {value!r}")
         return value
+
+    def _range_text(self) -> str:
+        """The allowed range in words: ``in [a, b]``, ``> a``, ``≥ a`` or ``≤ b``."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low}"
+        return f"≤ {self.high}"
 
     def describe(self) -> str:
         """One line for docs and ``--help``: name, default, allowed values, meaning."""
         parts = [f"default {self.default!r}"]
         if self.choices:
             parts.append(f"one of {list(self.choices)}")
-        elif self.low is not None and self.high is not None:
-            parts.append(f"in {'(' if self.low_open else '['}{self.low}, {self.high}]")
-        elif self.low is not None:
-            parts.append(f"{'>' if self.low_open else '≥'} {self.low}")
-        elif self.high is not None:
-            parts.append(f"≤ {self.high}")
+        elif self.low is not None or self.high is not None:
+            parts.append(self._range_text())
         return f"{self.name} ({'; '.join(parts)}): {self.doc}"
 
 
@@ -152,7 +156,7 @@ def resolve_params(owner: str, params: Sequence[Param], presets: Mapping[str, Ma
     resolved = {name: known[name].validate(value, owner) for name, value in values.items()}
     weights = resolved.get("weights")
     if weights is not None and n_tasks is not None and len(weights) != n_tasks:
-        raise ParameterError(f"{owner}: {len(weights)} weights given for {n_tasks} tasks")
+        raise ParameterError(f"{owner}: {counted(len(weights), 'weight')} given for {counted(n_tasks, 'task')}")
     if preset:
         resolved["preset"] = preset
     return resolved

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, MissingKeysError, ParameterError
+from ..errors import CheckpointError, MissingKeysError, ParameterError, counted
 from ..io import LazyState, load_state
 from ..stats import mean_accuracy, normalized_accuracy
 from ..study.base import Study
@@ -231,7 +231,7 @@ class Zoo(Study):
         return [str(self.path)] if self.path is not None else super().origins
 
     def __repr__(self) -> str:
-        return f"<Zoo at {self.path}: {len(self.tasks)} tasks>"
+        return f"<Zoo at {self.path}: {counted(len(self.tasks), 'task')}>"
 
     def finetuned_list(self) -> list[Mapping[str, torch.Tensor]]:
         """The fine-tuned backbones in task order (what ``freqmerge_viz.merge`` takes)."""
@@ -353,7 +353,7 @@ def load(path: str | Path | None = None, *, verify: bool = True) -> Zoo:
 def describe(zoo: Zoo) -> str:
     """A text table of the zoo's tasks with the test accuracies recorded in its manifest."""
     acc = zoo.accuracies
-    lines = [f"zoo at {zoo.path}: {len(zoo.tasks)} tasks, backbone "
+    lines = [f"zoo at {zoo.path}: {counted(len(zoo.tasks), 'task')}, backbone "
              f"{zoo.manifest['model']['backbone_parameters']} parameters",
              f"{'task':10s} {'classes':>7s} {'finetuned':>9s} {'probe':>6s} {'TA':>6s}"]
     for task in zoo.tasks + ["mean"]:
