@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show progress bars over each topic's loops (methods, cutoff points, task pairs, ...) "
                               "on stderr even when it is not a terminal (they are shown on a terminal anyway)")
 
+    findings = sub.add_parser("findings", help="the README's findings, written from the CSV tables of a figures run")
+    findings.add_argument("out", help="the output folder of `freqmerge-viz figures`")
+    findings.add_argument("--json", default=None, help="also write every number quoted to this JSON file")
+    findings.add_argument("--readme", default=None,
+                          help="write the findings between the <!-- findings:start/end --> markers of this file "
+                               "(otherwise they are printed)")
     synth = sub.add_parser("synth", help="write the synthetic model set as safetensors files",
                            description="Generate the synthetic pretrained + fine-tuned set into --out.")
     synth.add_argument("--out", required=True, help="output directory")
@@ -478,6 +484,22 @@ def _cmd_zoo(args) -> None:
     print(text if args.json else markdown_table(result))
 
 
+def _cmd_findings(args) -> None:
+    from .findings import extract, render, update_readme
+    from .outputs import write_atomically
+
+    numbers = extract(args.out)
+    if args.json:
+        text = json.dumps(numbers, indent=1, ensure_ascii=False) + "\n"
+        write_atomically(Path(args.json), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    markdown = render(numbers)
+    if args.readme:
+        changed = update_readme(args.readme, markdown)
+        print(f"{args.readme}: findings {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
+    else:
+        print(markdown, end="")
+
+
 def _cmd_bench(args) -> None:
     import importlib
     import pkgutil
@@ -493,7 +515,7 @@ def _cmd_bench(args) -> None:
 COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
             "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
             "bench": _cmd_bench, "verify": _cmd_verify, "convert": _cmd_convert, "eval": _cmd_eval,
-            "study": _cmd_study}
+            "study": _cmd_study, "findings": _cmd_findings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,5 +69,7 @@ def test_write_figures_quick(zoo, tmp_path):
             "generalisation_difference.csv", "generalisation_pretrained.csv"} <= names
     assert 'id="freqmerge-generalisation"' in (tmp_path / "generalisation.html").read_text(encoding="utf-8")
     table = pd.read_csv(tmp_path / "generalisation.csv")
-    assert list(table.columns) == ["source", "target", "filtered", "accuracy_fraction", "loss"]   # unit in the name
+    assert list(table.columns) == ["source", "target", "filtered", "accuracy_fraction", "loss", "n_images"]
     assert len(table) == 2 * len(set(table["source"])) ** 2
+    assert set(table["n_images"]) == {32}   # quick: the first 32 test images of each target
+    assert set(pd.read_csv(tmp_path / "generalisation_pretrained.csv")["n_images"]) == {32}

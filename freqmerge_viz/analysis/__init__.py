@@ -14,7 +14,7 @@ from .generalisation import generalisation_difference, generalisation_matrix, ge
 from .interference import FilterSetting, interference_table
 from .landscape import Plane, PlaneStudy, interpolation_curves, make_plane, plane_study, project_points
 from .router_robustness import robustness_table, router_robustness
-from .spectra import radial_profiles_by_key, radial_profiles_table, spectra_of_key, spectra_table
+from .spectra import profile_shapes, radial_profiles_by_key, radial_profiles_table, spectra_of_key, spectra_table
 from .sweeps import SweepPoint, cutoff_sweep, run_point, sweep_points
 from .table1 import MethodSetting
 
@@ -23,6 +23,6 @@ __all__ = [
     "generalisation_difference", "generalisation_matrix", "generalisation_pivot", "FilterSetting",
     "interference_table", "Plane", "PlaneStudy", "interpolation_curves", "make_plane",
     "plane_study", "project_points", "robustness_table", "router_robustness", "radial_profiles_by_key",
-    "radial_profiles_table", "spectra_of_key", "spectra_table", "SweepPoint", "cutoff_sweep", "run_point",
+    "profile_shapes", "radial_profiles_table", "spectra_of_key", "spectra_table", "SweepPoint", "cutoff_sweep", "run_point",
     "sweep_points", "MethodSetting",
 ]

@@ -5,12 +5,12 @@ task t's inputs. Two measurements, for any model given a forward function per ta
 
 - :func:`disentanglement_error`: the weight-disentanglement error of Ortiz-Jimenez et al.
   over a grid of coefficients ``(α_1, α_2)`` for a pair of tasks,
-  ``ξ(α_1, α_2) = Σ_{t=1,2} P_{x∼D_t}[ f_t(x; θ_0 + α_1 τ_1 + α_2 τ_2) ≠ f_t(x; θ_0 + α_t τ_t) ]``,
+  ``ξ(α_1, α_2) = Σ_{t=1,2} P_{x∼D_t}[ f_t(x; θ_pre + α_1 τ_1 + α_2 τ_2) ≠ f_t(x; θ_pre + α_t τ_t) ]``,
   the share of task t's inputs whose predicted class changes when the other task's vector
   is added (0: perfectly disentangled; at most 2).
-- :func:`others_table`: per task t and scaling α, the accuracy on task t of ``θ_0``,
-  ``θ_0 + α τ_t`` (own), ``θ_0 + α Σ_{s≠t} τ_s`` (others) and ``θ_0 + α Σ_s τ_s`` (all,
-  task arithmetic). With disentangled vectors "others" stays near ``θ_0`` and "all" near
+- :func:`others_table`: per task t and scaling α, the accuracy on task t of ``θ_pre``,
+  ``θ_pre + α τ_t`` (own), ``θ_pre + α Σ_{s≠t} τ_s`` (others) and ``θ_pre + α Σ_s τ_s`` (all,
+  task arithmetic). With disentangled vectors "others" stays near ``θ_pre`` and "all" near
   "own".
 
 A forward is ``forward(params, inputs) -> logits`` over a mapping ``name -> tensor`` (as
@@ -95,11 +95,11 @@ def disentanglement_error(forwards: Mapping[str, Forward], data: Mapping[str, Da
     """Tidy ``alpha_1, alpha_2, task, disagreement, accuracy`` over the grid `alphas` × `alphas`.
 
     Per cell and task t of `pair` (= (task 1, task 2)): ``disagreement``, the share of
-    task t's `data` inputs whose predicted class under ``θ_0 + α_1 τ_1 + α_2 τ_2`` differs
-    from that under ``θ_0 + α_t τ_t`` (fraction in [0, 1]); ``accuracy``, the combined
+    task t's `data` inputs whose predicted class under ``θ_pre + α_1 τ_1 + α_2 τ_2`` differs
+    from that under ``θ_pre + α_t τ_t`` (fraction in [0, 1]); ``accuracy``, the combined
     model's accuracy on task t's labels. ξ of Ortiz-Jimenez et al. is the sum over the two
     tasks (:func:`disentanglement_pivot`). `keys` are the parameters the forwards need
-    (default: every pretrained key; keys a task vector lacks stay at ``θ_0``).
+    (default: every pretrained key; keys a task vector lacks stay at ``θ_pre``).
     ``df.attrs``: ``pair``, ``alphas``, ``samples`` (inputs per task). `progress`: a bar over the
     reference rows of the grid, per task of the pair (:mod:`freqmerge_viz.progress`).
     """
@@ -144,8 +144,8 @@ def others_table(forwards: Mapping[str, Forward], data: Mapping[str, Data], pret
                  scalings: Sequence[float] = (0.3,), keys: Sequence[str] | None = None, batch_size: int = 500,
                  mode: str = "auto", device=None, progress: bool | None = False) -> pd.DataFrame:
     """Tidy ``task, scaling, kind, accuracy, loss``: on each task t's `data`, the states
-    ``θ_0`` (kind ``pretrained``), ``θ_0 + α τ_t`` (``own``), ``θ_0 + α Σ_{s≠t} τ_s``
-    (``others``) and ``θ_0 + α Σ_s τ_s`` (``all``) for each α in `scalings`. Accuracy is a
+    ``θ_pre`` (kind ``pretrained``), ``θ_pre + α τ_t`` (``own``), ``θ_pre + α Σ_{s≠t} τ_s``
+    (``others``) and ``θ_pre + α Σ_s τ_s`` (``all``) for each α in `scalings`. Accuracy is a
     fraction in [0, 1], loss the mean cross-entropy in nats. The vectors summed are those
     of `tasks` (default: every task of `task_vectors`). `progress`: a bar over the tasks
     (:mod:`freqmerge_viz.progress`).

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..study import evaluate_on_study, is_study, sample_count
-from ..errors import EmptyInputError, ParameterError
+from ..errors import EmptyInputError, ParameterError, counted
 from ..io import load_state
 from ..taskvector import common_keys, stack_key, task_names
 from ..taskvector import TaskVector
@@ -161,7 +161,8 @@ def reference_accuracies(study, tasks: Sequence[str] | None = None, *, split: st
     ``{"scaling": 0.3}`` or ``{"scaling": s, "weights": λ}``; left out when ``None``) and
     ``finetuned`` (the task's own fine-tuned model).
 
-    Columns ``reference, task, accuracy`` (a fraction) and ``n_images``.
+    Columns ``reference, task, accuracy`` (a fraction), ``n_images`` and ``scaling`` (task
+    arithmetic's scaling on its rows, NaN on the others).
     """
     from ..methods import merge
 
@@ -178,6 +179,8 @@ def reference_accuracies(study, tasks: Sequence[str] | None = None, *, split: st
              for t, a in individual_accuracies(study, tasks, split=split, limit=limit).items()]
     table = pd.DataFrame(rows)
     table["n_images"] = table["task"].map(image_counts(study, tasks, split=split, limit=limit))
+    scaling = float((task_arithmetic or {}).get("scaling", float("nan")))
+    table["scaling"] = [scaling if r == "task_arithmetic" else float("nan") for r in table["reference"]]
     table.attrs.update({"split": split, "limit": limit, "task_arithmetic": dict(task_arithmetic or {})})
     return table
 
@@ -187,7 +190,7 @@ def device_label(device: torch.device | str = "cpu") -> str:
     target = torch.device(device)
     if target.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(target)})"
-    return f"{target.type} ({torch.get_num_threads()} threads, {platform.machine() or 'unknown cpu'})"
+    return f"{target.type} ({counted(torch.get_num_threads(), 'thread')}, {platform.machine() or 'unknown cpu'})"
 
 
 zoo_tasks = study_tasks

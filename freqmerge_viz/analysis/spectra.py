@@ -173,6 +173,21 @@ def radial_profiles_by_key(task_vectors: TaskVectors, keys=None, n_bins: int = 1
         raise EmptyInputError("none of the given keys is a matrix")
     return pd.DataFrame(rows)
 
+def profile_shapes(profiles: pd.DataFrame) -> pd.DataFrame:
+    """How flat each radial profile of :func:`radial_profiles_by_key` is: one row per ``key, task``
+    with ``deviation`` (largest distance of a shell's amplitude from the profile's mean, as a
+    fraction of that mean), ``dc_over_mean`` (the innermost shell over the mean) and
+    ``corner_over_dc`` (the outermost shell over the innermost). A flat spectrum gives 0, 1 and 1;
+    the paper's low-frequency concentration gives ``dc_over_mean`` well above 1."""
+    rows = []
+    for (key, task), group in profiles.groupby(["key", "task"], sort=False):
+        amplitude = group.sort_values("radius")["amplitude"].to_numpy(float)
+        mean = amplitude.mean()
+        rows.append({"key": key, "task": task, "deviation": float(np.max(np.abs(amplitude - mean)) / mean),
+                     "dc_over_mean": float(amplitude[0] / mean), "corner_over_dc": float(amplitude[-1] / amplitude[0])})
+    return pd.DataFrame(rows, columns=["key", "task", "deviation", "dc_over_mean", "corner_over_dc"])
+
+
 def spectrum_key(task_vector: TaskVector) -> str:
     """The matrix the report draws: the first attention weight matrix, else the first matrix."""
     matrices = [k for k in task_vector if len(task_vector.shape_of(k)) >= 2]

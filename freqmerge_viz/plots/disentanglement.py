@@ -11,8 +11,8 @@ from ..errors import ParameterError
 from ..tables import disentanglement_pivot
 from .core import new_figure
 
-_KIND_STYLE = {"pretrained": ("θ_0", "#7f7f7f", ":"), "own": ("θ_0 + α τ_t", "#2ca02c", "-"),
-               "others": ("θ_0 + α Σ_{s≠t} τ_s", "#d62728", "-"), "all": ("θ_0 + α Σ_s τ_s (TA)", "#1f77b4", "--")}
+_KIND_STYLE = {"pretrained": ("θ_pre", "#7f7f7f", ":"), "own": ("θ_pre + α τ_t", "#2ca02c", "-"),
+               "others": ("θ_pre + α Σ_{s≠t} τ_s", "#d62728", "-"), "all": ("θ_pre + α Σ_s τ_s (TA)", "#1f77b4", "--")}
 
 
 def _panels(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -83,7 +83,7 @@ def _check_others(table: pd.DataFrame) -> None:
 
 def others_figure(table: pd.DataFrame, title: str = ""):
     """Accuracy (%) against scaling α, mean over tasks (left) and per task (small panels),
-    one line per state: θ_0, own vector, the others' vectors, all vectors; ±1 SE bands (binomial,
+    one line per state: θ_pre, own vector, the others' vectors, all vectors; ±1 SE bands (binomial,
     from ``n_images``) when the table has them. One legend, in the empty slot under the mean panel
     (or right of the panels when they fit in one row)."""
     from .core import accuracy_summary, add_caption

@@ -47,7 +47,7 @@ def _point_label(row, grid: pd.DataFrame) -> str:
     if row.method in REFERENCE_STYLE:
         base = REFERENCE_STYLE[row.method][2]
         return f"{base} ({names[row.method]})" if names.get(row.method) else base
-    return f"{row.method} (d⊥ {row.off_plane_distance:.2g})"
+    return f"{row.method} (L2 distance {row.off_plane_distance:.2g} from the plane)"
 
 
 SHOWN = {"loss": "loss (log scale)", "accuracy": "accuracy (%)"}

@@ -46,7 +46,10 @@ def write_figures(study, out_dir, *, quick: bool = False, formats: Sequence[str]
                                "accuracy_fraction": list(table.attrs["pretrained"].values())})
     difference = generalisation_difference(table).reset_index()
     difference.insert(1, "unit", "accuracy fraction, filtered − unfiltered")
-    tables = {"generalisation.csv": table.rename(columns={"accuracy": "accuracy_fraction"}),
+    accuracies = table.rename(columns={"accuracy": "accuracy_fraction"})
+    accuracies["n_images"] = accuracies["target"].map(table.attrs["n_images"])
+    pretrained["n_images"] = pretrained["target"].map(table.attrs["n_images"])
+    tables = {"generalisation.csv": accuracies,
               "generalisation_difference.csv": difference,
               "generalisation_pretrained.csv": pretrained}
     for name, frame in tables.items():
