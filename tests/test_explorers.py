@@ -43,6 +43,9 @@ def assert_exports(explorer, tmp_path, div_id):
     assert f'id="{div_id}"'.encode() in first and b'"uid"' not in first
     with pytest.raises(ParameterError):
         explorer.export(tmp_path / "view.jpg")
+    numbers = (tmp_path / "view.csv").read_text(encoding="utf-8")
+    assert numbers.startswith("quantity,item,value\n")
+    assert "eval_counts," in numbers or "plane,samples," in numbers   # the images the numbers rest on
 
 
 # ----------------------------------------------------------------------------- ExpertExplorer

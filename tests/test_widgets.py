@@ -5,6 +5,7 @@ import json
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import freqmerge_viz as fmv
@@ -241,6 +242,22 @@ def test_export_formats_and_reproducible_html(explorer, tmp_path):
     explorer.export_path.value = str(tmp_path / "button.svg")
     explorer.export_button.click()
     assert (tmp_path / "button.svg").is_file() and "exported" in explorer.status.value
+    assert (tmp_path / "button.csv").is_file()
+
+
+def test_every_export_writes_the_numbers_shown_with_their_image_counts(explorer, tmp_path):
+    explorer.set(cutoff=0.3, kind="ideal", band="high")
+    shown = explorer.shown()
+    explorer.export(tmp_path / "view.png")
+    table = pd.read_csv(tmp_path / "view.csv", keep_default_na=False)
+    assert list(table.columns) == ["quantity", "item", "value"]
+    accuracy = table[table["quantity"] == "accuracy"].set_index("item")["value"].astype(float)
+    assert accuracy.to_dict() == pytest.approx(shown["accuracy"])
+    counts = table[table["quantity"] == "eval_counts"].set_index("item")["value"].astype(int)
+    assert counts.to_dict() == shown["eval_counts"]
+    assert float(table[table["quantity"] == "cutoff"]["value"].iloc[0]) == 0.3
+    assert explorer.export(tmp_path / "only.csv") == tmp_path / "only.csv"
+    assert (tmp_path / "only.csv").read_text() == (tmp_path / "view.csv").read_text()
 
 
 def test_any_models_with_an_evaluator_function(zoo):

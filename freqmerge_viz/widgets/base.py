@@ -30,7 +30,7 @@ DEBOUNCE_S = 0.1
 """Default quiet time (seconds) after the last control event before an update runs."""
 
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
-EXPORT_SUFFIXES = STATIC_SUFFIXES + (".html",)
+EXPORT_SUFFIXES = STATIC_SUFFIXES + (".html", ".csv")
 
 Schedule = Callable[[float, Callable[[], None]], Any]
 """``schedule(delay_s, callback) -> handle``; the handle has ``cancel()``."""
@@ -229,9 +229,12 @@ class Explorer:
     def export(self, path: str | os.PathLike, html_js: str = "inline") -> Path:
         """Write the current view: ``.png``/``.svg``/``.pdf`` as a matplotlib rendering
         (:meth:`static_figure`), ``.html`` as the plotly figure with a fixed div id and no random
-        trace ids (the same view gives the same bytes). `html_js`: where the page gets plotly.js
+        trace ids (the same view gives the same bytes), ``.csv`` as :meth:`shown_table`. A figure
+        comes with ``<stem>.csv`` beside it, the numbers it shows with their image counts, so a
+        picture is never the only record. `html_js`: where the page gets plotly.js
         (:func:`~freqmerge_viz.plots.core.save_html`): ``"inline"`` (default: one self-contained
-        file), ``"shared"`` (a ``plotly.min.js`` beside it) or ``"cdn"``."""
+        file), ``"shared"`` (a ``plotly.min.js`` beside it) or ``"cdn"``. Returns the path asked for."""
+        from ..io import write_atomically
         from ..plots.core import check_html_js, save_figure, save_html
 
         target = Path(path)
@@ -239,16 +242,44 @@ class Explorer:
         if suffix not in EXPORT_SUFFIXES:
             raise ParameterError(f"export to {', '.join(EXPORT_SUFFIXES)}; got {str(path)!r}")
         check_html_js(html_js)
+        numbers = target.with_suffix(".csv")
         check_output(target, self.input_paths(), what="export")
+        check_output(numbers, self.input_paths(), what="export")
         with self._lock:
+            table = self.shown_table()
             if suffix == ".html":
-                return save_html(self.plotly_figure(), target, div_id=self.export_div_id, html_js=html_js)
-            figure = self.static_figure()
-        stem = target.with_suffix("")
-        written = save_figure(figure, stem, formats=(suffix[1:],))[0]
-        if written != target:
-            os.replace(written, target)
+                save_html(self.plotly_figure(), target, div_id=self.export_div_id, html_js=html_js)
+            elif suffix != ".csv":
+                figure = self.static_figure()
+                written = save_figure(figure, target.with_suffix(""), formats=(suffix[1:],))[0]
+                if written != target:
+                    os.replace(written, target)
+        write_atomically(numbers, lambda tmp: table.to_csv(tmp, index=False))
         return target
+
+    def shown_table(self):
+        """:meth:`shown` as a tidy table, one row per number: ``quantity`` (the field, nested names
+        joined by ``.``), ``item`` (a task, method or index; empty for a single value) and
+        ``value``. Accuracies are fractions unless the field says percent; ``eval_counts`` (or
+        the plane's ``samples``) says how many images each rests on."""
+        import pandas as pd
+
+        rows: list[dict] = []
+
+        def walk(path: list[str], value) -> None:
+            if isinstance(value, Mapping):
+                for key, inner in value.items():
+                    walk(path + [str(key)], inner)
+            elif isinstance(value, (list, tuple)):
+                for index, inner in enumerate(value):
+                    walk(path + [f"[{index}]"], inner)
+            else:
+                quantity = path[0] + "".join(part if part.startswith("[") else f".{part}" for part in path[1:-1])
+                rows.append({"quantity": quantity, "item": path[-1] if len(path) > 1 else "", "value": value})
+
+        for quantity, value in self.shown().items():
+            walk([quantity], value)
+        return pd.DataFrame(rows, columns=["quantity", "item", "value"])
 
     def input_paths(self) -> list[Path]:
         """Files and folders the explorer reads (its zoo or checkpoints); exports never touch them."""
