@@ -39,9 +39,14 @@ def best_on_validation(means) -> int:
 
 def mean_se(accuracies, counts) -> float:
     """Standard error of the mean over tasks of per-task accuracies, each on its own `counts`
-    images (tasks independent): sqrt(Σ se_t²) / T. A fraction."""
-    ses = np.atleast_1d(binomial_se(np.asarray(accuracies, dtype=np.float64), np.asarray(counts)))
-    return float(math.sqrt(np.nansum(ses ** 2)) / len(ses)) if len(ses) else float("nan")
+    images (tasks independent): sqrt(Σ se_t²) / T. A fraction; NaN (unknown) when any task's
+    count is unknown (0 or None), since its own error is then unknown too."""
+    counts = np.asarray([0 if c is None else c for c in np.atleast_1d(np.asarray(counts, dtype=object))],
+                        dtype=np.float64)
+    ses = np.atleast_1d(binomial_se(np.asarray(accuracies, dtype=np.float64), counts))
+    if not len(ses) or not np.all(np.isfinite(ses)):
+        return float("nan")
+    return float(math.sqrt(np.sum(ses ** 2)) / len(ses))
 
 
 def within_noise(values, ses) -> bool:

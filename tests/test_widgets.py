@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import threading
 
 import numpy as np
@@ -258,6 +259,31 @@ def test_every_export_writes_the_numbers_shown_with_their_image_counts(explorer,
     assert float(table[table["quantity"] == "cutoff"]["value"].iloc[0]) == 0.3
     assert explorer.export(tmp_path / "only.csv") == tmp_path / "only.csv"
     assert (tmp_path / "only.csv").read_text() == (tmp_path / "view.csv").read_text()
+
+
+def test_an_evaluator_without_image_counts_shows_its_error_as_unknown(zoo):
+    tasks = ["digits", "signs"]
+    finetuned = {t: zoo.finetuned[t] for t in tasks}
+
+    def accuracies(state):
+        return zoo.evaluate(state, tasks=tasks, split="val", limit=4)
+
+    explorer = CutoffExplorer((zoo.pretrained, finetuned, accuracies), cutoff=0.3, key="blocks.1.mlp.fc1.weight")
+    shown = explorer.shown()
+    assert shown["mean_accuracy_se_percent"] is None and shown["eval_counts"] == {"digits": None, "signs": None}
+    summary = explorer.summary.value
+    assert "± ?" in summary and "± 0.0" not in summary and "standard error unknown" in summary
+    assert "noise unknown" in summary
+
+    def counted(state):
+        return {t: (round(a * 4), 4) for t, a in accuracies(state).items()}
+
+    explorer = CutoffExplorer((zoo.pretrained, finetuned, counted), cutoff=0.3, key="blocks.1.mlp.fc1.weight")
+    shown = explorer.shown()
+    assert shown["eval_counts"] == {"digits": 4, "signs": 4}
+    assert shown["mean_accuracy_se_percent"] > 0 and "± ?" not in explorer.summary.value
+    with pytest.raises(ParameterError, match="must be an accuracy or \\(correct, total\\)"):
+        CutoffExplorer((zoo.pretrained, finetuned, lambda state: {t: (1, 0) for t in tasks}))
 
 
 def test_any_models_with_an_evaluator_function(zoo):

@@ -235,8 +235,9 @@ class CutoffModel:
             self.eval_tasks = [str(t) for t in evaluator]
             self.eval_counts = {str(t): int(len(getattr(ev, "labels", ()))) or None for t, ev in evaluator.items()}
         else:
+            self._first_counts: dict[str, int] = {}
             self.eval_tasks = list(self._accuracy_dict(self._pretrained))
-            self.eval_counts = {t: None for t in self.eval_tasks}
+            self.eval_counts = {t: self._first_counts.get(t) for t in self.eval_tasks}
 
     def _default_key(self, method: str = "fr") -> str:
         """The first proper matrix (more than one row and column) the method's ``filter_scope``
@@ -252,12 +253,28 @@ class CutoffModel:
     def _accuracy_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         if isinstance(self._evaluator, Mapping):
             return {str(t): float(ev([state]).accuracy[0]) for t, ev in self._evaluator.items()}
-        return {str(t): float(a) for t, a in self._evaluator(state).items()}
+        return {str(t): self._fraction(str(t), a) for t, a in self._evaluator(state).items()}
 
     def _accuracy_of(self, state, task: str) -> float:
         if isinstance(self._evaluator, Mapping):
             return float(self._evaluator[task]([state]).accuracy[0])
-        return float(self._evaluator(state)[task])
+        return self._fraction(task, self._evaluator(state)[task])
+
+    def _fraction(self, task: str, value) -> float:
+        """An evaluator function's answer for `task` as a fraction: an accuracy, or a pair
+        ``(correct, total)``, whose total becomes the task's image count (its standard error is
+        unknown otherwise)."""
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2 or not value[1] or value[1] < 0:
+                raise ParameterError(f"the evaluator's answer for task {task!r} must be an accuracy or "
+                                     f"(correct, total) with total > 0, got {value!r}")
+            counts = getattr(self, "eval_counts", None)
+            if counts is not None:
+                counts[task] = int(value[1])
+            else:
+                self._first_counts[task] = int(value[1])
+            return float(value[0]) / float(value[1])
+        return float(value)
 
     def method_params(self, values: Mapping[str, Any]) -> dict:
         """The parameters handed to :func:`~freqmerge_viz.merge` for the settings `values`."""
@@ -579,7 +596,7 @@ class CutoffExplorer(Explorer):
             return None if value is None or not math.isfinite(value) else float(value)
 
         return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
-                "mean_accuracy_percent": mean, "mean_accuracy_se_percent": error,
+                "mean_accuracy_percent": mean, "mean_accuracy_se_percent": nan_to_none(error),
                 "accuracy_se_percent": dict(zip(self.eval_tasks, map(nan_to_none, d[ACCURACY].error_y.array))),
                 "eval_counts": dict(self.eval_counts),
                 "amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
@@ -601,7 +618,7 @@ class CutoffExplorer(Explorer):
             if all(t in values for t in tasks):
                 ref_mean, ref_error = self.mean_with_error(values)
                 references.append(f'<span class="fmv-reference" data-name="{name}" data-value="{ref_mean / 100:.6f}">'
-                                  f'{html.escape(REFERENCES[name])} {ref_mean:.1f} ± {ref_error:.1f}%</span>')
+                                  f'{html.escape(REFERENCES[name])} {ref_mean:.1f}{_plus_minus(ref_error)}%</span>')
         per_task = " ".join(f'<span class="fmv-task-accuracy" data-task="{html.escape(t)}" '
                             f'data-value="{view.accuracy[t]:.6f}">{html.escape(t)} {100 * view.accuracy[t]:.1f}%'
                             f'</span>' for t in tasks)
@@ -609,17 +626,20 @@ class CutoffExplorer(Explorer):
         if all(t in view.no_filter for t in tasks):
             ref_mean, ref_error = self.mean_with_error(view.no_filter)
             delta, spread = mean - ref_mean, math.hypot(error, ref_error)
-            verdict = "within noise" if not abs(delta) > 2 * spread else "beyond 2 SE"
+            verdict = ("noise unknown" if not math.isfinite(spread) else
+                       "within noise" if not abs(delta) > 2 * spread else "beyond 2 SE")
             difference = (f' · filtered − unfiltered: <span class="fmv-difference" data-value="{delta:.4f}">'
-                          f'{delta:+.1f} ± {spread:.1f} points ({verdict})</span>')
+                          f'{delta:+.1f}{_plus_minus(spread)} points ({verdict})</span>')
         nothing = (f'<br><b class="fmv-nothing-kept">No bin of {html.escape(view.key)} is kept: its merged delta '
                    'is zero.</b>') if view.nothing_kept else ""
         unfiltered = self.model.unfiltered_note(self.values)
         n = (f"{self.eval_per_task} images per task, ±1 binomial SE" if self.eval_per_task
-             else "the evaluator's data")
+             else "the evaluator's data, ±1 binomial SE" if math.isfinite(error)
+             else "the evaluator's data; standard error unknown: it gave accuracies without image counts "
+                  "(return {task: (correct, total)} to have them)")
         return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
                 f'<span class="fmv-mean-accuracy" data-value="{np.mean([view.accuracy[t] for t in tasks]):.6f}">'
-                f'{mean:.1f} ± {error:.1f}%</span></b> on the {html.escape(self.eval_description)} ({n})'
+                f'{mean:.1f}{_plus_minus(error)}%</span></b> on the {html.escape(self.eval_description)} ({html.escape(n)})'
                 f'{difference}<br>references: {" · ".join(references)}<br>{per_task} · kept '
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
                 f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}</div>')
@@ -682,7 +702,7 @@ class CutoffExplorer(Explorer):
         ax_acc.set_ylim(0, 105)
         ax_acc.set_ylabel("accuracy (%)")
         mean, error = self.mean_with_error(view.accuracy)
-        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f} ± {error:.1f}% ({self.eval_description})",
+        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({self.eval_description})",
                          fontsize=9)
         ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values
@@ -695,3 +715,8 @@ class CutoffExplorer(Explorer):
 def _summary(result) -> tuple[float, float]:
     """(mean raw variance over the result's matrices, the result's normalised mean)."""
     return float(result.per_matrix["variance"].mean()), float(result.mean)
+
+
+def _plus_minus(error: float) -> str:
+    """`` ± 1.2`` for a known standard error (percent points), `` ± ?`` for an unknown one."""
+    return f" ± {error:.1f}" if math.isfinite(error) else " ± ?"
