@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "one checkpoint per task in OUT/<task>/)")
     merge.add_argument("--pretrained", help="pretrained checkpoint")
     merge.add_argument("--finetuned", nargs="+", metavar="CKPT", help="fine-tuned checkpoints")
+    merge.add_argument("--names", nargs="+", metavar="NAME", help="task names, one per fine-tuned checkpoint "
+                       "(default: file names, or folder names when the file names collide)")
     merge.add_argument("--out", required=True,
                        help="output folder (model.safetensors or shards + merge.json; replaced whole, never "
                             "partly), or X.safetensors for one file with its record in X.merge.json")
@@ -255,7 +257,7 @@ def _cmd_merge(args) -> None:
                            exclude=settings["exclude"], max_shard_size=settings["max_shard_size"],
                            dtype=settings["dtype"], device=args.device,
                            pickled_modules=args.pickled_modules or bool(config.get("pickled_modules")),
-                           progress=_progress(args))
+                           progress=_progress(args), names=args.names or config.get("names"))
     if Path(args.out).suffix.lower() == ".safetensors":
         print(f"merged with {record['method']} into {args.out} (record: {record_path(args.out)})")
     else:

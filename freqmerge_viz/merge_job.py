@@ -29,10 +29,10 @@ from .errors import FreqMergeError, ParameterError
 from .io import KeyMapState, LazyState, is_own_weight_file, load_state, plan_shards, write_file, write_shards
 from .outputs import prepare_file_output, staged_folder, write_atomically, write_text_atomically
 from .progress import progress_bar
-from .taskvector import DerivedState
+from .taskvector import DerivedState, names_from_sources
 
 CONFIG_FIELDS = ("method", "preset", "parameters", "pretrained", "finetuned", "include", "exclude",
-                 "max_shard_size", "dtype", "pickled_modules")
+                 "max_shard_size", "dtype", "pickled_modules", "names")
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json", "merges.txt",
                  "vocab.*", "*.model")
@@ -258,13 +258,15 @@ def _counted(state: LazyState, bar) -> LazyState:
 def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.PathLike, *,
                   parameters: Mapping[str, Any] | None = None, preset: str | None = None,
                   include=None, exclude=None, max_shard_size=None, dtype: str | None = None,
-                  device=None, pickled_modules: bool = False, progress: bool | None = False) -> dict:
+                  device=None, pickled_modules: bool = False, progress: bool | None = False,
+                  names: Sequence[str] | None = None) -> dict:
     """Merge and write the result with its record; return the record.
 
     `out` is a folder receiving ``model.safetensors`` (sharded past `max_shard_size`) and
     ``merge.json``, or a file ``X.safetensors`` with its record in ``X.merge.json``. A routed
     merge (``free``, ``emr``, ``twin``) writes one state per task, ``out/<task>/...``, and
-    its storage table in the record. Before any tensor is read: the parameters are
+    its storage table in the record; `names` name the tasks (default: the checkpoints' file names,
+    or their folders' names when the file names collide). Before any tensor is read: the parameters are
     validated, `out` is checked not to overlap any input and to be writable with room for
     the output, and the inputs are hashed. `pickled_modules` reads pickled whole modules
     (:func:`~freqmerge_viz.io.load_state`). `progress` shows a bar over the keys written
@@ -290,6 +292,12 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
     pre_state = load_state(pretrained, pickled_modules=pickled_modules)
     ft_states = [load_state(item, pickled_modules=pickled_modules) for item in finetuned]
     get_method(method).resolve(params, len(finetuned))
+    if names is not None and len(names) != len(finetuned):
+        raise ParameterError(f"{len(names)} names for {len(finetuned)} fine-tuned checkpoints")
+    names = [str(n) for n in names] if names is not None else names_from_sources(finetuned)
+    if names is not None and len(set(names)) != len(names):
+        raise ParameterError(f"task names must be distinct, got {names}")
+    tasks = dict(zip(names, ft_states)) if names is not None else ft_states
     side_files = [] if single_file else hf_side_files(pretrained)
     pre_config = hf_config(pretrained)
     groups = tie_groups(pre_state, pre_config)
@@ -319,13 +327,14 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
                        "finetuned": [describe_input(f, s) for f, s in zip(finetuned, ft_states)]},
             "include": include, "exclude": exclude, "dtype": dtype, "max_shard_size": max_shard_size,
             "pickled_modules": pickled_modules, "ties": {"groups": groups, "left_out": dropped},
+            "names": names,
         }
         metadata = {"format": "pt", "freqmerge_viz.method": method, "freqmerge_viz.version": _version(),
                     "freqmerge_viz.inputs": json.dumps({"pretrained": record["inputs"]["pretrained"]["sha256"],
                                                         "finetuned": [i["sha256"] for i in record["inputs"]["finetuned"]]})}
         bar = stack.enter_context(progress_bar(None, f"merge {method}", progress))
         if routed:
-            merged = routed_merge(method, pre_state, ft_states, include=include, exclude=exclude,
+            merged = routed_merge(method, pre_state, tasks, include=include, exclude=exclude,
                                   device=device or "cpu", **params)
             files = []
             bar.reset(total=len(merged.task_names) * len(pre_state))
@@ -343,7 +352,7 @@ def merge_to_disk(method: str, pretrained, finetuned: Sequence, out: str | os.Pa
             record["parameters"] = merged.settings
             record["statistics"] = {"storage": merged.storage_table().to_dict("records")}
         else:
-            state = merge(method, pre_state, ft_states, include=include, exclude=exclude, device=device,
+            state = merge(method, pre_state, tasks, include=include, exclude=exclude, device=device,
                           dtype=torch_dtype, **params)
             metadata["freqmerge_viz.parameters"] = json.dumps(state.params, sort_keys=True, default=str)
             record["parameters"], record["statistics"] = state.params, state.statistics

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -116,7 +118,7 @@ class TaskVector(Mapping):
 
         shapes = {k: pre.shape_of(k) for k in keys}
         sources = {k: f"{ft.source_of(k)} − {pre.source_of(k)}" for k in keys}
-        return cls(keys, compute, shapes, name=name or _short_name(ft.name), skipped=skipped,
+        return cls(keys, compute, shapes, name=name or short_name(ft.name), skipped=skipped,
                    sources=sources, origins=pre.origins + ft.origins)
 
     @classmethod
@@ -285,7 +287,8 @@ def _cosine(dot: float, aa: float, bb: float) -> float:
     return dot / math.sqrt(aa * bb)
 
 
-def _short_name(name: str) -> str:
+def short_name(name: str) -> str:
+    """A checkpoint's name without its folders and weight-file suffix (``a/b/ft.safetensors`` → ``ft``)."""
     tail = name.rstrip("/").split("/")[-1]
     for suffix in (".safetensors", ".pt", ".pth", ".bin"):
         if tail.endswith(suffix):
@@ -295,6 +298,19 @@ def _short_name(name: str) -> str:
 
 # ------------------------------------------------------------------ stacks of task vectors
 TaskVectors = Sequence[Mapping[str, torch.Tensor]]
+
+
+def names_from_sources(sources: Sequence) -> list[str] | None:
+    """Task names for checkpoint paths whose file names collide (task_vectors' layout: every file
+    ``<task>/finetuned.pt``): each file's folder name, when those are distinct; else ``None``."""
+    paths = [Path(s) for s in sources if isinstance(s, (str, os.PathLike))]
+    if len(paths) != len(sources) or len(paths) < 2:
+        return None
+    stems = [short_name(str(p)) for p in paths]
+    if len(set(stems)) == len(stems):
+        return None
+    folders = [(p.parent if p.is_file() or p.suffix else p).resolve().name for p in paths]
+    return folders if all(folders) and len(set(folders)) == len(folders) else None
 
 
 def task_names(task_vectors: TaskVectors) -> list[str]:

@@ -230,3 +230,14 @@ def test_write_figures_quick(zoo, tmp_path):
     assert set(grid["setting"]) == {"unfiltered", L.filter_label(True)} and len(grid) == 2 * 25
     points = pd.read_csv(tmp_path / "landscape_points.csv")
     assert "task_arithmetic" in set(points["method"])
+
+
+def test_an_evaluator_landscape_names_its_tasks_by_file_or_by_names(zoo, tmp_path):
+    images, labels = ZE.zoo_data(zoo, A, "test", 8)
+    evaluator = E.Evaluator(ZE.zoo_forward(zoo, A), images, labels, tuple(ZE.zoo_backbone_keys(zoo)), name="zoo")
+    files = [zoo.path / "finetuned" / f"{task}.safetensors" for task in (A, B)]
+    assert all(f.is_file() for f in files)
+    grid = L.landscape(evaluator, *files, pretrained=zoo.pretrained, grid=2)
+    assert (grid.attrs["task_a"], grid.attrs["task_b"]) == (A, B)          # file names, not paths
+    named = L.landscape(evaluator, *files, pretrained=zoo.pretrained, grid=2, names=("left", "right"))
+    assert (named.attrs["task_a"], named.attrs["task_b"]) == ("left", "right")

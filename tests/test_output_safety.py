@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import freqmerge_viz as fmv
 import freqmerge_viz.io
 import freqmerge_viz.outputs as outputs
 from freqmerge_viz.cli import main
@@ -445,3 +446,34 @@ def test_symlink_loop_is_named_as_such(tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(FreqMergeError, match="symlink loop"):
         load_state(loop)
+
+
+def _task_vectors_layout(root: Path, pre: Path) -> list[Path]:
+    """Fine-tuned models laid out as task_vectors does: every file ``<task>/finetuned.safetensors``."""
+    base = load_state(pre)
+    g = torch.Generator().manual_seed(5)
+    files = []
+    for task in ("cars", "dtd", "eurosat"):
+        (root / task).mkdir(parents=True)
+        save_state({k: base[k] + 0.1 * torch.randn(base.shape_of(k), generator=g) for k in base},
+                   root / task / "finetuned.safetensors")
+        files.append(root / task / "finetuned.safetensors")
+    return files
+
+
+def test_colliding_file_names_take_their_folders_names_and_names_override(tmp_path, models):
+    paths, _ = models
+    files = _task_vectors_layout(tmp_path / "tv", paths["pre"])
+    routed = fmv.routed_merge("emr", paths["pre"], files)
+    assert routed.task_names == ["cars", "dtd", "eurosat"]
+    assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
+                 "--out", str(tmp_path / "routed")]) == 0
+    assert sorted(p.name for p in (tmp_path / "routed").iterdir() if p.is_dir()) == ["cars", "dtd", "eurosat"]
+    assert json.loads((tmp_path / "routed" / "merge.json").read_text())["names"] == ["cars", "dtd", "eurosat"]
+    assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
+                 "--names", "a", "b", "c", "--out", str(tmp_path / "named")]) == 0
+    assert sorted(p.name for p in (tmp_path / "named").iterdir() if p.is_dir()) == ["a", "b", "c"]
+    assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
+                 "--names", "a", "b", "--out", str(tmp_path / "short")]) == 2
+    distinct = fmv.routed_merge("emr", paths["pre"], finetuned(paths))
+    assert distinct.task_names == ["ft0", "ft1", "ft2"]   # distinct file names stay as they are

@@ -55,6 +55,7 @@ from ..errors import ParameterError, ShapeMismatchError, check_positive_int
 from ..io import load_state, write_atomically
 from ..keys import Patterns, select_keys
 from ..spectral import FilterSpec, filter_stack
+from ..taskvector import names_from_sources, short_name
 
 StackStep = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -548,7 +549,8 @@ def plane_study(source, task_a, task_b, *, eval_task: str | None = None, filtere
             raise ParameterError("eval_task applies to a study; an Evaluator fixes its own data")
         evaluator = replace(source, **options)
         pre, fa, fb = (load_state(s) for s in (pretrained, task_a, task_b))
-        names = names or (getattr(fa, "name", "A"), getattr(fb, "name", "B"))
+        names = names or names_from_sources([task_a, task_b]) or (
+            short_name(getattr(fa, "name", "") or "A"), short_name(getattr(fb, "name", "") or "B"))
         info, recipe = {}, None
     elif hasattr(source, "finetuned") and hasattr(source, "pretrained"):
         for task in (task_a, task_b):
@@ -574,7 +576,7 @@ def landscape(source, task_a, task_b, *, eval_task: str | None = None, grid=21, 
               include: Patterns = None, exclude: Patterns = None, cache_dir=None, mode: str | None = None,
               chunk: int | None = None, device=None, batch_size: int | None = None,
               memory_budget: int | None = None, workers: int | None = None, executor=None,
-              rows_per_block: int = 1) -> pd.DataFrame:
+              rows_per_block: int = 1, names: tuple[str, str] | None = None) -> pd.DataFrame:
     """Loss and accuracy over a grid of the plane of two task vectors (tidy:
     ``alpha, beta, loss, accuracy``; plane metadata in ``df.attrs``).
 
@@ -585,12 +587,14 @@ def landscape(source, task_a, task_b, *, eval_task: str | None = None, grid=21, 
     `filtered`, `include`/`exclude` and `cache_dir`: see the module docstring. The engine
     options (mode, chunk, device, batch_size, memory_budget, workers; see
     :func:`~freqmerge_viz.engine.evaluate_params`) replace the evaluator's where not ``None``.
-    `executor` and `rows_per_block`: see :meth:`PlaneStudy.grid` (default: serial).
+    `executor` and `rows_per_block`: see :meth:`PlaneStudy.grid` (default: serial). `names`: the
+    two tasks' names in titles and legends (default: the study's task names, else the fine-tuned
+    files' names, or their folders' names when the file names are the same).
     """
     study = plane_study(source, task_a, task_b, eval_task=eval_task, filtered=filtered, split=split, limit=limit,
                         head=head, pretrained=pretrained, include=include, exclude=exclude, cache_dir=cache_dir,
                         mode=mode, chunk=chunk, device=device, batch_size=batch_size, memory_budget=memory_budget,
-                        workers=workers)
+                        workers=workers, names=names)
     return study.grid(grid, executor=executor, rows_per_block=rows_per_block)
 
 
@@ -599,13 +603,13 @@ def project_points(source, task_a, task_b, *, methods=None, points=None, referen
                    head: str = "finetuned", pretrained=None, include: Patterns = None, exclude: Patterns = None,
                    cache_dir=None, mode: str | None = None, chunk: int | None = None, device=None,
                    batch_size: int | None = None, memory_budget: int | None = None,
-                   workers: int | None = None) -> pd.DataFrame:
+                   workers: int | None = None, names: tuple[str, str] | None = None) -> pd.DataFrame:
     """Merged points on the plane: ``method, alpha, beta, off_plane_distance, loss, accuracy``
     (see :meth:`PlaneStudy.points`; other arguments as in :func:`landscape`)."""
     study = plane_study(source, task_a, task_b, eval_task=eval_task, filtered=filtered, split=split, limit=limit,
                         head=head, pretrained=pretrained, include=include, exclude=exclude, cache_dir=cache_dir,
                         mode=mode, chunk=chunk, device=device, batch_size=batch_size, memory_budget=memory_budget,
-                        workers=workers)
+                        workers=workers, names=names)
     return study.points(methods, points, references)
 
 
@@ -614,13 +618,13 @@ def interpolation_curves(source, task_a, task_b, *, n: int = 21, t=None, eval_ta
                          pretrained=None, include: Patterns = None, exclude: Patterns = None, cache_dir=None,
                          mode: str | None = None, chunk: int | None = None, device=None,
                          batch_size: int | None = None, memory_budget: int | None = None,
-                         workers: int | None = None) -> pd.DataFrame:
+                         workers: int | None = None, names: tuple[str, str] | None = None) -> pd.DataFrame:
     """1-D curves θ_pre → A, θ_pre → B and A → B (see :meth:`PlaneStudy.curves`; other
     arguments as in :func:`landscape`)."""
     study = plane_study(source, task_a, task_b, eval_task=eval_task, filtered=filtered, split=split, limit=limit,
                         head=head, pretrained=pretrained, include=include, exclude=exclude, cache_dir=cache_dir,
                         mode=mode, chunk=chunk, device=device, batch_size=batch_size, memory_budget=memory_budget,
-                        workers=workers)
+                        workers=workers, names=names)
     return study.curves(n, t)
 
 

@@ -21,7 +21,7 @@ from ..errors import EmptyInputError, MissingKeysError, ParameterError, ScopeWar
 from ..io import LazyState, load_state
 from ..keys import Patterns
 from ..scopes import SCOPE_NAMES, scope_parts, scope_warning
-from ..taskvector import DerivedState, TaskVector, common_keys, stack_key
+from ..taskvector import DerivedState, TaskVector, common_keys, names_from_sources, stack_key
 
 
 @dataclass(frozen=True)
@@ -319,8 +319,9 @@ def as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: P
                     exclude: Patterns, device: torch.device) -> list[TaskVector]:
     """Task vectors from a list of fine-tuned models or task vectors, or a ``{task: model}`` mapping.
 
-    Names come from the mapping's keys, else from the task vectors or files; models held in
-    memory without a name are called ``task0, task1, …``.
+    Names come from the mapping's keys, else from the task vectors or files (their folders' names
+    when the file names collide, as in ``<task>/finetuned.pt``); models held in memory without a
+    name are called ``task0, task1, …``.
     """
     names = None
     items = finetuned_or_task_vectors
@@ -339,6 +340,7 @@ def as_task_vectors(pretrained: LazyState, finetuned_or_task_vectors, include: P
     else:
         vectors = [TaskVector.from_states(pretrained, item, include=include, exclude=exclude, device=device)
                    for item in items]
+    names = names or names_from_sources(items)
     for i, tv in enumerate(vectors):
         if names is not None:
             tv.name = names[i]
