@@ -393,13 +393,26 @@ def _cmd_synth(args) -> None:
 
 
 def _open_inputs(args) -> tuple:
-    """--pretrained and --finetuned: as given, or opened as states with --pickled-modules."""
-    if not args.pickled_modules:
-        return args.pretrained, args.finetuned
-    from .io import load_state
+    """--pretrained opened as a state, --finetuned as given (opened too with --pickled-modules).
 
-    return (load_state(args.pretrained, pickled_modules=True),
-            [load_state(path, pickled_modules=True) for path in args.finetuned])
+    Without --include, a checkpoint holding both CLIP towers is analysed on its image tower
+    only (the text tower of an image fine-tune is unchanged: zero task vectors that would dilute
+    every mean); a note on stderr says so once."""
+    from .io import load_state
+    from .keys import select_keys
+    from .scopes import image_tower
+
+    pretrained = load_state(args.pretrained, pickled_modules=args.pickled_modules)
+    finetuned = ([load_state(path, pickled_modules=True) for path in args.finetuned] if args.pickled_modules
+                 else args.finetuned)
+    tower = image_tower(pretrained) if args.include is None else None
+    if tower:
+        args.include = list(tower)
+        chosen = len(select_keys(pretrained, tower))
+        print(f"note: {args.pretrained} holds both CLIP towers; analysing the image tower only "
+              f"({', '.join(tower)}: {chosen} of {len(pretrained)} keys); --include '*' analyses every key",
+              file=sys.stderr)
+    return pretrained, finetuned
 
 
 def _cmd_inspect(args) -> None:

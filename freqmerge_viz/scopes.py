@@ -288,3 +288,26 @@ def scope_warning(owner: str, scopes: Mapping[str, tuple[str, str]],
                                                              len(attention) > shown else "") + "."
     return text + (" 'official' and 'attn_mlp' are the authors' name rules for open_clip; 'attention', 'mlp' and "
                    "'layer_matrices' know the architectures listed by freqmerge_viz.scopes.ARCHITECTURES.")
+
+
+_TEXT_TOWER = ("transformer.", "token_embedding.", "text_projection", "ln_final.", "positional_embedding")
+
+
+def image_tower(keys: Iterable[str]) -> tuple[str, ...] | None:
+    """Include globs selecting the image tower of a checkpoint that holds both CLIP towers
+    (open_clip names, task_vectors' ``model.visual.*`` included, or Hugging Face ``CLIPModel``),
+    or ``None`` when the keys are not such a checkpoint. Reads key names only."""
+    keys = list(keys)
+    for key in keys:
+        if key.endswith("visual.conv1.weight"):
+            prefix = key[:-len("conv1.weight")]
+            root = prefix[:-len("visual.")]
+            if any(k.startswith(root + part) for k in keys for part in _TEXT_TOWER):
+                return (prefix + "*",)
+        elif key.endswith("vision_model.embeddings.patch_embedding.weight"):
+            prefix = key[:-len("embeddings.patch_embedding.weight")]
+            root = prefix[:-len("vision_model.")]
+            if any(k.startswith(root + "text_model.") for k in keys):
+                projection = [k for k in keys if k.startswith(root + "visual_projection.")]
+                return (prefix + "*",) + ((root + "visual_projection.*",) if projection else ())
+    return None

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from freqmerge_viz.io import save_state
 from freqmerge_viz.study import examples
 from freqmerge_viz.study.clip import classification_logits, image_features, normalise_images
 from freqmerge_viz.study.examples import (TASKS, TINY_EMBED, TINY_TEXT, TINY_VISION, finetune, fit_head,  # noqa: F401
@@ -190,3 +191,22 @@ def reference_logits(model, state: dict[str, torch.Tensor], head, images: torch.
 def functional_reference(tower, params, head_weight, head_bias, images):
     """The toolkit's forward, for side-by-side checks."""
     return classification_logits(image_features(params, images, tower), head_weight, head_bias)
+
+
+def two_tower_checkpoints(tmp_path: Path) -> tuple[str, list[str]]:
+    """A tiny checkpoint named like task_vectors' ImageEncoder (model.visual.* and a text tower);
+    the fine-tuned copies change the image tower only, as an image fine-tune does."""
+    g = torch.Generator().manual_seed(11)
+    pre = {"model.visual.conv1.weight": torch.randn(8, 3, 2, 2, generator=g),
+           "model.visual.class_embedding": torch.randn(8, generator=g),
+           "model.visual.transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8, generator=g),
+           "model.transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8, generator=g),
+           "model.token_embedding.weight": torch.randn(16, 8, generator=g),
+           "model.positional_embedding": torch.randn(6, 8, generator=g)}
+    save_state(pre, tmp_path / "pre.safetensors")
+    paths = []
+    for t in range(2):
+        ft = {k: v + (0.1 * torch.randn(v.shape, generator=g) if ".visual." in k else 0) for k, v in pre.items()}
+        save_state(ft, tmp_path / f"ft{t}.safetensors")
+        paths.append(str(tmp_path / f"ft{t}.safetensors"))
+    return str(tmp_path / "pre.safetensors"), paths

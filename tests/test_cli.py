@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
 import pytest
 
+from clip_support import two_tower_checkpoints
 from freqmerge_viz.cli import build_parser, main
 
 
@@ -106,3 +108,19 @@ def test_html_js_choices_are_the_library_s():
         assert parser.parse_args([command]).html_js == "shared"
         choices = [a.choices for where, a in _actions(parser) if where == command and a.dest == "html_js"]
         assert choices == [list(HTML_JS)]
+
+
+def test_interference_on_a_two_tower_clip_checkpoint_uses_the_image_tower(tmp_path, capsys):
+    pre, fts = two_tower_checkpoints(tmp_path)
+    assert main(["interference", "--pretrained", pre, "--finetuned", *fts]) == 0
+    captured = capsys.readouterr()
+    assert "holds both CLIP towers; analysing the image tower only (model.visual.*: 3 of 6 keys)" in captured.err
+    default = json.loads(captured.out)["rows"]
+    assert main(["interference", "--pretrained", pre, "--finetuned", *fts, "--include", "model.visual.*"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == default and "CLIP towers" not in captured.err
+    assert main(["interference", "--pretrained", pre, "--finetuned", *fts, "--include", "*"]) == 0
+    everything = json.loads(capsys.readouterr().out)["rows"]
+    # the text tower's zero task vectors dilute the mean over matrices (3 image matrices of 2+ dims
+    # against 3 more text ones)
+    assert everything[0]["all_bins"] < default[0]["all_bins"]

@@ -286,6 +286,16 @@ def test_an_evaluator_without_image_counts_shows_its_error_as_unknown(zoo):
         CutoffExplorer((zoo.pretrained, finetuned, lambda state: {t: (1, 0) for t in tasks}))
 
 
+def test_on_a_two_tower_clip_checkpoint_the_explorer_covers_the_image_tower_and_says_so(tmp_path):
+    from clip_support import two_tower_checkpoints
+
+    pre, fts = two_tower_checkpoints(tmp_path)
+    explorer = CutoffExplorer((pre, {"a": fts[0], "b": fts[1]}, lambda state: {"a": (3, 4), "b": (2, 4)}))
+    assert all(key.startswith("model.visual.") for key in explorer.matrix_keys)
+    assert explorer.shown()["key"] == "model.visual.transformer.resblocks.0.attn.in_proj_weight"
+    assert "Image tower only (model.visual.*)" in explorer.summary.value
+
+
 def test_any_models_with_an_evaluator_function(zoo):
     tasks = ["digits", "signs"]
     finetuned = {t: zoo.finetuned[t] for t in tasks}

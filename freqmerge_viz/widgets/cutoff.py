@@ -34,7 +34,7 @@ from ..io import load_state
 from ..methods import ResolvedMethod, get_method, list_methods
 from ..metrics import amplitude_variance
 from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, spectrum_image
-from ..scopes import selects
+from ..scopes import image_tower, selects
 from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
@@ -227,6 +227,13 @@ class CutoffModel:
         self.tasks = [str(t) for t in finetuned]
         self._pretrained = {k: pre[k].to(self.device) for k in pre}
         self._finetuned = {str(t): state for t, state in finetuned.items()}
+        tower = image_tower(self._pretrained) if include is None else None
+        self.scope_note = ""
+        """Which keys the explorer covers when it chose them itself (a two-tower CLIP checkpoint)."""
+        if tower:
+            include = list(tower)
+            self.scope_note = (f"Image tower only ({', '.join(tower)}): the checkpoints hold both CLIP towers; "
+                               "pass include= to choose the keys.")
         self._vectors = [TaskVector.from_states(self._pretrained, state, include=include, name=str(t),
                                                 device=self.device).materialize()
                          for t, state in finetuned.items()]
@@ -642,7 +649,8 @@ class CutoffExplorer(Explorer):
                 f'{mean:.1f}{_plus_minus(error)}%</span></b> on the {html.escape(self.eval_description)} ({html.escape(n)})'
                 f'{difference}<br>references: {" · ".join(references)}<br>{per_task} · kept '
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
-                f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}</div>')
+                f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}'
+                f'{"<br>" + html.escape(self.scope_note) if self.scope_note else ""}</div>')
 
 
     def static_figure(self):
