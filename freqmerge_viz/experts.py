@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -447,6 +447,22 @@ def _scales(rescale, density, kept_abs, total_abs, entries, kept_key_means, tota
     total_mean = (total_abs / entries).tolist()
     lambdas = coefficients if coefficients is not None else fr_coefficients(total_mean)
     return [paper_rescale(kept_mean[i], total_mean[i], lambdas[i], density) for i in range(n_tasks)]
+
+
+def svd_storage(shapes: Iterable[Sequence[int]], rank: int) -> int:
+    """Numbers a rank-`rank` :func:`svd_experts` expert stores for parameters of these shapes,
+    from the shapes alone: ``rank·(m + n)`` per matrix (``m = shape[0]``, ``n = prod(shape[1:])``)
+    whose smaller side exceeds the rank, every entry of the other matrices and of 0-d and 1-D keys."""
+    rank = check_positive_int("rank", rank)
+    total = 0
+    for shape in shapes:
+        shape = tuple(shape)
+        if len(shape) < 2:
+            total += math.prod(shape)
+            continue
+        m, n = shape[0], math.prod(shape[1:])
+        total += m * n if min(m, n) <= rank else rank * (m + n)
+    return total
 
 
 def svd_experts(task_vectors: TaskVectors, rank: int, include: Patterns = None,

@@ -91,3 +91,17 @@ def test_bad_kind_and_densities(shipped_zoo):
         expert_curves(shipped_zoo, kinds=("topk", "random"), tasks=shipped_zoo.tasks[:1], limit=8)
     with pytest.raises(ParameterError, match="density"):
         expert_curves(shipped_zoo, kinds=("topk",), densities=(0.0,), tasks=shipped_zoo.tasks[:1], limit=8)
+
+
+def test_svd_storage_from_shapes_equals_the_experts_own_count():
+    from freqmerge_viz.experts import svd_experts, svd_storage
+
+    g = torch.Generator().manual_seed(2)
+    tensors = {"w": torch.randn(12, 7, generator=g), "conv": torch.randn(6, 2, 3, 3, generator=g),
+               "thin": torch.randn(1, 9, generator=g), "b": torch.randn(7, generator=g), "s": torch.tensor(0.5)}
+    vector = TaskVector.from_tensors(tensors)
+    shapes = [tuple(vector.shape_of(k)) for k in vector]
+    for rank in (1, 2, 5, 6, 7, 12, 20):
+        assert svd_storage(shapes, rank) == svd_experts([vector], rank)[0].parameters_kept(), rank
+    # by hand at rank 2: w 2·(12 + 7), conv (6 × 18) 2·(6 + 18), thin whole (9), b 7, s 1
+    assert svd_storage(shapes, 2) == 38 + 48 + 9 + 7 + 1

@@ -29,7 +29,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import ParameterError, check_choice
-from ..experts import check_density, extract_experts, storage_table, svd_experts
+from ..experts import check_density, extract_experts, storage_table, svd_experts, svd_storage
 from ..progress import track
 from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
                          study_task_vectors, study_tasks)
@@ -46,13 +46,14 @@ def topk_budget(task_vector, density: float) -> int:
 
 
 def svd_storage_by_rank(task_vector) -> dict[int, int]:
-    """Numbers a rank-r SVD expert of `task_vector` stores, for every r up to its largest matrix side.
+    """Numbers a rank-r SVD expert of `task_vector` stores, for every r up to its largest matrix
+    side, from the shapes alone (:func:`~freqmerge_viz.experts.svd_storage`: no SVD is computed).
 
     Not monotone in r: a matrix whose smaller side is ``<= r`` is stored whole.
     """
-    sides = [min(s[0], math.prod(s[1:])) for s in map(task_vector.shape_of, task_vector) if len(s) >= 2]
-    return {r: int(storage_table(svd_experts([task_vector], r, device="cpu"), 1)["parameters_kept"].iloc[0])
-            for r in range(1, max(sides, default=1) + 1)}
+    shapes = [tuple(task_vector.shape_of(key)) for key in task_vector]
+    sides = [min(s[0], math.prod(s[1:])) for s in shapes if len(s) >= 2]
+    return {r: svd_storage(shapes, r) for r in range(1, max(sides, default=1) + 1)}
 
 
 def rank_within(storage_by_rank: dict[int, int], budget: int) -> int:
