@@ -185,3 +185,131 @@ def test_stream_single_file_output_equals_the_in_memory_merge(tmp_path):
     assert result["single_file"] and result["output_files"] == ["merged.safetensors", "merged.merge.json"]
     assert result["max_abs_difference_vs_in_memory_merge"] == 0.0 and result["output_gb"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- floors
+def test_filter_benchmark_reports_its_floors_and_they_equal_the_toolkit(filter_result):
+    result = json.loads(json.dumps(filter_result))
+    for prefix in ("fr", "fr_official", "task_arithmetic", "fr_files", "task_arithmetic_files"):
+        assert _is_number(result[f"{prefix}_floor_s"]) and result[f"{prefix}_floor_s"] > 0, prefix
+        toolkit = result[f"{prefix}_s"]
+        assert result[f"{prefix}_x_floor"] == pytest.approx(toolkit / result[f"{prefix}_floor_s"]), prefix
+    assert set(result["fr_floor_stages_s"]) == {"lambda", "sum", "filter"}
+    assert sum(result["fr_floor_stages_s"].values()) <= result["fr_floor_s"] * 1.01
+    assert set(result["floor_max_relative_difference"]) == {"fr", "official", "task_arithmetic"}
+    assert max(result["floor_max_relative_difference"].values()) < 1e-5
+    assert max(result["files_floor_max_relative_difference"].values()) < 1e-5
+    assert {"fr_at_most_1.15_floor", "fr_official_at_most_1.3_floor"} <= set(result["targets_met"])
+
+
+def test_floor_masks_are_the_toolkits_half_masks():
+    for shape in [(24, 8), (9, 7), (768, 3072), (33, 64)]:
+        torch.testing.assert_close(filter_bench.floor_paper_half_mask(*shape, 0.1, "cpu"),
+                                   FilterSpec(0.1).half_mask(shape), rtol=0, atol=0)
+        torch.testing.assert_close(filter_bench.floor_official_half_mask(*shape, 0.7, "cpu"),
+                                   FilterSpec(0.7, convention="official").half_mask(shape), rtol=0, atol=0)
+
+
+def test_floor_merges_equal_the_toolkit_on_a_small_case():
+    shapes = {"visual.transformer.resblocks.0.attn.in_proj_weight": (24, 8),
+              "visual.transformer.resblocks.0.mlp.c_fc.weight": (15, 9)}
+    pretrained, vectors = filter_bench.synthetic_states(shapes, k=3, seed=2)
+    tvs = [fmv.TaskVector.from_tensors(v) for v in vectors]
+    cases = {"fr": (fmv.merge("fr", pretrained, tvs), filter_bench.floor_fr_paper(pretrained, vectors)),
+             "official": (fmv.merge("fr", pretrained, tvs, preset="official"),
+                          filter_bench.floor_fr_official(pretrained, vectors)),
+             "task_arithmetic": (fmv.merge("task_arithmetic", pretrained, tvs),
+                                 filter_bench.floor_task_arithmetic(pretrained, vectors))}
+    for name, (merged, floor) in cases.items():
+        for key in shapes:
+            torch.testing.assert_close(merged[key], floor[key], rtol=0, atol=1e-7, msg=f"{name} {key}")
+
+
+def test_stream_benchmark_reports_its_floor(stream_result):
+    result = json.loads(json.dumps(stream_result))
+    assert _is_number(result["floor_s"]) and result["floor_s"] > 0 and result["floor_peak_rss_mb"] > 0
+    assert result["fr_x_floor"] == pytest.approx(result["fr_s"] / result["floor_s"])
+    assert result["copy_x_floor"] == pytest.approx(result["copy_s"] / result["floor_s"])
+    assert result["floor_max_abs_difference"] <= 1e-3  # float16 outputs: a unit in the last place at most
+
+
+def test_interference_in_memory_floor_equals_the_toolkit():
+    from freqmerge_viz.benchmarks import interference
+
+    result = json.loads(json.dumps(interference.run_in_memory(quick=True, k=3, repeats=1, device="cpu")))
+    assert result["benchmark"] == "interference --in-memory" and result["k"] == 3 and result["layers"] == 1
+    for name in ("toolkit", "floor", "plain", "interference_table"):
+        assert _is_number(result[f"{name}_s"]) and result[f"{name}_s"] > 0, name
+    assert result["toolkit_x_floor"] == pytest.approx(result["toolkit_s"] / result["floor_s"])
+    assert result["floor_relative_difference"] < 1e-5 and result["plain_relative_difference"] < 1e-5
+    assert result["interference_table_unfiltered"] == pytest.approx(result["unfiltered"], rel=1e-5)
+    assert set(result["targets_met"]) == {"toolkit_at_most_1.2_floor", "toolkit_no_slower_than_plain"}
+
+
+def test_interference_floor_equals_amplitude_variance_in_float64():
+    from freqmerge_viz.benchmarks import interference
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(6, 10), (9, 7), (1, 5), (16, 16)]:
+        vectors = [{"w": torch.randn(shape, dtype=torch.float64, generator=g)} for _ in range(4)]
+        expected = fmv.amplitude_variance(vectors, device="cpu").mean
+        assert interference.floor_amplitude_variance(vectors) == pytest.approx(expected, rel=1e-12)
+        assert interference.naive_amplitude_variance(vectors) == pytest.approx(expected, rel=1e-12)
+
+
+def test_interference_from_files_reports_its_floor(tmp_path):
+    from freqmerge_viz.benchmarks import interference
+
+    result = json.loads(json.dumps(interference.run(quick=True, k=2, device="cpu", workdir=tmp_path)))
+    assert _is_number(result["floor_s"]) and result["floor_s"] > 0
+    assert result["toolkit_x_floor"] == pytest.approx(result["toolkit_s"] / result["floor_s"])
+    assert result["floor_relative_difference"] < 1e-5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_methods_benchmark_states_each_methods_floor():
+    from freqmerge_viz.benchmarks.methods import FLOORS, NO_FLOOR, run
+
+    result = run(quick=True, k=3, repeats=1, device="cpu", methods=["fr", "weight_averaging", "ties"])
+    for name, row in result["methods"].items():
+        if name in FLOORS:
+            assert row["floor_seconds"] > 0 and row["x_floor"] > 0 and row["floor"]
+            assert row["floor_max_relative_difference"] < 1e-5, name
+        else:
+            assert row["floor"] is None and row["x_floor"] is None and row["floor_reason"].startswith("no ")
+    plain = {m for m in fmv.list_methods() if not fmv.get_method(m).routed}
+    assert plain == set(FLOORS) | set(NO_FLOOR) and not set(FLOORS) & set(NO_FLOOR)
+
+
+def test_mergekit_benchmark_times_the_task_arithmetic_floor(monkeypatch, tmp_path):
+    import shutil
+
+    from freqmerge_viz.benchmarks import mergekit
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = mergekit.run(quick=True, k=2, keep=str(tmp_path))
+    entry = result["methods"]["task_arithmetic"]
+    assert entry["floor"]["seconds"] > 0 and entry["x_floor"] > 0
+    assert entry["floor_outputs"]["max_difference_relative_to_delta"] <= 1e-6
+    assert result["methods"]["ties"]["floor"] is None and result["methods"]["ties"]["floor_reason"]
+
+
+def test_landscape_and_slider_benchmarks_report_floor_fields():
+    from freqmerge_viz.benchmarks import landscape, slider
+
+    result = landscape.run(quick=True, grid=3, limit=16, threads=1)
+    assert result["floor_s"] > 0 and result["x_floor"] > 0 and result["loop_x_floor"] > 0
+    assert result["floor_max_accuracy_difference"] == 0.0
+    moved = slider.run(quick=True, n=2)
+    assert moved["floor"] is None and moved["x_floor"] is None and "filter" in moved["floor_reason"]
+
+
+def test_study_benchmark_reports_floor_fields(tmp_path):
+    pytest.importorskip("open_clip")
+    from freqmerge_viz.benchmarks.study import run
+
+    result = run(quick=True, k=2, images=8, workdir=tmp_path / "work")
+    assert result["merge"]["floor"] is None and result["merge"]["x_floor"] is None
+    assert "toolkit" in result["merge"]["floor_reason"]
+    evaluation = result["evaluation"]
+    assert evaluation["floor_seconds"] > 0 and evaluation["x_floor"] > 0 and evaluation["floor"]

@@ -11,6 +11,11 @@ target where the issue set one, and the kernel's own time per update (``kernel_p
 the explorer's status line). With ``--screenshots DIR`` it also writes each explorer before
 and after its first slider's moves, with the notebook column 1500 and 1000 px wide (the
 README's pictures).
+
+No floor (``floor: null`` and ``floor_reason``): a press's latency is JupyterLab's and
+Chromium's round trip around the kernel's update; the kernel's part is ``kernel_p50_ms``,
+whose computations have their floors in the ``slider``'s stages and the ``filter``,
+``landscape`` and ``interference --in-memory`` benchmarks.
 """
 
 from __future__ import annotations
@@ -101,7 +106,10 @@ def screenshot_explorer(page, root, path: Path, width: int) -> None:
 def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Path | None = None) -> dict:
     """Time `n` presses of each slider of `explorers` (see the module docstring)."""
     harness.check_tools()
-    result = {"n_per_slider": n, "explorers": {},
+    result = {"n_per_slider": n, "explorers": {}, "floor": None, "x_floor": None,
+              "floor_reason": "no plain computation: the time is JupyterLab's and Chromium's round trip around the "
+                              "kernel's update (kernel_p50_ms); the update's computations have their floors in the "
+                              "filter, landscape and interference --in-memory benchmarks",
               "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
               "cpu": platform.processor() or platform.machine()}
     with tempfile.TemporaryDirectory(prefix="fmv-browser-bench-") as tmp, \

@@ -24,6 +24,25 @@ repeats of a full merge (every key computed once, results dropped):
     ``align``, scaling 0.7) against a transcription of the published code, one task matrix at
     a time (:func:`authors_official_merge_key`).
 
+Floors: the least plain torch that gives the same merged state, from the same in-memory
+task vectors (each has its ``*_x_floor``, the toolkit's time over the floor's):
+
+``fr_floor_s`` (:func:`floor_fr_paper`)
+    FR's paper preset: the λ pass (one ``v.abs().sum()`` per task and key,
+    λ_i = E(v_i)/Σ E(v_j)), then per key the weighted sum ``Σ λ_i v_i``, one high-pass of the
+    sum (``rfft2``, times a cached half mask, ``irfft2``: the filter is linear) and θ_pre added;
+    ``fr_floor_stages_s`` splits it into λ, sum and filter (+ θ_pre).
+``fr_official_floor_s`` (:func:`floor_fr_official`)
+    the official preset: per key, every task matrix filtered (``rfft2``, the cached
+    conjugate-symmetric half of the authors' disc + band mask, ``irfft2``), the ``align``
+    coefficients from each filtered matrix's mean |·|, the weighted sum, times 0.7, plus θ_pre.
+``task_arithmetic_floor_s``
+    ``θ_pre + 0.3 Σ v_i`` per key (``add_`` with ``alpha``).
+``fr_files_floor_s`` / ``task_arithmetic_files_floor_s``
+    the same from the safetensors files (``safe_open``; the pretrained state loaded once,
+    ``v_i = θ_i − θ_pre`` per key): the λ pass reads every fine-tuned file once and the merge
+    pass once more.
+
 ``filter_auto_s`` / ``filter_fft_s`` time only the filter of every task matrix (in place,
 as the merge does) on the path ``"auto"`` picks and on the full-spectrum path.
 ``calibrate`` fits :data:`freqmerge_viz.spectral.FILTER_COST` from timings of every path.
@@ -128,6 +147,137 @@ def authors_official_merge_key(pretrained: dict, vectors: Sequence[dict], key: s
     return pretrained[key] + scaling * total
 
 
+_FLOOR_MASKS: dict = {}
+
+
+def floor_paper_half_mask(h: int, w: int, cutoff: float, device) -> torch.Tensor:
+    """The paper high-pass on the ``rfft2`` half spectrum of an ``H × W`` matrix (1 where the
+    centred normalised radius ``sqrt(((η/(H/2))² + (γ/(W/2))²)/2)`` is ``>= cutoff``, else 0),
+    float32, cached per shape: the floors' mask."""
+    key = ("paper", h, w, cutoff, str(device))
+    if key not in _FLOOR_MASKS:
+        eta = torch.fft.fftfreq(h, dtype=torch.float64) * 2.0
+        gamma = torch.fft.rfftfreq(w, dtype=torch.float64) * 2.0
+        radius = torch.sqrt((eta[:, None] ** 2 + gamma[None, :] ** 2) / 2)
+        _FLOOR_MASKS[key] = (radius >= cutoff).to(device=device, dtype=torch.float32)
+    return _FLOOR_MASKS[key]
+
+
+def floor_official_half_mask(h: int, w: int, ratio: float, device) -> torch.Tensor:
+    """The authors' disc + band gain (:func:`authors_official_filter`: 0, 1, or 2 on the ring
+    ``d = min(H, W)//10``) made conjugate-symmetric, ``(g(k) + g(−k))/2``, on the ``rfft2``
+    half spectrum (what ``ifft2(fft2(x)·g).real`` applies to a real x), float32, cached."""
+    key = ("official", h, w, ratio, str(device))
+    if key not in _FLOOR_MASKS:
+        rows = torch.arange(h).view(-1, 1) - h // 2
+        cols = torch.arange(w).view(1, -1) - w // 2
+        distance = torch.sqrt((rows**2 + cols**2).to(torch.float32))
+        inner, outer = min(h, w) // 10, ratio * min(h, w)
+        gain = (distance <= inner).to(torch.float32) + ((distance >= inner) & (distance <= outer)).to(torch.float32)
+        mirror = torch.roll(torch.flip(gain, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # g(-k)
+        _FLOOR_MASKS[key] = ((gain + mirror) / 2)[:, :w // 2 + 1].contiguous().to(device)
+    return _FLOOR_MASKS[key]
+
+
+def floor_fr_paper(pretrained: dict, vectors: Sequence[dict], cutoff: float = PAPER_CUTOFF,
+                   stages: dict | None = None) -> dict:
+    """FR's paper merge in the least plain torch (every key of these benchmarks is a layer
+    matrix): λ_i = E(v_i)/Σ E(v_j), E = mean |v| over every entry; per key
+    ``θ_pre + irfft2(rfft2(Σ λ_i v_i) · mask)``. `stages` (optional) accumulates the seconds of
+    the λ pass (``lambda``), the sums (``sum``) and the filters with θ_pre added (``filter``)."""
+    start = time.perf_counter()
+    keys = list(pretrained)
+    count = sum(pretrained[key].numel() for key in keys)
+    energies = [sum(float(vector[key].abs().sum()) for key in keys) / count for vector in vectors]
+    lambdas = [energy / sum(energies) for energy in energies]
+    spent = {"lambda": time.perf_counter() - start, "sum": 0.0, "filter": 0.0}
+    merged = {}
+    for key in keys:
+        start = time.perf_counter()
+        total = vectors[0][key] * lambdas[0]
+        for coefficient, vector in zip(lambdas[1:], vectors[1:]):
+            total.add_(vector[key], alpha=coefficient)
+        middle = time.perf_counter()
+        h, w = total.shape
+        spectrum = torch.fft.rfft2(total)
+        spectrum.mul_(floor_paper_half_mask(h, w, cutoff, total.device))
+        merged[key] = torch.fft.irfft2(spectrum, s=(h, w)).add_(pretrained[key])
+        end = time.perf_counter()
+        spent["sum"] += middle - start
+        spent["filter"] += end - middle
+    if stages is not None:
+        for name, seconds in spent.items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    return merged
+
+
+def floor_fr_official(pretrained: dict, vectors: Sequence[dict], ratio: float = 0.7, scaling: float = 0.7) -> dict:
+    """FR's official merge in the least plain torch (every key here is an attn/mlp weight
+    matrix): per key, each task's ``irfft2(rfft2(v_i) · mask)``, ``c_i = max_j m_j / m_i`` with
+    ``m_i`` its mean |·|, ``θ_pre + scaling · Σ c_i G(v_i)``."""
+    merged = {}
+    for key in pretrained:
+        h, w = pretrained[key].shape
+        mask = floor_official_half_mask(h, w, ratio, pretrained[key].device)
+        filtered = []
+        for vector in vectors:
+            spectrum = torch.fft.rfft2(vector[key])
+            filtered.append(torch.fft.irfft2(spectrum.mul_(mask), s=(h, w)))
+        means = [float(f.abs().mean()) for f in filtered]
+        largest = max(means)
+        coefficients = [largest / m if m > 0 else 0.0 for m in means]
+        total = filtered[0].mul_(coefficients[0])
+        for coefficient, f in zip(coefficients[1:], filtered[1:]):
+            total.add_(f, alpha=coefficient)
+        merged[key] = total.mul_(scaling).add_(pretrained[key])
+    return merged
+
+
+def floor_task_arithmetic(pretrained: dict, vectors: Sequence[dict], scaling: float = 0.3) -> dict:
+    """Task arithmetic in the least plain torch: per key ``θ_pre + scaling · Σ v_i``."""
+    merged = {}
+    for key in pretrained:
+        total = vectors[0][key] * scaling
+        for vector in vectors[1:]:
+            total.add_(vector[key], alpha=scaling)
+        merged[key] = total.add_(pretrained[key])
+    return merged
+
+
+def floor_from_files(pretrained_path, finetuned_paths, method: str, cutoff: float = PAPER_CUTOFF,
+                     scaling: float = 0.3) -> dict:
+    """FR's paper merge (``method="fr"``) or task arithmetic from safetensors files in the least
+    plain torch: the pretrained state loaded once, each fine-tuned file opened with
+    ``safe_open`` and ``v_i = θ_i − θ_pre`` made per key; FR's λ pass reads every fine-tuned
+    file once before the merge pass. (A tensor that ``safe_open`` hands out may share memory
+    with the next read of the same key: it is never written in place here.)"""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    pretrained = load_file(str(pretrained_path))
+    files = [safe_open(str(path), "pt") for path in finetuned_paths]
+    keys = list(pretrained)
+    if method == "fr":
+        count = sum(pretrained[key].numel() for key in keys)
+        energies = [sum(float((f.get_tensor(key) - pretrained[key]).abs_().sum()) for key in keys)
+                    / count for f in files]
+        coefficients = [energy / sum(energies) for energy in energies]
+    else:
+        coefficients = [scaling] * len(files)
+    merged = {}
+    for key in keys:
+        base = pretrained[key]
+        total = (files[0].get_tensor(key) - base).mul_(coefficients[0])
+        for coefficient, f in zip(coefficients[1:], files[1:]):
+            total.add_(f.get_tensor(key) - base, alpha=coefficient)
+        if method == "fr":
+            h, w = total.shape
+            total = torch.fft.irfft2(torch.fft.rfft2(total).mul_(floor_paper_half_mask(h, w, cutoff, total.device)),
+                                     s=(h, w))
+        merged[key] = total.add_(base)
+    return merged
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -163,8 +313,10 @@ def _filter_every_matrix(vectors: Sequence[TaskVector], spec: FilterSpec, path: 
     return spent
 
 
-def _from_files(pretrained: dict, vectors: Sequence[dict], repeats: int, device: torch.device) -> tuple[float, float]:
-    """Seconds of an FR and a task-arithmetic merge read from safetensors files, as a user runs them."""
+def _from_files(pretrained: dict, vectors: Sequence[dict], repeats: int, device: torch.device) -> dict:
+    """Seconds of an FR and a task-arithmetic merge read from safetensors files, as a user runs them,
+    and of their floors (:func:`floor_from_files`, on the CPU); the largest difference of each
+    floor's merged state from the toolkit's, relative to the largest merged delta."""
     import tempfile
     from pathlib import Path
 
@@ -176,11 +328,32 @@ def _from_files(pretrained: dict, vectors: Sequence[dict], repeats: int, device:
         for i, vector in enumerate(vectors):
             paths.append(Path(folder) / f"ft{i}.safetensors")
             save_state({key: pretrained[key] + vector[key] for key in pretrained}, paths[-1])
+        pre_path = Path(folder) / "pre.safetensors"
 
         def run(name: str):
-            return lambda: _compute_all(merge(name, Path(folder) / "pre.safetensors", paths, device=device))
+            return lambda: _compute_all(merge(name, pre_path, paths, device=device))
 
-        return best_time(run("fr"), repeats, device), best_time(run("task_arithmetic"), repeats, device)
+        out = {"fr_files_s": best_time(run("fr"), repeats, device),
+               "task_arithmetic_files_s": best_time(run("task_arithmetic"), repeats, device)}
+        if device.type == "cpu":
+            for name, label in (("fr", "fr_files"), ("task_arithmetic", "task_arithmetic_files")):
+                out[f"{label}_floor_s"] = best_time(lambda name=name: floor_from_files(pre_path, paths, name),
+                                                    repeats, device)
+                floor = floor_from_files(pre_path, paths, name)
+                toolkit = merge(name, pre_path, paths, device=device)
+                out[f"{label}_floor_max_relative_difference"] = _relative_difference(toolkit, floor, pretrained,
+                                                                                    list(floor)[:4])
+        return out
+
+
+def _relative_difference(state, expected: dict, pretrained: dict, keys) -> float:
+    """The largest over `keys` of ``‖state − expected‖ / ‖expected − θ_pre‖`` (Frobenius norms, as
+    ``reference_max_relative_difference``)."""
+    worst = 0.0
+    for key in keys:
+        delta = float((expected[key] - pretrained[key]).norm())
+        worst = max(worst, float((state[key].to(expected[key].device) - expected[key]).norm()) / max(delta, 1e-30))
+    return worst
 
 
 def _with_threads(threads: int | None, work: Callable[[], dict]) -> dict:
@@ -228,12 +401,31 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
         for key in shapes:
             authors_official_merge_key(pretrained, raw_vectors, key)
 
+    def fr_floor():
+        floor_fr_paper(pretrained, raw_vectors, stages=stages.setdefault("current", {}))
+
+    def official_floor():
+        floor_fr_official(pretrained, raw_vectors)
+
+    def task_arithmetic_floor():
+        floor_task_arithmetic(pretrained, raw_vectors)
+
+    stages: dict = {}
     toolkit_fr()
-    fr_files_s, task_arithmetic_files_s = _from_files(pretrained, raw_vectors, repeats, target)
+    fr_floor()
+    files = _from_files(pretrained, raw_vectors, repeats, target)
     fr_s = best_time(toolkit_fr, repeats, target)
+    fr_floor_s, fr_floor_stages = math.inf, {}
+    for _ in range(repeats):  # best of repeats, keeping that repeat's stages
+        stages["current"] = {}
+        seconds = best_time(fr_floor, 1, target)
+        if seconds < fr_floor_s:
+            fr_floor_s, fr_floor_stages = seconds, dict(stages["current"])
     reference_s = best_time(reference_fr, repeats, target)
     task_arithmetic_s = best_time(task_arithmetic, repeats, target)
+    task_arithmetic_floor_s = best_time(task_arithmetic_floor, repeats, target)
     fr_official_s = best_time(toolkit_official, repeats, target)
+    fr_official_floor_s = best_time(official_floor, repeats, target)
     authors_official_s = best_time(authors_official, repeats, target)
     filter_auto_s = min(_filter_every_matrix(vectors, spec, "auto", target) for _ in range(repeats))
     filter_fft_s = min(_filter_every_matrix(vectors, spec, "fft", target) for _ in range(repeats))
@@ -250,6 +442,21 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
         expected = authors_official_merge_key(pretrained, raw_vectors, key)
         delta = (expected - pretrained[key]).norm()
         official_difference = max(official_difference, float((official[key] - expected).norm() / delta))
+    floors = {"fr": floor_fr_paper({k: pretrained[k] for k in checked}, [{k: v[k] for k in checked}
+                                                                          for v in raw_vectors]),
+              "official": floor_fr_official({k: pretrained[k] for k in checked},
+                                            [{k: v[k] for k in checked} for v in raw_vectors]),
+              "task_arithmetic": floor_task_arithmetic({k: pretrained[k] for k in checked},
+                                                       [{k: v[k] for k in checked} for v in raw_vectors])}
+    # the λ of the floor above pools only the checked keys: compare with the toolkit's merge of those keys
+    subset = {k: pretrained[k] for k in checked}
+    subset_vectors = [TaskVector.from_tensors({k: v[k] for k in checked}, name=f"task{i}")
+                      for i, v in enumerate(raw_vectors)]
+    floor_differences = {
+        "fr": _relative_difference(merge("fr", subset, subset_vectors, device=target), floors["fr"], subset, checked),
+        "official": _relative_difference(official, floors["official"], pretrained, checked),
+        "task_arithmetic": _relative_difference(merge("task_arithmetic", pretrained, vectors, device=target),
+                                                floors["task_arithmetic"], pretrained, checked)}
     return {
         "benchmark": "filter",
         "device": str(target),
@@ -264,14 +471,30 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
         "repeats": repeats,
         "parameters": sum(math.prod(shape) for shape in shapes.values()),
         "fr_s": fr_s,
+        "fr_floor_s": fr_floor_s,
+        "fr_x_floor": fr_s / fr_floor_s,
+        "fr_floor_stages_s": fr_floor_stages,
+        "fr_floor": "λ pass (v.abs().sum() per task and key) + per key Σ λ_i v_i (add_) + rfft2 · cached "
+                    "half mask · irfft2 of the sum + θ_pre",
         "reference_s": reference_s,
         "task_arithmetic_s": task_arithmetic_s,
+        "task_arithmetic_floor_s": task_arithmetic_floor_s,
+        "task_arithmetic_x_floor": task_arithmetic_s / task_arithmetic_floor_s,
         "reference_over_fr": reference_s / fr_s,
         "fr_over_task_arithmetic": fr_s / task_arithmetic_s,
-        "fr_files_s": fr_files_s,
-        "task_arithmetic_files_s": task_arithmetic_files_s,
-        "fr_over_task_arithmetic_files": fr_files_s / task_arithmetic_files_s,
+        "fr_files_s": files["fr_files_s"],
+        "task_arithmetic_files_s": files["task_arithmetic_files_s"],
+        "fr_over_task_arithmetic_files": files["fr_files_s"] / files["task_arithmetic_files_s"],
+        "fr_files_floor_s": files.get("fr_files_floor_s"),
+        "fr_files_x_floor": files["fr_files_s"] / files["fr_files_floor_s"] if "fr_files_floor_s" in files else None,
+        "task_arithmetic_files_floor_s": files.get("task_arithmetic_files_floor_s"),
+        "task_arithmetic_files_x_floor": files["task_arithmetic_files_s"] / files["task_arithmetic_files_floor_s"]
+        if "task_arithmetic_files_floor_s" in files else None,
         "fr_official_s": fr_official_s,
+        "fr_official_floor_s": fr_official_floor_s,
+        "fr_official_x_floor": fr_official_s / fr_official_floor_s,
+        "fr_official_floor": "per key: each task matrix rfft2 · cached symmetric half of the authors' mask · irfft2, "
+                             "align coefficients from G(v_i).abs().mean(), Σ c_i G(v_i) · 0.7 + θ_pre",
         "authors_official_s": authors_official_s,
         "authors_over_fr_official": authors_official_s / fr_official_s,
         "filter_auto_s": filter_auto_s,
@@ -281,8 +504,14 @@ def _run(quick: bool, layers: int | None, k: int, repeats: int, device, seed: in
         "reference_keys_checked": len(checked),
         "reference_max_relative_difference": difference,
         "authors_official_max_relative_difference": official_difference,
-        "targets_met": {"reference_over_fr_at_least_8": reference_s / fr_s >= 8,
-                        "fr_over_task_arithmetic_files_at_most_1.3": fr_files_s / task_arithmetic_files_s <= 1.3,
+        "floor_max_relative_difference": floor_differences,
+        "files_floor_max_relative_difference": {
+            name: files.get(f"{name}_files_floor_max_relative_difference") for name in ("fr", "task_arithmetic")},
+        "targets_met": {"fr_at_most_1.15_floor": fr_s <= 1.15 * fr_floor_s,
+                        "fr_official_at_most_1.3_floor": fr_official_s <= 1.3 * fr_official_floor_s,
+                        "reference_over_fr_at_least_8": reference_s / fr_s >= 8,
+                        "fr_over_task_arithmetic_files_at_most_1.3":
+                            files["fr_files_s"] / files["task_arithmetic_files_s"] <= 1.3,
                         "authors_over_fr_official_at_least_7": authors_official_s / fr_official_s >= 7},
     }
 

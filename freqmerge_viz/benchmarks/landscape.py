@@ -16,6 +16,13 @@ same machine load, each the best of ``repeats``:
     (``θ_pre + α·τ_A + β·τ_B⊥`` key by key) and call ``zoo.evaluate(state, task, split,
     limit=limit)`` (the zoo's own evaluation: one model at a time, batches of 500 images,
     the module forward).
+``floor_s``
+    the least computation that gives the same accuracies: for each point, its parameters by plain
+    arithmetic (``θ_pre + α·τ_A + β·τ_B⊥`` on the plane's keys) and one call of the zoo's
+    functional forward (:meth:`~freqmerge_viz.zoo.Zoo.functional_forward`: the backbone and the
+    task's head) on all ``limit`` images at once under ``torch.no_grad``, then ``argmax``; no
+    engine, no workers, no chunking. ``x_floor`` is ``batched_s / floor_s`` (and
+    ``loop_x_floor`` the plain loop's); ``floor_max_accuracy_difference`` checks its accuracies.
 ``engine_vmap_s``, ``engine_loop_s`` (``--modes``)
     the engine forced to ``mode="vmap"`` and ``mode="loop"`` on the same stacked points
     (same workers): separates what vmap brings from what the engine's forward, workers and
@@ -92,6 +99,20 @@ def run(quick: bool = False, grid: int | None = None, limit: int | None = None, 
                 accuracies.append(zoo.evaluate(state, evaluated, split, limit=chosen["limit"])[evaluated])
             return np.asarray(accuracies)
 
+        forward = zoo.functional_forward(evaluated)
+        images, labels = zoo.data(evaluated, split)
+        images, labels = images[:chosen["limit"]], labels[:chosen["limit"]]
+
+        def floor() -> np.ndarray:
+            accuracies = []
+            with torch.no_grad():
+                for alpha, beta in coordinates:
+                    params = dict(plane.origin)
+                    for key in plane.keys:
+                        params[key] = plane.origin[key] + alpha * plane.tau_a[key] + beta * plane.tau_b_perp[key]
+                    accuracies.append(float((forward(params, images).argmax(1) == labels).float().mean()))
+            return np.asarray(accuracies)
+
         attrs = {}
 
         def batched() -> np.ndarray:
@@ -103,7 +124,7 @@ def run(quick: bool = False, grid: int | None = None, limit: int | None = None, 
             evaluator = replace(study.evaluator, mode=mode)
             return lambda: evaluator(plane.states(np.asarray(coordinates))).accuracy
 
-        runs = {"batched": batched, "loop": plain_loop}
+        runs = {"batched": batched, "loop": plain_loop, "floor": floor}
         if modes:
             runs.update(engine_vmap=forced("vmap"), engine_loop=forced("loop"))
         timings: dict[str, list[float]] = {name: [] for name in runs}
@@ -114,12 +135,18 @@ def run(quick: bool = False, grid: int | None = None, limit: int | None = None, 
                 results[name] = fn()
                 timings[name].append(time.perf_counter() - start)
         mode, workers, used_chunk = attrs["mode"], attrs["workers"], attrs["chunk"]
-        batched_s, loop_s = min(timings["batched"]), min(timings["loop"])
+        batched_s, loop_s, floor_s = min(timings["batched"]), min(timings["loop"]), min(timings["floor"])
         out = {
             "benchmark": "landscape",
             "batched_s": round(batched_s, 3),
             "loop_s": round(loop_s, 3),
             "ratio": round(loop_s / batched_s, 2),
+            "floor_s": round(floor_s, 3),
+            "x_floor": round(batched_s / floor_s, 2),
+            "loop_x_floor": round(loop_s / floor_s, 2),
+            "floor": "per point: plain θ_pre + α·τ_A + β·τ_B⊥ on the plane's keys, one "
+                     "zoo.functional_forward call on all the images (torch.no_grad), argmax; in this process "
+                     "with its torch threads",
             "grid": [len(alphas), len(betas)],
             "device": _device_label("cpu"),
             "points": len(coordinates),
@@ -135,6 +162,8 @@ def run(quick: bool = False, grid: int | None = None, limit: int | None = None, 
             "all_batched_s": [round(t, 3) for t in timings["batched"]],
             "all_loop_s": [round(t, 3) for t in timings["loop"]],
             "max_accuracy_difference": float(np.max(np.abs(results["batched"] - results["loop"]))),
+            "floor_max_accuracy_difference": float(np.max(np.abs(results["batched"] - results["floor"]))),
+            "all_floor_s": [round(t, 3) for t in timings["floor"]],
             "threads": torch.get_num_threads(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

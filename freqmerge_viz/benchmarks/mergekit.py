@@ -11,6 +11,12 @@ conventions: density 0.2, weights 1, ``preset="mergekit"``) against ``mergekit-y
 the same settings. Both outputs are compared key by key (the largest difference relative
 to the largest delta). Without mergekit (``mergekit-yaml`` not on PATH and no ``--mergekit``
 given) only the toolkit's merges run and the JSON says why the comparison was skipped.
+
+Floor: task arithmetic's least plain computation, run the same way (its own one-thread
+process, :data:`TASK_ARITHMETIC_FLOOR`): ``safe_open`` on every shard, per key
+``θ_pre + Σ (θ_i − θ_pre)`` in float32, ``safetensors.torch.save_file`` per pretrained shard
+(the index copied). ``x_floor`` is the toolkit's time over it; its output is compared with the
+toolkit's. TIES has no simple floor (``floor_reason``).
 """
 
 from __future__ import annotations
@@ -62,6 +68,37 @@ def write_models(folder: Path, k: int, config: dict, seed: int = 0) -> tuple[Pat
         save_state(state, target, max_shard_size="200MB")
         (target / "config.json").write_text(json.dumps(hf_config, indent=1))
     return folders[0], folders[1:]
+
+
+TASK_ARITHMETIC_FLOOR = r"""
+import glob, os, shutil, sys, torch
+torch.set_num_threads(1)
+from safetensors import safe_open
+from safetensors.torch import save_file
+pretrained, out, finetuned = sys.argv[1], sys.argv[2], sys.argv[3:]
+def shards(path):
+    return sorted(glob.glob(os.path.join(path, "*.safetensors")))
+def opened(path):
+    return {key: handle for handle in (safe_open(f, "pt") for f in shards(path)) for key in handle.keys()}
+pre, fts = opened(pretrained), [opened(path) for path in finetuned]
+os.makedirs(out, exist_ok=True)
+for shard in shards(pretrained):
+    with safe_open(shard, "pt") as handle:
+        keys = list(handle.keys())
+    merged = {}
+    for key in keys:
+        base = pre[key].get_tensor(key)
+        total = fts[0][key].get_tensor(key) - base
+        for ft in fts[1:]:
+            total.add_(ft[key].get_tensor(key) - base)
+        merged[key] = total.add_(base)
+    save_file(merged, os.path.join(out, os.path.basename(shard)), metadata={"format": "pt"})
+for name in ("model.safetensors.index.json", "config.json"):
+    if os.path.exists(os.path.join(pretrained, name)):
+        shutil.copy(os.path.join(pretrained, name), os.path.join(out, name))
+"""
+"""Task arithmetic (scaling 1) of sharded HF folders in plain torch and safetensors: ``python -c
+TASK_ARITHMETIC_FLOOR pretrained out finetuned...``."""
 
 
 def timed_child(command: Sequence[str], env: dict) -> dict:
@@ -119,6 +156,20 @@ def run(quick: bool = False, k: int = 3, mergekit: str | None = None, keep: str 
                        str(pretrained), "--finetuned", *map(str, finetuned), "--out", str(out),
                        "--max-shard-size", "500MB", *preset, *(["--param", *params] if params else [])]
             entry = {"toolkit": timed_child(command, env)}
+            if method == "task_arithmetic":
+                floor_out = folder / "out-task_arithmetic-floor"
+                entry["floor"] = timed_child([sys.executable, "-c", TASK_ARITHMETIC_FLOOR, str(pretrained),
+                                              str(floor_out), *map(str, finetuned)], env)
+                entry["floor"]["what"] = ("plain torch + safetensors: per key θ_pre + Σ (θ_i − θ_pre), save_file "
+                                          "per shard, one thread, own process")
+                entry["x_floor"] = round(entry["toolkit"]["seconds"] / entry["floor"]["seconds"], 2)
+                entry["floor_outputs"] = compare_outputs(out, floor_out, pretrained)
+            else:
+                entry["floor"] = None
+                entry["x_floor"] = None
+                entry["floor_reason"] = ("no simple floor: TIES' trim (top density by magnitude per task), sign "
+                                         "election and disjoint mean are the method; its lower bound is task "
+                                         "arithmetic's floor")
             if mergekit:
                 yaml = folder / f"{method}.yml"
                 models = "\n".join(f"  - model: {path}\n    parameters: {{weight: 1.0"

@@ -8,12 +8,20 @@ at its registered defaults (every key computed once, results dropped). Each time
 of ``repeats`` full merges; ``over_task_arithmetic`` is its ratio to task arithmetic's time
 in the same run. Routed methods (FREE, EMR, Twin) build experts rather than one state and are
 timed by the ``costs`` figure topic instead.
+
+Floors (:data:`FLOORS`): where a method's result has a small plain-torch computation (task
+arithmetic, weight averaging, FR's paper preset: the functions ``floor_*`` of
+:mod:`~freqmerge_viz.benchmarks.filter`), it is timed the same way and the method's row gets
+``floor_seconds``, ``x_floor`` (its time over the floor's) and ``floor_max_relative_difference``
+(the two merged states compared); every other method's row says ``floor: null`` and why
+(``floor_reason``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Sequence
 
 import torch
@@ -22,9 +30,37 @@ from ..backend import resolve_device
 from ..errors import ParameterError
 from ..methods import get_method, list_methods, merge
 from ..taskvector import TaskVector
-from .filter import _compute_all, _with_threads, best_time, clip_b32_shapes, synthetic_states
+from .filter import (_compute_all, _relative_difference, _with_threads, best_time, clip_b32_shapes, floor_fr_paper,
+                     floor_task_arithmetic, synthetic_states)
 
 BASELINE = "task_arithmetic"
+
+FLOORS = {
+    "task_arithmetic": ("θ_pre + 0.3 Σ v_i per key (add_ with alpha)",
+                        lambda pre, raw: floor_task_arithmetic(pre, raw, 0.3)),
+    "weight_averaging": ("θ_pre + (1/K) Σ v_i per key (add_ with alpha)",
+                         lambda pre, raw: floor_task_arithmetic(pre, raw, 1.0 / len(raw))),
+    "fr": ("λ pass (v.abs().sum()), Σ λ_i v_i, rfft2 · cached half mask · irfft2 of the sum, + θ_pre per key",
+           lambda pre, raw: floor_fr_paper(pre, raw)),
+}
+"""Method → (what its floor computes, ``floor(pretrained, task_vectors) -> merged state``)."""
+
+_SPARSE = ("no simple floor: per-task magnitude trims (top-k or thresholds), sign election and the method's own "
+           "rescaling; a plain torch version is a re-implementation of its rules, not a smaller computation (its "
+           "lower bound is task arithmetic's read-and-sum)")
+_RANDOM = ("no simple floor: a random drop mask; a plain version gives the same result only by re-implementing the "
+           "method's random stream, and its lower bound is task arithmetic's read-and-sum")
+_SVD = ("no simple floor: one or more SVDs per matrix (torch.linalg.svd) dominate and the selection and "
+        "reconstruction rules around them are the method itself")
+NO_FLOOR = {"ties": _SPARSE, "magnitude_prune": _SPARSE, "breadcrumbs": _SPARSE, "consensus": _SPARSE,
+            "pcb": _SPARSE + "; PCB adds pairwise balancing scores", "dare_linear": _RANDOM, "dare_ties": _RANDOM,
+            "fr_ties": "no simple floor: FR's filter on every task vector (no linearity before the trim), then TIES: "
+                       + _SPARSE,
+            "fr_breadcrumbs": "no simple floor: FR's filter on every task vector (no linearity before the trim), "
+                              "then Breadcrumbs: " + _SPARSE,
+            "cart": _SVD, "iso_c": _SVD, "iso_cts": _SVD, "tsv": _SVD,
+            "wudi": "no simple floor: 300 Adam steps per matrix; the optimisation is the method"}
+"""Method → why its row has no floor."""
 
 
 def run(quick: bool = False, layers: int | None = None, k: int = 8, repeats: int = 2, device=None,
@@ -53,11 +89,22 @@ def _run(quick, layers, k, repeats, device, seed, methods, threads) -> dict:
 
         seconds[name] = best_time(work, repeats, target)
     base = seconds[BASELINE]
+    rows = {name: {"seconds": round(t, 4), "over_task_arithmetic": round(t / base, 2)} for name, t in seconds.items()}
+    for name, row in rows.items():
+        if name in FLOORS:
+            what, floor = FLOORS[name]
+            floor_seconds = best_time(lambda floor=floor: floor(pretrained, raw), repeats, target)
+            row.update({"floor": what, "floor_seconds": round(floor_seconds, 6),
+                        "x_floor": round(seconds[name] / floor_seconds, 2),
+                        "floor_max_relative_difference": _relative_difference(
+                            merge(name, pretrained, vectors, device=target), floor(pretrained, raw), pretrained,
+                            list(shapes))})
+        else:
+            row.update({"floor": None, "floor_reason": NO_FLOOR.get(name, "no simple floor: not analysed"),
+                        "x_floor": None})
     return {"benchmark": "methods", "device": str(target), "threads": threads, "k": k, "layers": layers,
             "shapes": sorted({str(list(s)) for s in shapes.values()}), "repeats": repeats,
-            "torch": torch.__version__,
-            "methods": {name: {"seconds": round(t, 4), "over_task_arithmetic": round(t / base, 2)}
-                        for name, t in seconds.items()}}
+            "torch": torch.__version__, "load_average": list(os.getloadavg()), "methods": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -10,7 +10,13 @@ memory is its own:
 - ``fr``: :func:`freqmerge_viz.merge_job.merge_to_disk` with method ``fr`` (paper preset),
   writing a sharded merged checkpoint and ``merge.json``;
 - ``copy``: :func:`freqmerge_viz.io.load_state` + :func:`freqmerge_viz.io.save_state` of
-  every input checkpoint, shard by shard, with the same shard size.
+  every input checkpoint, shard by shard, with the same shard size;
+- ``floor``: the same FR merge in the least plain torch (:data:`FLOOR`): ``safe_open`` on every
+  shard, a λ pass (``Σ|θ_i − θ_pre|`` per task, every key read once), then per key
+  ``Σ λ_i (θ_i − θ_pre)`` in float32, one high-pass of the sum (``rfft2``, a cached half mask,
+  ``irfft2``) for the layers' matrices, ``θ_pre`` added, cast to float16 and written with
+  ``safetensors.torch.save_file``, one output file per pretrained shard. ``fr_x_floor`` is FR's
+  time over the floor's; ``floor_max_abs_difference`` compares the two outputs.
 
 Throughput is GB (10⁹ bytes) of input checkpoint files per second of each child's work
 (interpreter start and imports excluded); ``peak_rss_mb`` is the FR child's peak resident
@@ -67,7 +73,9 @@ from freqmerge_viz.merge_job import merge_to_disk
 
 start_rss = status("VmRSS")
 start = time.perf_counter()
-if args["task"] == "fr":
+if args["task"] == "floor":
+    exec(args["floor"])
+elif args["task"] == "fr":
     single = args["out"].endswith(".safetensors")
     merge_to_disk("fr", args["pretrained"], args["finetuned"], args["out"],
                   max_shard_size=None if single else args["shard"], device=args["device"])
@@ -78,6 +86,56 @@ seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_rss": status("VmHWM"), "start_rss": start_rss,
                   "threads": torch.get_num_threads()}))
 """
+
+
+FLOOR = r"""
+import glob, os
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+def shards(path):
+    return sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
+
+def opened(path):  # key -> the open shard holding it
+    return {key: handle for handle in (safe_open(f, "pt") for f in shards(path)) for key in handle.keys()}
+
+pre, fts = opened(args["pretrained"]), [opened(path) for path in args["finetuned"]]
+keys = list(pre)
+count, energies = 0, [0.0] * len(fts)
+for key in keys:  # the lambda pass: every fine-tuned key read once
+    base = pre[key].get_tensor(key).float()
+    count += base.numel()
+    for i, ft in enumerate(fts):
+        energies[i] += float((ft[key].get_tensor(key).float() - base).abs_().sum())
+lambdas = [e / sum(energies) for e in energies]
+masks = {}
+os.makedirs(args["out"], exist_ok=True)
+for shard in shards(args["pretrained"]):
+    merged = {}
+    with safe_open(shard, "pt") as handle:
+        shard_keys = list(handle.keys())
+    for key in shard_keys:
+        base = pre[key].get_tensor(key)
+        total = (fts[0][key].get_tensor(key).float() - base.float()).mul_(lambdas[0])
+        for coefficient, ft in zip(lambdas[1:], fts[1:]):
+            total.add_(ft[key].get_tensor(key).float() - base.float(), alpha=coefficient)
+        if key.startswith("model.layers.") and total.ndim == 2:  # the paper preset filters the layers' matrices
+            h, w = total.shape
+            if (h, w) not in masks:
+                eta = torch.fft.fftfreq(h, dtype=torch.float64) * 2.0
+                gamma = torch.fft.rfftfreq(w, dtype=torch.float64) * 2.0
+                masks[(h, w)] = (torch.sqrt((eta[:, None] ** 2 + gamma[None, :] ** 2) / 2) >= 0.1).float()
+            total = torch.fft.irfft2(torch.fft.rfft2(total).mul_(masks[(h, w)]), s=(h, w))
+        merged[key] = total.add_(base.float()).to(base.dtype)
+    save_file(merged, os.path.join(args["out"], os.path.basename(shard)))
+    del merged
+index = os.path.join(args["pretrained"], "model.safetensors.index.json")
+if os.path.exists(index):  # the same key -> shard map as the pretrained checkpoint
+    with open(index) as source, open(os.path.join(args["out"], os.path.basename(index)), "w") as target:
+        target.write(source.read())
+"""
+"""The ``floor`` child's work (run in :data:`CHILD` with its ``args``): FR's paper merge of the
+input checkpoints to ``args["out"]`` in plain torch and safetensors (module docstring)."""
 
 
 def llm_shapes(layers: int, hidden: int, intermediate: int, vocab: int) -> dict[str, tuple[int, ...]]:
@@ -172,6 +230,8 @@ def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: boo
         copy = _child({"task": "copy", "sources": [str(p) for p in inputs],
                        "targets": [str(base / "copy" / p.name) for p in inputs], **common})
         shutil.rmtree(base / "copy")
+        floor = _child({"task": "floor", "pretrained": str(inputs[0]), "finetuned": [str(p) for p in inputs[1:]],
+                        "out": str(base / "floor"), "floor": FLOOR, **common})
         out = base / "merged.safetensors" if single_file else base / "merged"
         fr = _child({"task": "fr", "pretrained": str(inputs[0]), "finetuned": [str(p) for p in inputs[1:]],
                      "out": str(out), **common})
@@ -181,6 +241,7 @@ def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: boo
         checked = [key for key in shapes if quick or ".layers.0." in key or "embed" in key]
         expected = merge("fr", str(inputs[0]), [str(p) for p in inputs[1:]], device=device)
         difference = _largest_difference(merged, expected, checked)
+        floor_difference = _largest_difference(merged, load_state(base / "floor"), checked)
         output_bytes = out.stat().st_size if single_file else _directory_bytes(out)
     finally:
         if not keep:
@@ -206,6 +267,14 @@ def run(quick: bool = False, workdir: str | os.PathLike | None = None, keep: boo
         "fr_gbps": fr_gbps,
         "copy_gbps": copy_gbps,
         "fr_over_copy_throughput": fr_gbps / copy_gbps,
+        "floor": "plain torch + safetensors: a lambda pass over every key, then per key the weighted sum of "
+                 "(theta_i - theta_pre) in float32, rfft2 * cached mask * irfft2 for the layers' matrices, "
+                 "+ theta_pre, float16, save_file per pretrained shard",
+        "floor_s": floor["seconds"],
+        "fr_x_floor": fr["seconds"] / floor["seconds"],
+        "copy_x_floor": copy["seconds"] / floor["seconds"],
+        "floor_peak_rss_mb": floor["peak_rss"] / 1e6,
+        "floor_max_abs_difference": floor_difference,
         "peak_rss_mb": fr["peak_rss"] / 1e6,
         "peak_rss_over_start_mb": (fr["peak_rss"] - fr["start_rss"]) / 1e6,
         "copy_peak_rss_mb": copy["peak_rss"] / 1e6,
