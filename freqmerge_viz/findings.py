@@ -118,7 +118,7 @@ def _generalisation(folder: Path) -> dict | None:
     if table is not None and "n_images" in table:
         out["images"] = _images(table)
         p = table["accuracy_fraction"].clip(0.01, 0.99).mean()
-        out["cell_se_points"] = round(100 * math.sqrt(2 * p * (1 - p) / table["n_images"].min()), 1)
+        out["cell_se_points"] = round(100 * math.sqrt(p * (1 - p) / table["n_images"].min()), 1)
     return out
 
 
@@ -370,11 +370,15 @@ def _r_cutoff(d: dict, all_numbers: dict) -> str:
 
 
 def _r_generalisation(d: dict, all_numbers: dict) -> str:
-    noise = (f"; one cell's standard error is about {d['cell_se_points']} points ({d['images']} test images per "
-             "target)") if "cell_se_points" in d else ""
-    return (f"**Generalisation (Fig. 3):** filtering (cutoff 0.1) changes the diagonal by "
+    text = (f"**Generalisation (Fig. 3):** filtering (cutoff 0.1) changes the diagonal by "
             f"{d['diagonal_points']:+.2f} points and the off-diagonal by {d['off_diagonal_points']:+.2f} points on "
-            f"average, no cell by more than {d['largest_points']} points{noise}: within noise.")
+            f"average, no cell by more than {d['largest_points']} points")
+    if "cell_se_points" in d:
+        se = d["cell_se_points"]
+        text += (f"; one cell's binomial standard error is about {se} points ({d['images']} test images per "
+                 "target), " + ("so every change is within one standard error" if d["largest_points"] <= se else
+                               f"and the largest change is {d['largest_points'] / se:.1f} of them"))
+    return text + "."
 
 
 def _r_disentanglement(d: dict, all_numbers: dict) -> str:
@@ -539,8 +543,8 @@ def _task_arithmetic_note(numbers: dict) -> str:
     seen = []
     sweep = numbers.get("cutoff_sweep", {})
     if "references" in sweep:
-        seen.append(f"{_acc(sweep['references']['task_arithmetic'])} in the cutoff sweep (scaling {sweep['scaling']:g}, "
-                    "the sweep's own)")
+        seen.append(f"{_acc(sweep['references']['task_arithmetic'])} in the cutoff sweep (the sweep's scaling "
+                    f"{sweep['scaling']:g} with FR's per-task coefficients as weights: its cutoff 0)")
     router = numbers.get("router_robustness", {})
     if "references" in router:
         scaling = f"scaling {router['ta_scaling']:g}, " if "ta_scaling" in router else ""
