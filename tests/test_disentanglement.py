@@ -100,7 +100,7 @@ def test_figures_of_the_toy():
     assert fig.axes[0].get_legend() is None
     assert len(fig.legends) + sum(ax.get_legend() is not None for ax in fig.axes) == 1
     assert layout_overlaps(fig) == []
-    assert [trace.name for trace in others_plotly(others).data][:2] == ["θ_0", "θ_0 + α τ_t"]
+    assert [trace.name for trace in others_plotly(others).data][:2] == ["θ_pre", "θ_pre + α τ_t"]
 
 
 def test_zoo_wrappers_match_the_zoo_evaluation(zoo):
