@@ -289,6 +289,29 @@ def extract(out_dir: str | Path) -> dict:
     return numbers
 
 
+TIMED = {"run": ("seconds", "topic_seconds"), "costs": ("slowest_method", "slowest_seconds", "other_max_seconds", "device")}
+"""Fields of :func:`extract` that measure time or the machine, not the study: they differ between runs."""
+
+
+def deterministic(numbers: dict) -> dict:
+    """`numbers` without the :data:`TIMED` fields: what a re-run of the same code on the same
+    study gives again."""
+    kept = {topic: {k: v for k, v in values.items() if k not in TIMED.get(topic, ())} if isinstance(values, dict)
+            else values for topic, values in numbers.items()}
+    return _comparable(kept)
+
+
+def _comparable(value):
+    """NaN as ``None`` all through (NaN never equals itself), tuples as lists (as JSON gives them)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 # --------------------------------------------------------------------------- Markdown
 def _acc(value: dict) -> str:
     return f"{value['pct']:.1f}%"
