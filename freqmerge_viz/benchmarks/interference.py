@@ -287,9 +287,7 @@ def _run_in_memory(quick: bool, layers: int | None, k: int, device, seed: int, r
                                   ("interference_table", table))}
     return {
         "benchmark": "interference --in-memory",
-        "device": str(target),
-        "threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()),
+        **_conditions(target, {"threads": torch.get_num_threads()}),
         "k": k,
         "layers": layers,
         "shapes": {name: list(shape) for name, shape in CLIP_B32_BLOCKS},
