@@ -242,9 +242,9 @@ class CutoffModel:
             self.eval_tasks = [str(t) for t in evaluator]
             self.eval_counts = {str(t): int(len(getattr(ev, "labels", ()))) or None for t, ev in evaluator.items()}
         else:
-            self._first_counts: dict[str, int] = {}
+            self.eval_counts = {}
             self.eval_tasks = list(self._accuracy_dict(self._pretrained))
-            self.eval_counts = {t: self._first_counts.get(t) for t in self.eval_tasks}
+            self.eval_counts = {t: self.eval_counts.get(t) for t in self.eval_tasks}
 
     def _default_key(self, method: str = "fr") -> str:
         """The first proper matrix (more than one row and column) the method's ``filter_scope``
@@ -275,11 +275,7 @@ class CutoffModel:
             if len(value) != 2 or not value[1] or value[1] < 0:
                 raise ParameterError(f"the evaluator's answer for task {task!r} must be an accuracy or "
                                      f"(correct, total) with total > 0, got {value!r}")
-            counts = getattr(self, "eval_counts", None)
-            if counts is not None:
-                counts[task] = int(value[1])
-            else:
-                self._first_counts[task] = int(value[1])
+            self.eval_counts[task] = int(value[1])
             return float(value[0]) / float(value[1])
         return float(value)
 
