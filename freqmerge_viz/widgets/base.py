@@ -153,6 +153,9 @@ class Explorer:
 
     export_div_id = "freqmerge-explorer"
     default_export = "explorer.html"
+    refiner = None
+    """A :class:`~freqmerge_viz.widgets.refine.Refiner` when the explorer refines its numbers in
+    the background (a control change cancels it; a shown setting restarts it)."""
 
     def __init__(self, *, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
         import ipywidgets as w
@@ -221,6 +224,13 @@ class Explorer:
     def flush(self) -> bool:
         """Apply queued control changes now (returns whether there were any)."""
         return self._debouncer.flush()
+
+    def refine(self, timeout_s: float | None = None) -> dict:
+        """Finish refining the shown setting now, in the caller's thread (at most `timeout_s`
+        seconds), then return :meth:`shown`. Without a refiner, just :meth:`shown`."""
+        if self.refiner is not None:
+            self.refiner.finish(timeout_s)
+        return self.shown()
 
     @property
     def debouncer(self) -> Debouncer:
@@ -335,6 +345,8 @@ class Explorer:
     def _on_control(self, name: str, value) -> None:
         if self._syncing:
             return
+        if self.refiner is not None:
+            self.refiner.cancel()
         with self._lock:
             self._pending[name] = value
         self._debouncer.trigger()
@@ -347,6 +359,8 @@ class Explorer:
 
     def _apply(self, changes: Mapping[str, Any], raise_errors: bool) -> None:
         with self._lock:
+            if self.refiner is not None:
+                self.refiner.cancel()
             start = time.perf_counter()
             candidate = {**self.values, **changes}
             self.last_timings = {}
@@ -360,6 +374,7 @@ class Explorer:
             except Exception as exc:
                 self._sync_controls(self.values)
                 self._show_error(exc)
+                self._restart_refinement()
                 if raise_errors:
                     raise
                 return
@@ -369,6 +384,15 @@ class Explorer:
             self.last_error = None
             self.last_timings["total_ms"] = 1e3 * (time.perf_counter() - start)
             self._show_ok()
+            self._restart_refinement()
+
+    def _restart_refinement(self) -> None:
+        if self.refiner is not None and self._view_shown():
+            self.refiner.restart()
+
+    def _view_shown(self) -> bool:
+        """Whether a view has been drawn (refinement has a setting to work on)."""
+        return self.updates > 0
 
     def _sync_controls(self, values: Mapping[str, Any]) -> None:
         self._syncing = True

@@ -16,9 +16,10 @@ evaluation batches are computed once.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import html
 import math
+import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from ..scopes import image_tower, selects
 from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
+from .refine import Refiner, Tally
 
 CONTROLLED = ("cutoff", "upper_cutoff", "kind", "band", "scaling")
 """Method parameters that the explorer's controls set."""
@@ -49,11 +51,19 @@ COMBINE_ONLY = ("scaling",)
 VARIANCE_SCOPES = ("matrix", "all")
 CACHE_SIZE = 256
 """Merged accuracies and variances kept per explorer (a slider walked back is not recomputed)."""
+TARGET_SE = 1.0
+"""Standard error (percentage points) of the mean accuracy at which refinement stops."""
+REFINE_CHUNK = 32
+"""Inputs of one task that one refinement step adds (on the demo zoo about 10 ms: the longest a
+control event waits behind a step)."""
+REFINE_DRAW_S = 0.4
+"""Least time (seconds) between two redraws of a refinement in progress."""
 
 SPECTRUM, GAIN, VARIANCE_RAW, VARIANCE_NORMALIZED, ACCURACY, NO_FILTER, NO_MERGE, FINETUNED = range(8)
 """Trace indices in :attr:`CutoffExplorer.figure`."""
 REFERENCES = {"no_filter": "same merge, cutoff 0 (no filter)", "no_merge": "no merge (pretrained + heads)",
               "finetuned": "fine-tuned"}
+SHORT_REFERENCES = {"no_filter": "vs no filter", "no_merge": "vs no merge", "finetuned": "vs fine-tuned"}
 BY_CONSTRUCTION = "zeroed bins lower the all-bins value by construction"
 
 Evaluate = Callable[[Mapping[str, torch.Tensor]], Mapping[str, float]]
@@ -70,7 +80,10 @@ class CutoffView:
 
     Variances are ``(unfiltered, filtered over all bins, filtered over kept bins)``, raw and
     divided by the mean amplitude; the kept-bins value is NaN when no bin is kept.
-    Accuracies are fractions in [0, 1]; ``no_filter`` is the same merge at cutoff 0.
+    Accuracies are fractions in [0, 1]; ``no_filter`` is the same merge at cutoff 0,
+    ``no_merge`` the pretrained model with its heads, ``finetuned`` each task's own model.
+    ``counts`` holds, for ``merged`` and each reference, the inputs per task behind it (None:
+    unknown); ``refinement`` is :meth:`CutoffModel.refinement` of the setting.
     """
 
     key: str
@@ -84,6 +97,10 @@ class CutoffView:
     accuracy: dict
     no_filter: dict
     title: str
+    no_merge: dict
+    finetuned: dict
+    counts: dict
+    refinement: dict
 
     @property
     def nothing_kept(self) -> bool:
@@ -131,7 +148,8 @@ class CutoffModel:
 
     def __init__(self, source, *, method: str = "fr", eval_split: str = "val", eval_per_task: int = 16,
                  eval_mode: str = "loop", device: torch.device | str | None = None,
-                 params: Mapping[str, Any] | None = None, threads: int | None = 1):
+                 params: Mapping[str, Any] | None = None, threads: int | None = 1,
+                 refine_limit: int | None = None, refine_chunk: int = REFINE_CHUNK, target_se: float = TARGET_SE):
         self.device = resolve_device(device)
         self.threads = threads
         self.timings: dict[str, float] = {}
@@ -140,17 +158,22 @@ class CutoffModel:
         check_choice("method", method, self.methods)
         self.fixed_params = self._check_fixed(params or {})
         self.source = source
+        if not target_se > 0:
+            raise ParameterError(f"target_se must be > 0 percentage points, got {target_se!r}")
+        self.target_se = float(target_se)
+        self.refine_chunk = check_positive_int("refine_chunk", refine_chunk)
         with torch_threads(threads):
-            self._load_source(source, eval_split, eval_per_task, eval_mode)
+            self._load_source(source, eval_split, eval_per_task, eval_mode, refine_limit)
             self._amplitudes: dict[str, np.ndarray] = {}
             self._images: dict[tuple[str, int], SpectrumImage] = {}
             self._unfiltered: dict[tuple, tuple] = {}
             self._accuracies = _LRU()
             self._variances = _LRU()
             self._resolved = _LRU()
-            self.finetuned_accuracy = {t: self._accuracy_of(self._finetuned[t], t) for t in self.eval_tasks
-                                       if t in self._finetuned}
-            self.no_merge_accuracy = self._accuracy_dict(self._pretrained)
+            self._states: OrderedDict = OrderedDict()
+            finetuned = {t: self._accuracy_of(self._finetuned[t], t) for t in self.eval_tasks if t in self._finetuned}
+            self._references = {"no_merge": self._tally_of(self._pretrained),
+                                "finetuned": Tally(finetuned, {t: self.eval_counts.get(t) for t in finetuned})}
         self.matrix_keys = [k for k in self._vectors[0] if len(self._vectors[0].shape_of(k)) >= 2]
         if not self.matrix_keys:
             raise ParameterError("the task vectors hold no matrix (entry with 2 or more dimensions)")
@@ -191,12 +214,32 @@ class CutoffModel:
         return round(float(chosen) * k, 4), (f"{k} × {float(chosen):g}, the task-arithmetic coefficient "
                                               "chosen on validation when the zoo was built")
 
-    def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str) -> None:
+    @property
+    def no_merge_accuracy(self) -> dict[str, float]:
+        """The pretrained model's accuracy per task (fractions), refined so far."""
+        return dict(self._references["no_merge"].accuracy)
+
+    @property
+    def finetuned_accuracy(self) -> dict[str, float]:
+        """Each task's fine-tuned model on its own task (fractions), refined so far."""
+        return dict(self._references["finetuned"].accuracy)
+
+    @property
+    def refinable(self) -> bool:
+        """Whether the explorer can add inputs to its estimates (a study's splits; an evaluator
+        given by the caller has fixed data)."""
+        return bool(self._full_evaluators)
+
+    def _load_source(self, source, eval_split: str, eval_per_task: int, eval_mode: str,
+                     refine_limit: int | None) -> None:
         from ..analysis.evaluation import analysed_keys
         from ..study import as_study, is_study, study_evaluator
 
         if isinstance(source, (str, os.PathLike)):
             source = as_study(source)
+        self._full_evaluators: dict = {}
+        self.split_sizes: dict[str, int] = {}
+        self.unit = "images"
         if isinstance(source, tuple):
             if len(source) != 3:
                 raise ParameterError("give a zoo or a tuple (pretrained, finetuned, evaluator)")
@@ -209,9 +252,16 @@ class CutoffModel:
         elif is_study(source):
             check_positive_int("eval_per_task", eval_per_task)
             pretrained, finetuned = source.pretrained, dict(source.finetuned)
-            evaluator = {t: study_evaluator(source, t, eval_split, eval_per_task, mode=eval_mode,
-                                          device=self.device) for t in source.tasks}
-            self.eval_description = f"first {eval_per_task} {eval_split} {getattr(source, 'unit', 'images')} of each task"
+            limit = getattr(source, "default_limit", None) if refine_limit is None else refine_limit
+            if limit is not None:
+                check_positive_int("refine_limit", limit)
+            self._full_evaluators = {t: study_evaluator(source, t, eval_split, max(limit, eval_per_task) if limit
+                                                        else None, mode=eval_mode, device=self.device)
+                                     for t in source.tasks}
+            evaluator = {t: _first_inputs(full, eval_per_task) for t, full in self._full_evaluators.items()}
+            self.split_sizes = {t: len(full.labels) for t, full in self._full_evaluators.items()}
+            self.unit = getattr(source, "unit", "images")
+            self.eval_description = f"{eval_split} {self.unit} of each task, in the split's order"
             self.eval_per_task = eval_per_task
             include = analysed_keys(source)
         else:
@@ -257,6 +307,10 @@ class CutoffModel:
         return (filtered or proper or self.matrix_keys)[0]
 
     # ------------------------------------------------------------------ computations
+    def _tally_of(self, state: Mapping[str, torch.Tensor]) -> Tally:
+        accuracy = self._accuracy_dict(state)
+        return Tally(accuracy, {t: self.eval_counts.get(t) for t in accuracy})
+
     def _accuracy_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         if isinstance(self._evaluator, Mapping):
             return {str(t): float(ev([state]).accuracy[0]) for t, ev in self._evaluator.items()}
@@ -306,19 +360,97 @@ class CutoffModel:
                                      lambda: get_method(method).resolved(params, len(self._vectors)),
                                      self.cache_stats, "resolutions")
 
-    def _merged_accuracy(self, resolved: ResolvedMethod) -> dict[str, float]:
+    def _merged_state(self, resolved: ResolvedMethod) -> dict[str, torch.Tensor]:
+        """The merged parameters of `resolved` (the last two kept for refinement)."""
+        key = (resolved.name, _frozen(resolved.params))
+        if key in self._states:
+            self._states.move_to_end(key)
+            return self._states[key]
+        start = time.perf_counter()
+        merged = resolved.merge(self._pretrained, self._vectors, device=self.device)
+        state = {k: merged[k] for k in merged}
+        self.timings["merge_ms"] = self.timings.get("merge_ms", 0.0) + 1e3 * (time.perf_counter() - start)
+        self._states[key] = state
+        if len(self._states) > 2:
+            self._states.popitem(last=False)
+        return state
+
+    def _merged_accuracy(self, resolved: ResolvedMethod) -> Tally:
         def compute():
+            state = self._merged_state(resolved)
             start = time.perf_counter()
-            merged = resolved.merge(self._pretrained, self._vectors, device=self.device)
-            state = {k: merged[k] for k in merged}
-            self.timings["merge_ms"] = self.timings.get("merge_ms", 0.0) + 1e3 * (time.perf_counter() - start)
-            start = time.perf_counter()
-            accuracy = self._accuracy_dict(state)
+            tally = self._tally_of(state)
             self.timings["evaluate_ms"] = (self.timings.get("evaluate_ms", 0.0)
                                                 + 1e3 * (time.perf_counter() - start))
-            return accuracy
+            return tally
 
         return self._accuracies.get_or((resolved.name, _frozen(resolved.params)), compute, self.cache_stats, "merges")
+
+    def _targets(self, values: Mapping[str, Any]) -> dict[str, tuple[Tally, Callable[[str], Mapping]]]:
+        """What a setting shows, by name (``merged``, ``no_filter``, ``no_merge``, ``finetuned``):
+        its tally and the parameters to evaluate for a task."""
+        resolved, unfiltered = self._resolved_pair(values)
+        return {"merged": (self._merged_accuracy(resolved), lambda task: self._merged_state(resolved)),
+                "no_filter": (self._merged_accuracy(unfiltered), lambda task: self._merged_state(unfiltered)),
+                "no_merge": (self._references["no_merge"], lambda task: self._pretrained),
+                "finetuned": (self._references["finetuned"], lambda task: self._finetuned[task])}
+
+    def _resolved_pair(self, values: Mapping[str, Any]) -> tuple[ResolvedMethod, ResolvedMethod]:
+        """The setting's merge and the same merge at cutoff 0 (no filter)."""
+        method, params = values["method"], self.method_params(values)
+        unfiltered = {k: v for k, v in params.items() if k != "upper_cutoff"}
+        return (self.resolved(method, params),
+                self.resolved(method, {**unfiltered, "cutoff": 0.0, "band": "high"}))
+
+    def _settled(self, tally: Tally) -> bool:
+        """Whether `tally` needs no more inputs: its mean's standard error is at most
+        ``target_se`` points, or it holds every input of each task's split (or cannot grow)."""
+        if not self.refinable or all(tally.counts[t] >= self.split_sizes[t] for t in tally.counts):
+            return True
+        if len({c for t, c in tally.counts.items() if c < self.split_sizes[t]}) > 1:
+            return False
+        tasks = list(tally.counts)
+        return as_percent(mean_se([tally.accuracy[t] for t in tasks], [tally.counts[t] for t in tasks])) \
+            <= self.target_se
+
+    def refinement(self, values: Mapping[str, Any]) -> dict:
+        """Where refinement of the setting `values` stands: ``state`` (``"refining"``,
+        ``"settled"``: standard error of the mean at most ``target_se_percent`` points,
+        ``"whole split"``, or ``"fixed"``: the caller's evaluator, whose data cannot grow), the
+        fewest inputs per task behind any shown number and the most the split offers."""
+        tallies = [tally for tally, _ in self._targets(values).values()]
+        fewest = min((c for tally in tallies for c in tally.counts.values() if c is not None), default=None)
+        if not self.refinable:
+            state = "fixed"
+        elif not all(self._settled(tally) for tally in tallies):
+            state = "refining"
+        elif all(c >= self.split_sizes[t] for tally in tallies for t, c in tally.counts.items()):
+            state = "whole split"
+        else:
+            state = "settled"
+        return {"state": state, "fewest_per_task": fewest, "split_per_task": max(self.split_sizes.values(), default=None),
+                "target_se_percent": self.target_se}
+
+    def refine_step(self, values: Mapping[str, Any]) -> bool:
+        """Add the next chunk of inputs of one task to the least refined unsettled number of the
+        setting `values` (``refine_chunk`` inputs; tasks take turns, so a number's tasks grow
+        together and refinement stops only when they are level); returns whether any
+        number of the setting is still unsettled."""
+        with torch_threads(self.threads):
+            open_targets = [(tally, state_of) for tally, state_of in self._targets(values).values()
+                            if not self._settled(tally)]
+            if not open_targets:
+                return False
+            tally, state_of = min(open_targets, key=lambda target: target[0].inputs())
+            task = min((t for t in tally.counts if tally.counts[t] < self.split_sizes[t]),
+                       key=lambda t: tally.counts[t])
+            done = tally.counts[task]
+            evaluator = _inputs_between(self._full_evaluators[task], done,
+                                        min(done + self.refine_chunk, self.split_sizes[task]))
+            accuracy = float(evaluator([state_of(task)]).accuracy[0])
+            tally.add(task, accuracy, len(evaluator.labels))
+            self.cache_stats["refinement_steps"] += 1
+            return len(open_targets) > 1 or not self._settled(tally)
 
     def _variances_for(self, resolved: ResolvedMethod, key: str, scope: str):
         subset = self._vectors if scope == "all" else [{key: tv[key]} for tv in self._vectors]
@@ -349,15 +481,11 @@ class CutoffModel:
     def compute(self, values) -> CutoffView:
         self.timings = {}
         with torch_threads(self.threads):
-            method, key = values["method"], values["key"]
-            params = self.method_params(values)
-            resolved = self.resolved(method, params)
+            key = values["key"]
+            resolved, _ = self._resolved_pair(values)
             task_index = self.tasks.index(values["task"])
             image = self._spectrum_image(key, task_index)
-            accuracy = self._merged_accuracy(resolved)
-            unfiltered_params = {k: v for k, v in params.items() if k != "upper_cutoff"}
-            no_filter = self._merged_accuracy(self.resolved(method, {**unfiltered_params, "cutoff": 0.0,
-                                                                     "band": "high"}))
+            tallies = {name: tally for name, (tally, _) in self._targets(values).items()}
             unfiltered, filtered, kept, fraction = self._variances_for(resolved, key, values["variance_over"])
             mask = resolved.filter_spec.mask(image.values.shape[-2:]).cpu().numpy()
         if fraction == 0.0:
@@ -368,19 +496,23 @@ class CutoffModel:
             title += " — this matrix's merged delta is zero"
         return CutoffView(key, values["task"], values["band"], image, mask,
                           (unfiltered[0], filtered[0], kept[0]), (unfiltered[1], filtered[1], kept[1]),
-                          float(fraction), accuracy, no_filter, title)
+                          float(fraction), dict(tallies["merged"].accuracy), dict(tallies["no_filter"].accuracy),
+                          title, dict(tallies["no_merge"].accuracy), dict(tallies["finetuned"].accuracy),
+                          {name: dict(tally.counts) for name, tally in tallies.items()}, self.refinement(values))
 
     # ------------------------------------------------------------------ numbers shown
-    def _errors(self, accuracy: Mapping[str, float]) -> list[float]:
+    def _errors(self, accuracy: Mapping[str, float], counts: Mapping[str, int | None]) -> list[float]:
         """±1 binomial standard error per evaluation task, in percent (NaN when n is unknown)."""
-        return [float(as_percent(binomial_se(accuracy[t], self.eval_counts.get(t) or 0)))
-                for t in self.eval_tasks]
+        return [float(as_percent(binomial_se(accuracy[t], counts.get(t) or 0))) for t in self.eval_tasks]
 
-    def mean_with_error(self, accuracy: Mapping[str, float]) -> tuple[float, float]:
-        """(mean accuracy over the evaluation tasks, its standard error), both in percent."""
+    def mean_with_error(self, accuracy: Mapping[str, float],
+                        counts: Mapping[str, int | None] | None = None) -> tuple[float, float]:
+        """(mean accuracy over the evaluation tasks, its standard error), both in percent;
+        `counts`: inputs per task behind `accuracy` (default: the first estimate's)."""
+        counts = self.eval_counts if counts is None else counts
         values = [accuracy[t] for t in self.eval_tasks]
-        counts = [self.eval_counts.get(t) or 0 for t in self.eval_tasks]
-        return float(as_percent(np.mean(values))), float(as_percent(mean_se(values, counts)))
+        return float(as_percent(np.mean(values))), float(as_percent(mean_se(values, [counts.get(t) or 0
+                                                                                      for t in self.eval_tasks])))
 
     def unfiltered_note(self, values: Mapping[str, Any]) -> str:
         """What the filter never touches under the settings `values` (1-D parameters unless
@@ -432,13 +564,27 @@ class CutoffExplorer(Explorer):
                  cutoff: float | None = None, scaling: float | None = None, eval_split: str = "val",
                  eval_per_task: int = 16, eval_mode: str = "loop", device: torch.device | str | None = None,
                  params: Mapping[str, Any] | None = None, threads: int | None = 1,
-                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+                 refine: bool = True, target_se: float = TARGET_SE, refine_limit: int | None = None,
+                 refine_chunk: int = REFINE_CHUNK, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
         super().__init__(debounce=debounce, schedule=schedule)
         self.model = CutoffModel(source, method=method, eval_split=eval_split, eval_per_task=eval_per_task,
-                                 eval_mode=eval_mode, device=device, params=params, threads=threads)
+                                 eval_mode=eval_mode, device=device, params=params, threads=threads,
+                                 refine_limit=refine_limit, refine_chunk=refine_chunk, target_se=target_se)
         self.values = self.model.default_values(method, key=key, task=task, cutoff=cutoff, scaling=scaling)
         self._view: CutoffView | None = None
+        self._last_refine_draw = 0.0
+        if refine and self.model.refinable:
+            self.refiner = Refiner(self._refine_step, self._lock, schedule)
         self._start(method)
+
+    def _refine_step(self) -> bool:
+        """One refinement step of the shown setting; redraws at most every :data:`REFINE_DRAW_S`
+        seconds, and when the setting is done."""
+        more = self.model.refine_step(self.values)
+        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
+            self._draw(self.model.compute(self.values))
+            self._publish(self.values)
+        return more
 
     def method_params(self, values: Mapping[str, Any] | None = None) -> dict:
         """The parameters handed to :func:`~freqmerge_viz.merge` for `values` (default: the current)."""
@@ -570,10 +716,12 @@ class CutoffExplorer(Explorer):
             d[VARIANCE_NORMALIZED].y = change_normalized
             d[VARIANCE_NORMALIZED].customdata = list(view.normalized_variance[1:])
             d[ACCURACY].y = [float(as_percent(view.accuracy[t])) for t in self.eval_tasks]
-            d[ACCURACY].error_y.array = self._errors(view.accuracy)
-            d[NO_FILTER].y = [float(as_percent(view.no_filter[t])) for t in self.eval_tasks]
-            d[NO_MERGE].y = [float(as_percent(self.no_merge_accuracy[t])) for t in self.eval_tasks]
-            d[FINETUNED].y = [float(as_percent(self.finetuned_accuracy.get(t, np.nan))) for t in self.eval_tasks]
+            d[ACCURACY].error_y.array = self._errors(view.accuracy, view.counts["merged"])
+            for index, name in ((NO_FILTER, "no_filter"), (NO_MERGE, "no_merge"), (FINETUNED, "finetuned")):
+                values = getattr(view, name)
+                d[index].y = [float(as_percent(values.get(t, np.nan))) for t in self.eval_tasks]
+                d[index].error_y = dict(type="data", array=self._errors_or_nan(values, view.counts[name]),
+                                        visible=True, thickness=1, width=3, color=d[index].marker.color)
             variance_note, caption = self._notes(view)
             self.figure.layout.annotations = self.figure.layout.annotations[:4] + (
                 dict(text=f"<i>{html.escape(variance_note)}</i>", xref="x3 domain", yref="y3 domain", x=0.5,
@@ -587,13 +735,19 @@ class CutoffExplorer(Explorer):
         self.controls["upper_cutoff"].disabled = view.band != "band"
         self.summary.value = self._summary_html(view)
         self._view = view
-        self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
+        self._last_refine_draw = time.perf_counter()
+        self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
+
+    def _errors_or_nan(self, values: Mapping[str, float], counts: Mapping[str, int | None]) -> list[float]:
+        """Per-task ±1 SE (percent) of a reference; NaN for a task it does not cover."""
+        return [float(as_percent(binomial_se(values[t], counts.get(t) or 0))) if t in values else float("nan")
+                for t in self.eval_tasks]
 
     def _displayed(self) -> dict:
         d = self.figure.data
         view = self._view
         accuracy = {t: float(view.accuracy[t]) for t in self.eval_tasks}
-        mean, error = self.mean_with_error(accuracy)
+        mean, error = self.mean_with_error(accuracy, view.counts["merged"])
 
         def nan_to_none(value: float):
             return None if value is None or not math.isfinite(value) else float(value)
@@ -601,53 +755,68 @@ class CutoffExplorer(Explorer):
         return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
                 "mean_accuracy_percent": mean, "mean_accuracy_se_percent": nan_to_none(error),
                 "accuracy_se_percent": dict(zip(self.eval_tasks, map(nan_to_none, d[ACCURACY].error_y.array))),
-                "eval_counts": dict(self.eval_counts),
+                "eval_counts": dict(view.counts["merged"]),
+                "reference_counts": {name: dict(view.counts[name]) for name in REFERENCES},
+                "refinement": dict(view.refinement),
                 "amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
                                                map(nan_to_none, view.variance))),
                 "normalized_amplitude_variance": dict(zip(("unfiltered", "all_bins", "kept_bins"),
                                                           map(nan_to_none, view.normalized_variance))),
                 "kept_fraction": view.kept_fraction, "nothing_kept": view.nothing_kept,
-                "no_filter_accuracy": dict(view.no_filter), "no_merge_accuracy": dict(self.no_merge_accuracy),
-                "finetuned_accuracy": dict(self.finetuned_accuracy),
+                "no_filter_accuracy": dict(view.no_filter), "no_merge_accuracy": dict(view.no_merge),
+                "finetuned_accuracy": dict(view.finetuned),
                 "spectrum_limits": [view.spectrum.vmin, view.spectrum.vmax],
                 "spectrum_zero_fraction": view.spectrum.zero_fraction}
 
     def _summary_html(self, view: CutoffView) -> str:
         tasks = self.eval_tasks
-        mean, error = self.mean_with_error(view.accuracy)
-        references = []
-        for name, values in (("no_filter", view.no_filter), ("no_merge", self.no_merge_accuracy),
-                             ("finetuned", self.finetuned_accuracy)):
-            if all(t in values for t in tasks):
-                ref_mean, ref_error = self.mean_with_error(values)
-                references.append(f'<span class="fmv-reference" data-name="{name}" data-value="{ref_mean / 100:.6f}">'
-                                  f'{html.escape(REFERENCES[name])} {ref_mean:.1f}{_plus_minus(ref_error)}%</span>')
+        mean, error = self.mean_with_error(view.accuracy, view.counts["merged"])
+        references, differences = [], []
+        for name in REFERENCES:
+            values = getattr(view, name)
+            if not all(t in values for t in tasks):
+                continue
+            ref_mean, ref_error = self.mean_with_error(values, view.counts[name])
+            references.append(f'<span class="fmv-reference" data-name="{name}" data-value="{ref_mean / 100:.6f}">'
+                              f'{html.escape(REFERENCES[name])} {ref_mean:.1f}{_plus_minus(ref_error)}%</span>')
+            delta, spread = mean - ref_mean, math.hypot(error, ref_error)
+            verdict = ("noise unknown" if not math.isfinite(spread) else
+                       "not resolved: within 2 SE" if not abs(delta) > 2 * spread else "resolved: beyond 2 SE")
+            differences.append(f'<span class="fmv-difference" data-name="{name}" data-value="{delta:.4f}" '
+                               f'data-resolved="{str(verdict.startswith("resolved")).lower()}">'
+                               f'{SHORT_REFERENCES[name]} {delta:+.1f}{_plus_minus(spread)} points ({verdict})</span>')
         per_task = " ".join(f'<span class="fmv-task-accuracy" data-task="{html.escape(t)}" '
                             f'data-value="{view.accuracy[t]:.6f}">{html.escape(t)} {100 * view.accuracy[t]:.1f}%'
                             f'</span>' for t in tasks)
-        difference = ""
-        if all(t in view.no_filter for t in tasks):
-            ref_mean, ref_error = self.mean_with_error(view.no_filter)
-            delta, spread = mean - ref_mean, math.hypot(error, ref_error)
-            verdict = ("noise unknown" if not math.isfinite(spread) else
-                       "within noise" if not abs(delta) > 2 * spread else "beyond 2 SE")
-            difference = (f' · filtered − unfiltered: <span class="fmv-difference" data-value="{delta:.4f}">'
-                          f'{delta:+.1f}{_plus_minus(spread)} points ({verdict})</span>')
         nothing = (f'<br><b class="fmv-nothing-kept">No bin of {html.escape(view.key)} is kept: its merged delta '
                    'is zero.</b>') if view.nothing_kept else ""
         unfiltered = self.model.unfiltered_note(self.values)
-        n = (f"{self.eval_per_task} images per task, ±1 binomial SE" if self.eval_per_task
-             else "the evaluator's data, ±1 binomial SE" if math.isfinite(error)
-             else "the evaluator's data; standard error unknown: it gave accuracies without image counts "
-                  "(return {task: (correct, total)} to have them)")
         return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
                 f'<span class="fmv-mean-accuracy" data-value="{np.mean([view.accuracy[t] for t in tasks]):.6f}">'
-                f'{mean:.1f}{_plus_minus(error)}%</span></b> on the {html.escape(self.eval_description)} ({html.escape(n)})'
-                f'{difference}<br>references: {" · ".join(references)}<br>{per_task} · kept '
+                f'{mean:.1f}{_plus_minus(error)}%</span></b> on the {html.escape(self.eval_description)} '
+                f'({self._basis_html(view, error)})<br>merged − reference: {" · ".join(differences)}'
+                f'<br>references: {" · ".join(references)}<br>{per_task} · kept '
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
                 f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}'
                 f'{"<br>" + html.escape(self.scope_note) if self.scope_note else ""}</div>')
 
+    def _basis_html(self, view: CutoffView, error: float) -> str:
+        """How many inputs the shown numbers rest on, and where refinement stands."""
+        counts = [c for c in view.counts["merged"].values() if c is not None]
+        state = view.refinement["state"]
+        if state == "fixed":
+            if math.isfinite(error):
+                return f"the evaluator's data, {sum(counts)} {self.unit} in all, ±1 binomial SE"
+            return html.escape("the evaluator's data; standard error unknown: it gave accuracies without image "
+                               "counts (return {task: (correct, total)} to have them)")
+        fewest = view.refinement["fewest_per_task"]
+        text = {"refining": f"refining towards ±{self.target_se:g} point on the mean…",
+                "settled": f"settled: ±1 SE of the mean ≤ {self.target_se:g} point",
+                "whole split": "the whole split"}[state]
+        return (f'<span class="fmv-refinement" data-state="{state}" data-fewest="{fewest}" '
+                f'data-total="{sum(counts)}">{_count_range(counts)} {self.unit} per task behind the merged '
+                f'numbers ({sum(counts)} in all), every number on ≥ {fewest} per task, ±1 binomial SE; '
+                f'{text}</span>')
 
     def static_figure(self):
         """The current view as a matplotlib figure (what :meth:`export` writes as PNG/SVG/PDF)."""
@@ -694,20 +863,21 @@ class CutoffExplorer(Explorer):
         ax_var.legend(fontsize=8)
         xs = np.arange(len(self.eval_tasks))
         accuracy = as_percent([view.accuracy[t] for t in self.eval_tasks])
-        ax_acc.bar(xs, accuracy, color="#54a24b", label="merged", yerr=self._errors(view.accuracy),
+        ax_acc.bar(xs, accuracy, color="#54a24b", label="merged", yerr=self._errors(view.accuracy, view.counts["merged"]),
                    ecolor="#333", capsize=2)
         for name, values, marker, colour in (("no_filter", view.no_filter, "o", "#e45756"),
-                                             ("no_merge", self.no_merge_accuracy, "x", "#222"),
-                                             ("finetuned", self.finetuned_accuracy, "_", "#222")):
+                                             ("no_merge", view.no_merge, "x", "#222"),
+                                             ("finetuned", view.finetuned, "_", "#222")):
             ax_acc.scatter(xs, as_percent([values.get(t, np.nan) for t in self.eval_tasks]), marker=marker,
                            s=200 if marker == "_" else 40, color=colour if marker != "o" else "none",
                            edgecolors=colour if marker == "o" else None, label=REFERENCES[name], zorder=3)
         ax_acc.set_xticks(xs, self.eval_tasks, rotation=30, ha="right", fontsize=8)
         ax_acc.set_ylim(0, 105)
         ax_acc.set_ylabel("accuracy (%)")
-        mean, error = self.mean_with_error(view.accuracy)
-        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({self.eval_description})",
-                         fontsize=9)
+        mean, error = self.mean_with_error(view.accuracy, view.counts["merged"])
+        counts = [c for c in view.counts["merged"].values() if c is not None]
+        basis = f"{_count_range(counts)} {self.unit} per task" if counts else "evaluator's data"
+        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({basis})", fontsize=9)
         ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values
         band = f"[{v['cutoff']:.3f}, {v['upper_cutoff']:.3f})" if v["band"] == "band" else f"{v['cutoff']:.3f}"
@@ -716,9 +886,25 @@ class CutoffExplorer(Explorer):
         return fig
 
 
+def _inputs_between(evaluator, start: int, stop: int):
+    """`evaluator` on inputs ``start:stop`` of its data only."""
+    return dataclasses.replace(evaluator, inputs=evaluator.inputs[start:stop], labels=evaluator.labels[start:stop],
+                               name=f"{evaluator.name}[{start}:{stop}]")
+
+
+def _first_inputs(evaluator, count: int):
+    """`evaluator` on its first `count` inputs (the split's first estimate)."""
+    return _inputs_between(evaluator, 0, count)
+
+
 def _summary(result) -> tuple[float, float]:
     """(mean raw variance over the result's matrices, the result's normalised mean)."""
     return float(result.per_matrix["variance"].mean()), float(result.mean)
+
+
+def _count_range(counts) -> str:
+    """``272`` when every count is 272, else ``197–288``."""
+    return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
 
 
 def _plus_minus(error: float) -> str:
