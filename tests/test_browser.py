@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from freqmerge_viz.benchmarks import browser as bench_browser
 from freqmerge_viz.benchmarks import lab as harness
 
 pytestmark = pytest.mark.browser
@@ -71,10 +72,19 @@ def start(page, lab, notebook: str, explorer: str):
     assert errors.count() == 0, errors.first.inner_text()
     root = page.locator(harness.EXPLORERS[explorer]).first
     root.scroll_into_view_if_needed()
-    state = harness.wait_drawn(page, root)
+    harness.wait_drawn(page, root)
+    state = quiet(page, root)
     assert_page_matches(state, f"{notebook} after run all")
     assert root.locator(".fmv-status-error").count() == 0
     return root, state
+
+
+def quiet(page, root) -> dict:
+    """The explorer's state once its background refinement (where it has one) has stopped and
+    the plot shows the readout's last revision."""
+    if root.locator(".fmv-refinement").count():
+        bench_browser.wait_refinement(page, root, "s.state !== 'refining'")
+    return harness.wait_drawn(page, root)
 
 
 def change(page, root, state, action, what: str, control: str) -> dict:
@@ -82,8 +92,8 @@ def change(page, root, state, action, what: str, control: str) -> dict:
     computed for the value the control now shows, check it against the readout."""
     action()
     css = f".fmv-{control.replace('_', '-')}"
-    new = harness.wait_drawn(page, root, after_revision=state["revision"],
-                             settings={control: harness.control_value(root, css)})
+    harness.wait_drawn(page, root, after_revision=state["revision"], settings={control: harness.control_value(root, css)})
+    new = quiet(page, root)
     assert root.locator(".fmv-status-error").count() == 0, root.locator(".fmv-status").inner_text()
     assert_page_matches(new, what)
     return new
@@ -134,6 +144,44 @@ def test_cutoff_explorer_draws_what_it_computed(lab, page):
         page.wait_for_timeout(1000)
         assert plot.bounding_box()["height"] == pytest.approx(height, abs=2), width
     reload_and_check(page, lab, "03_fr_merging.ipynb", "cutoff", after)
+
+
+def test_cutoff_explorer_refines_and_a_new_setting_stops_the_old(lab, page):
+    """Move the cutoff: the fast estimate is drawn, then the images behind it grow and the error
+    bars shrink; move it again mid-refinement: the new setting's fast estimate is drawn at once,
+    the old one is not refined behind it, and walking back shows its refined numbers."""
+    root, state = start(page, lab, "03_fr_merging.ipynb", "cutoff")
+    first_total = 16 * 8  # the notebook's explorer: 16 validation images of each of the 8 tasks
+    handle = harness.slider_handle(root, ".fmv-cutoff")
+    handle.focus()
+    root.evaluate(bench_browser.KEY_TIME_JS)
+    for _ in range(3):
+        handle.press("PageUp")
+        a_first = bench_browser.wait_refinement(page, root, f"s.revision > {state['revision']}")
+        assert a_first["total"] == first_total and a_first["state"] == "refining"
+        a_grown = bench_browser.wait_refinement(page, root, f"s.total > {first_total}")
+        if a_grown["state"] == "refining":
+            break
+        state = quiet(page, root)
+    else:
+        pytest.fail("the refinement always finished before its first partial redraw")
+    assert a_grown["meanSe"] < a_first["meanSe"], "error bars shrink as images are added"
+    assert_page_matches(harness.wait_drawn(page, root), "mid-refinement")
+    handle.press("PageUp")  # a new setting while the old one is refining
+    b_first = bench_browser.wait_refinement(page, root, f"s.revision > {a_grown['revision']} && s.total === {first_total}")
+    latency_ms = b_first["drawnAt"] - page.evaluate("() => window.__fmvKeyAt")
+    assert latency_ms < 1500, f"the new setting's first estimate took {latency_ms:.0f} ms to draw"
+    b_done = bench_browser.wait_refinement(page, root, "s.state !== 'refining'")
+    assert b_done["total"] > first_total and b_done["meanSe"] <= 1.0 + 1e-9 or b_done["state"] == "whole split"
+    assert_page_matches(harness.wait_drawn(page, root), "refinement settled")
+    handle.press("PageDown")  # back to the interrupted setting
+    a_back = bench_browser.wait_refinement(page, root, f"s.revision > {b_done['revision']}")
+    assert a_back["total"] >= a_grown["total"], "a setting returned to shows its refined numbers"
+    assert a_back["state"] == "refining", "the interrupted setting was not refined while another was shown"
+    a_done = bench_browser.wait_refinement(page, root, "s.state !== 'refining'")
+    assert a_done["total"] > a_back["total"]
+    assert_page_matches(harness.wait_drawn(page, root), "returned setting settled")
+    root.screenshot(path=ARTIFACTS / "cutoff_explorer_refined.png")
 
 
 def test_expert_explorer_draws_what_it_computed(lab, page):

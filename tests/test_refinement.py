@@ -103,7 +103,7 @@ def test_error_bars_shrink_and_the_page_is_redrawn(zoo, clock):
     assert math.isclose(first["mean_accuracy_se_percent"] / final["mean_accuracy_se_percent"],
                         math.sqrt(LIMIT / FIRST), rel_tol=0.35)
     assert 'data-state="whole split"' in explorer.summary.value
-    assert f"{LIMIT} images per task behind the merged numbers" in explorer.summary.value
+    assert f"on {LIMIT} val images per task" in explorer.summary.value
     for name in REFERENCES:
         assert f'class="fmv-difference" data-name="{name}"' in explorer.summary.value
 
@@ -119,7 +119,7 @@ def test_without_refinement_and_with_a_callers_evaluator(zoo, clock):
     assert explorer.refiner is None
     shown = explorer.shown()
     assert shown["refinement"]["state"] == "fixed" and shown["eval_counts"] == {"digits": 4, "signs": 4}
-    assert "the evaluator's data, 8 images in all" in explorer.summary.value
+    assert "on the evaluator's data (8 images in all)" in explorer.summary.value
 
 
 def test_refinement_steps_run_on_a_timer_thread_outside_a_kernel(zoo):

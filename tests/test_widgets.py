@@ -35,7 +35,7 @@ def test_controls_come_from_the_registry(explorer):
     assert "normalised radius" in cutoff.description
     assert "fmv-cutoff" in cutoff._dom_classes
     assert "fmv-summary" in explorer.summary._dom_classes
-    assert "8 images per task behind the merged numbers" in explorer.summary.value
+    assert "on 8 val images per task" in explorer.summary.value
     assert explorer.figure.layout.yaxis4.title.text == "accuracy (%)"
     assert all(len(explorer._vectors[0].shape_of(k)) >= 2 for k in explorer.controls["key"].options)
     assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()

@@ -8,7 +8,10 @@ has drawn the figure the kernel sent back (debounce, computation in the kernel, 
 drawing included). Every press moves to a value not shown before (no cached result), except
 where a slider has fewer stops. Prints JSON: per slider ``p50_ms``, ``p95_ms``, ``max_ms``, the
 target where the issue set one, and the kernel's own time per update (``kernel_p50_ms``, from
-the explorer's status line). With ``--screenshots DIR`` it also writes each explorer before
+the explorer's status line). Sliders of an explorer that refines its numbers (the cutoff
+explorer) are then pressed up to 5 more times, each time waiting for the refinement to stop
+(``refinement``): ms from the press to the first estimate and to the settled numbers (mean's SE
+at most 1 point, or the whole split), and the images and SE behind each. With ``--screenshots DIR`` it also writes each explorer before
 and after its first slider's moves, with the notebook column 1500 and 1000 px wide (the
 README's pictures).
 
@@ -42,6 +45,9 @@ SLIDERS = {
     "landscape": ("05_loss_landscape.ipynb", [("grid", "ArrowRight", None, None)]),
 }
 """explorer -> (notebook, [(slider class, key, key pressed once before timing, target p50 in ms)])."""
+REFINING = ("cutoff",)
+"""Explorers that refine their numbers in the background: their sliders are also timed to the
+settled refinement (``refinement``); the others keep their first estimate (``refinement: null``)."""
 
 KEY_TIME_JS = """
 root => {
@@ -51,6 +57,64 @@ root => {
   return handles.length;
 }
 """
+
+
+REFINEMENT_JS = """
+root => {
+  const gd = root.querySelector('.fmv-plot');
+  const summary = root.querySelector('.fmv-accuracy');
+  const basis = root.querySelector('.fmv-refinement');
+  if (!gd || !gd.data || !summary || !basis) return null;
+  const merged = gd.data.find(t => t.name === 'merged');
+  const bars = Array.from((merged && merged.error_y && merged.error_y.array) || []);
+  return {revision: Number(gd.dataset.revision || -1), summaryRevision: Number(summary.dataset.revision),
+          drawnAt: Number(gd.dataset.drawnAt || 0), state: basis.dataset.state,
+          total: Number(basis.dataset.total), fewest: Number(basis.dataset.fewest),
+          meanBar: bars.reduce((a, b) => a + b, 0) / Math.max(1, bars.length),
+          meanSe: Math.sqrt(bars.reduce((a, b) => a + b * b, 0)) / Math.max(1, bars.length)};
+}
+"""
+"""What the cutoff explorer's page shows of its refinement: the state and image counts from the
+summary, the merged bars' mean ±1 SE and the mean's SE (percentage points), with the plot's
+revision and the summary's (equal when both show the same update)."""
+
+
+def refinement_state(root) -> dict | None:
+    """:data:`REFINEMENT_JS` on the explorer under `root`."""
+    return root.evaluate(REFINEMENT_JS)
+
+
+def wait_refinement(page, root, condition_js: str, timeout_ms: int = 120_000) -> dict:
+    """Wait until the page's refinement state ``s`` (as :func:`refinement_state`, with plot and
+    summary at the same revision) satisfies the JavaScript expression `condition_js`."""
+    page.wait_for_function(
+        f"""root => {{ const s = ({REFINEMENT_JS.strip()})(root);
+                      return s !== null && s.revision === s.summaryRevision && ({condition_js}); }}""",
+        arg=root.element_handle(), timeout=timeout_ms, polling=50)
+    return refinement_state(root)
+
+
+def time_to_settle(page, root, css: str, key: str, n: int) -> dict:
+    """Press `key` `n` times on slider `css`, each time waiting until the refinement stops:
+    ms from the key press to the first estimate drawn and to the last refinement drawn (mean's
+    SE at the target, or the whole split), with the images behind each."""
+    handle = harness.slider_handle(root, f".fmv-{css}")
+    handle.focus()
+    first, settled, images, ses = [], [], [], []
+    state = refinement_state(root)
+    for _ in range(n):
+        handle.press(key)
+        pressed = state["revision"]
+        start = wait_refinement(page, root, f"s.revision > {pressed}")
+        first.append(start["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
+        state = wait_refinement(page, root, "s.state !== 'refining'")
+        settled.append(state["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
+        images.append([start["total"], state["total"]])
+        ses.append([round(start["meanSe"], 2), round(state["meanSe"], 2)])
+    return {"n": len(first), "first_estimate_p50_ms": round(statistics.median(first), 1),
+            "settled_p50_ms": round(statistics.median(settled), 1), "settled_max_ms": round(max(settled), 1),
+            "images_first_and_settled": images, "mean_se_points_first_and_settled": ses,
+            "final_state": state["state"]}
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -135,6 +199,10 @@ def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Pat
                     timing = time_slider(page, root, css, key, n, prepare)
                     timing["target_p50_ms"] = target
                     timing["met"] = None if target is None or timing["p50_ms"] is None else timing["p50_ms"] <= target
+                    if explorer in REFINING:
+                        timing["refinement"] = time_to_settle(page, root, css, key, max(1, min(n, 5)))
+                    else:
+                        timing["refinement"] = None
                     entry["sliders"][css] = timing
                     if screenshots is not None and index == 0:
                         for width in (1500, 1000):

@@ -215,6 +215,8 @@ root => {
       const v = list(t[f]);
       if (v !== undefined && Array.isArray(v)) row[f] = v;
     }
+    const bars = t.error_y && list(t.error_y.array);
+    if (Array.isArray(bars)) row.error_y = bars;
     const z = list(t.z);
     if (Array.isArray(z) && z.length && Array.isArray(z[0])) {
       const flat = z.flat();
@@ -299,7 +301,7 @@ def trace_mismatches(state: dict, tolerance: float = 1e-9) -> list[str]:
         return [f"{len(page)} traces on the page, {len(readout)} computed"]
     for i, (drawn, computed) in enumerate(zip(page, readout)):
         label = f"trace {i} ({computed.get('name')!r})"
-        for field in ("x", "y", "text", "customdata"):
+        for field in ("x", "y", "text", "customdata", "error_y"):
             if field in computed and not _same_list(drawn.get(field), computed[field], tolerance):
                 problems.append(f"{label}: {field} differs: page {str(drawn.get(field))[:120]} vs computed "
                                 f"{str(computed[field])[:120]}")
@@ -318,3 +320,80 @@ def trace_mismatches(state: dict, tolerance: float = 1e-9) -> list[str]:
 def slider_handle(root, css: str):
     """The noUiSlider handle of the ipywidgets slider with class `css` under `root`."""
     return root.locator(f"{css} .noUi-handle").first
+
+
+# ------------------------------------------------------------------ the dashboard (freqmerge-viz serve)
+@dataclass
+class DashboardServer:
+    """A running ``freqmerge-viz serve``: base URL, token, the serve process and its log."""
+
+    base: str
+    token: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """The dashboard's page with the token."""
+        return f"{self.base}/?token={self.token}"
+
+
+def http_status(url: str, timeout_s: float = 5) -> int | None:
+    """The HTTP status `url` answers with (redirects not followed), ``None`` when nothing answers."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    try:
+        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def dashboard_server(workdir: Path, repo: Path, study: str = "zoo", timeout_s: float = SERVER_START_S
+                     ) -> Iterator[DashboardServer]:
+    """``freqmerge-viz serve --study study`` on a free port with a fresh token, importing
+    freqmerge_viz from `repo`, Jupyter's own folders in `workdir`; yielded once the server answers
+    (a request without the token, which starts no kernel), stopped with SIGINT (Ctrl-C) after."""
+    port, token = _free_port(), secrets.token_urlsafe(16)
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+               JUPYTER_CONFIG_DIR=str(workdir / "config"), JUPYTER_RUNTIME_DIR=str(workdir / "runtime"),
+               IPYTHONDIR=str(workdir / "ipython"), JUPYTER_DATA_DIR=str(workdir / "data"),
+               JUPYTER_PLATFORM_DIRS="1")
+    log_path = workdir / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "freqmerge_viz.cli", "serve", "--study", study,
+                                 "--port", str(port), "--token", token],
+                                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while http_status(f"{base}/", timeout_s=2) is None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"freqmerge-viz serve exited with {proc.returncode}: "
+                                       f"{log_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"freqmerge-viz serve did not answer within {timeout_s} s; see {log_path}")
+                time.sleep(0.2)
+            yield DashboardServer(base, token, proc, log_path)
+        finally:
+            _stop(proc)
+
+
+def dashboard_tab(page, title: str) -> None:
+    """Click the dashboard's tab whose title contains `title` and wait until it is the current one."""
+    tab = page.locator(".fmv-dashboard-tabs .lm-TabBar-tab", has_text=title).first
+    tab.click()
+    page.wait_for_function("tab => tab.classList.contains('lm-mod-current')", arg=tab.element_handle(),
+                           timeout=10_000, polling=50)
+
+
+def selected_labels(root, css: str) -> list[str]:
+    """The selected options' labels of the (multiple) select control with class `css` under `root`."""
+    return root.locator(f"{css} select").first.evaluate("s => Array.from(s.selectedOptions).map(o => o.value)")

@@ -261,7 +261,7 @@ class CutoffModel:
             evaluator = {t: _first_inputs(full, eval_per_task) for t, full in self._full_evaluators.items()}
             self.split_sizes = {t: len(full.labels) for t, full in self._full_evaluators.items()}
             self.unit = getattr(source, "unit", "images")
-            self.eval_description = f"{eval_split} {self.unit} of each task, in the split's order"
+            self.eval_description = f"{eval_split} {self.unit}"
             self.eval_per_task = eval_per_task
             include = analysed_keys(source)
         else:
@@ -793,30 +793,29 @@ class CutoffExplorer(Explorer):
         unfiltered = self.model.unfiltered_note(self.values)
         return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
                 f'<span class="fmv-mean-accuracy" data-value="{np.mean([view.accuracy[t] for t in tasks]):.6f}">'
-                f'{mean:.1f}{_plus_minus(error)}%</span></b> on the {html.escape(self.eval_description)} '
-                f'({self._basis_html(view, error)})<br>merged − reference: {" · ".join(differences)}'
+                f'{mean:.1f}{_plus_minus(error)}%</span></b> {self._basis_html(view, error)}'
+                f'<br>merged − reference: {" · ".join(differences)}'
                 f'<br>references: {" · ".join(references)}<br>{per_task} · kept '
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
                 f'{"<br>" + html.escape(unfiltered) if unfiltered else ""}'
                 f'{"<br>" + html.escape(self.scope_note) if self.scope_note else ""}</div>')
 
     def _basis_html(self, view: CutoffView, error: float) -> str:
-        """How many inputs the shown numbers rest on, and where refinement stands."""
+        """What the shown numbers rest on (inputs per task, ±1 binomial SE) and where refinement stands."""
         counts = [c for c in view.counts["merged"].values() if c is not None]
         state = view.refinement["state"]
         if state == "fixed":
             if math.isfinite(error):
-                return f"the evaluator's data, {sum(counts)} {self.unit} in all, ±1 binomial SE"
-            return html.escape("the evaluator's data; standard error unknown: it gave accuracies without image "
+                return f"on the evaluator's data ({sum(counts)} {self.unit} in all), ±1 binomial SE"
+            return html.escape("on the evaluator's data; standard error unknown: it gave accuracies without image "
                                "counts (return {task: (correct, total)} to have them)")
         fewest = view.refinement["fewest_per_task"]
-        text = {"refining": f"refining towards ±{self.target_se:g} point on the mean…",
-                "settled": f"settled: ±1 SE of the mean ≤ {self.target_se:g} point",
+        text = {"refining": f"refining towards ±{self.target_se:g} point…",
+                "settled": f"settled: SE ≤ {self.target_se:g} point",
                 "whole split": "the whole split"}[state]
         return (f'<span class="fmv-refinement" data-state="{state}" data-fewest="{fewest}" '
-                f'data-total="{sum(counts)}">{_count_range(counts)} {self.unit} per task behind the merged '
-                f'numbers ({sum(counts)} in all), every number on ≥ {fewest} per task, ±1 binomial SE; '
-                f'{text}</span>')
+                f'data-total="{sum(counts)}">on {_count_range(counts)} {html.escape(self.eval_description)} per task '
+                f'({sum(counts)} in all; references on ≥ {fewest} per task), ±1 binomial SE · <b>{text}</b></span>')
 
     def static_figure(self):
         """The current view as a matplotlib figure (what :meth:`export` writes as PNG/SVG/PDF)."""
@@ -876,7 +875,7 @@ class CutoffExplorer(Explorer):
         ax_acc.set_ylabel("accuracy (%)")
         mean, error = self.mean_with_error(view.accuracy, view.counts["merged"])
         counts = [c for c in view.counts["merged"].values() if c is not None]
-        basis = f"{_count_range(counts)} {self.unit} per task" if counts else "evaluator's data"
+        basis = f"{_count_range(counts)} {self.eval_description} per task" if counts else "evaluator's data"
         ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({basis})", fontsize=9)
         ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values

@@ -128,7 +128,7 @@ def _array_summary(values) -> dict:
 
 def trace_readout(spec: dict) -> list[dict]:
     """Per trace of a figure spec: its name, type and data (``x``, ``y``, ``text``, ``customdata``
-    as lists; a 2-D ``z`` as shape, NaN count, sum of the finite entries and sampled entries).
+    and the error bars ``error_y`` as lists; a 2-D ``z`` as shape, NaN count, sum of the finite entries and sampled entries).
 
     This is what a page must show for the figure to be the one computed (the browser test reads
     the drawn graph's data and compares).
@@ -139,6 +139,9 @@ def trace_readout(spec: dict) -> list[dict]:
         for field in ("x", "y", "text", "customdata"):
             if isinstance(trace.get(field), list):
                 row[field] = trace[field]
+        error = trace.get("error_y")
+        if isinstance(error, dict) and isinstance(error.get("array"), list):
+            row["error_y"] = error["array"]
         z = trace.get("z")
         if isinstance(z, list) and z and isinstance(z[0], list):
             row["z"] = _array_summary(z)
