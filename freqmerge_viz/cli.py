@@ -222,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     study_show.add_argument("study", help="a study file (YAML), a zoo folder, or 'zoo'")
     study_sub.add_parser("kinds", help="every study kind with its fields (Markdown)")
 
+    serve = sub.add_parser("serve", help="the three explorers of a study as one web app (Voila), on 127.0.0.1 "
+                                         "behind a token",
+                           description="Serve the dashboard (cutoff explorer, expert explorer, landscape viewer) "
+                                       "of a study with Voila: no code on the page, bound to 127.0.0.1 unless "
+                                       "--ip says otherwise, protected by a token (printed in the URL). Needs "
+                                       "the dashboard extra (pip install 'freqmerge-viz[dashboard]').")
+    serve.add_argument("--study", default=None, metavar="STUDY",
+                       help="a study file (YAML), a zoo folder, or 'zoo' (default: the bundled demo zoo)")
+    serve.add_argument("--port", type=int, default=8866, help="port to listen on (default: 8866)")
+    serve.add_argument("--ip", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; another address "
+                            "lets other machines reach it, with a warning)")
+    serve.add_argument("--token", default=None,
+                       help="the token the URL must carry (default: a fresh random one)")
+    serve.add_argument("--workdir", default=None,
+                       help="folder for the generated notebook and kernel specification (default: a fresh "
+                            "temporary folder, removed afterwards; never inside the study's inputs)")
+
     verify = sub.add_parser("verify", help="check a merged output against its merge.json (sha256 of every file)",
                             description="Recompute the sha256 of every output file and every input file "
                                         "recorded in a merge record and compare. Exit status 0 when all match, "
@@ -384,6 +402,13 @@ def _cmd_study(args) -> None:
     print(study.describe())
 
 
+def _cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args.study, port=args.port, ip=args.ip, token=args.token, workdir=args.workdir,
+                 say=lambda text: print(text, flush=True))
+
+
 def _cmd_synth(args) -> None:
     from .synthetic import make_model_set
 
@@ -530,7 +555,7 @@ def _cmd_bench(args) -> None:
 COMMANDS = {"figures": _cmd_figures, "report": _cmd_report, "synth": _cmd_synth, "inspect": _cmd_inspect,
             "interference": _cmd_interference, "merge": _cmd_merge, "methods": _cmd_methods, "zoo": _cmd_zoo,
             "bench": _cmd_bench, "verify": _cmd_verify, "convert": _cmd_convert, "eval": _cmd_eval,
-            "study": _cmd_study, "findings": _cmd_findings}
+            "study": _cmd_study, "findings": _cmd_findings, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
