@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: 127.0.0.1, this machine only; another address "
                             "lets other machines reach it, with a warning)")
     serve.add_argument("--token", default=None,
-                       help="the token the URL must carry (default: a fresh random one)")
+                       help="the token the URL must carry (default: a fresh random one; one given here is "
+                            "visible to the machine's other users in the process list)")
     serve.add_argument("--workdir", default=None,
                        help="folder for the generated notebook and kernel specification (default: a fresh "
                             "temporary folder, removed afterwards; never inside the study's inputs)")

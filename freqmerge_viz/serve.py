@@ -6,7 +6,8 @@ and the working folder lies outside the study's inputs. It then writes into the 
 a one-cell notebook that calls :func:`freqmerge_viz.widgets.dashboard.show`, and a kernel
 specification that runs this Python (so the page's kernel imports this freqmerge_viz).
 :func:`voila_command` is the command that serves that notebook: bound to 127.0.0.1 unless asked
-otherwise, behind a token, sources stripped (no code on the page), no other port tried.
+otherwise, behind a token (passed in the environment, not on the command line), sources stripped
+(no code on the page), no other port tried.
 :func:`serve` runs it until Ctrl-C (or SIGTERM), then stops Voila and its kernels.
 """
 
@@ -195,16 +196,21 @@ def prepare(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, toke
 
 def voila_command(served: Served) -> list[str]:
     """The Voila command line serving `served`'s notebook (no browser opened, no other port
-    tried, sources stripped, the token required)."""
+    tried, sources stripped, a token required). The token itself is not on it (a command line
+    is visible to every user of the machine): Voila reads it from ``JUPYTER_TOKEN``
+    (:func:`voila_environment`)."""
     return [sys.executable, "-m", "voila", str(served.notebook), "--no-browser", f"--port={served.port}",
-            f"--Voila.ip={served.ip}", f"--Voila.token={served.token}", "--Voila.port_retries=0",
+            f"--Voila.ip={served.ip}", "--Voila.auto_token=True", "--Voila.port_retries=0",
             "--strip_sources=True", "--show_tracebacks=False"]
 
 
 def voila_environment(served: Served) -> dict[str, str]:
-    """This process's environment with the working folder's kernel specification found first."""
+    """This process's environment with the token in ``JUPYTER_TOKEN`` and the working folder's
+    kernel specification found first."""
     jupyter_path = os.pathsep.join(filter(None, [str(served.workdir / "jupyter"), os.environ.get("JUPYTER_PATH")]))
-    return dict(os.environ, JUPYTER_PATH=jupyter_path)
+    environment = dict(os.environ, JUPYTER_PATH=jupyter_path, JUPYTER_TOKEN=served.token)
+    environment.pop("JUPYTER_TOKEN_FILE", None)
+    return environment
 
 
 def start_voila(served: Served, *, log=None) -> subprocess.Popen:
