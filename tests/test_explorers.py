@@ -217,8 +217,8 @@ def test_landscape_errors_are_shown(viewer, clock):
 
 
 def test_landscape_disk_cache(zoo, tmp_path):
-    first = LandscapeViewer(zoo, grid=3, limit=8, methods=(), cache_dir=tmp_path)
-    second = LandscapeViewer(zoo, grid=3, limit=8, methods=(), cache_dir=tmp_path)
+    first = LandscapeViewer(zoo, grid=3, limit=8, methods=(), cache_dir=tmp_path, refine=False)
+    second = LandscapeViewer(zoo, grid=3, limit=8, methods=(), cache_dir=tmp_path, refine=False)
     assert not first._view.grid.attrs["cache_hit"] and second._view.grid.attrs["cache_hit"]
     assert second.shown()["values"] == first.shown()["values"]
 

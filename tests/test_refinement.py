@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from freqmerge_viz.plots.landscape import grid_matrix
 from freqmerge_viz.study import study_evaluator
 from freqmerge_viz.widgets import CutoffExplorer
 from freqmerge_viz.widgets.cutoff import ACCURACY, REFERENCES
@@ -132,3 +133,46 @@ def test_refinement_steps_run_on_a_timer_thread_outside_a_kernel(zoo):
     shown = explorer.shown()
     assert shown["refinement"]["state"] == "whole split"
     assert np.all(np.isfinite(list(shown["accuracy_se_percent"].values())))
+
+
+def test_landscape_refines_grid_and_points_to_a_direct_evaluation(zoo, clock):
+    from freqmerge_viz.analysis.landscape import plane_study
+    from freqmerge_viz.widgets.landscape import LandscapeViewer
+
+    viewer = LandscapeViewer(zoo, grid=3, limit=FIRST, refine_limit=LIMIT, refine_chunk=CHUNK,
+                             methods=("task_arithmetic",), schedule=clock.schedule)
+    first = viewer.shown()
+    assert first["refinement"]["state"] == "refining" and set(first["samples_per_point"]["grid"]) == {FIRST}
+    revision = viewer.pane.revision
+    shown = viewer.refine()
+    assert shown["refinement"]["state"] == "whole split" and viewer.pane.revision > revision
+    assert set(shown["samples_per_point"]["grid"]) == {LIMIT}
+    assert set(shown["samples_per_point"]["points"].values()) == {LIMIT}
+    study = plane_study(zoo, viewer.values["task_a"], viewer.values["task_b"], split="test", limit=LIMIT)
+    direct = study.grid(3)
+    _, _, values = grid_matrix(direct, "loss")
+    assert np.allclose(shown["values"], values, rtol=1e-5, atol=1e-6)
+    points = study.points({}, {"task_arithmetic": viewer.model._merged[(viewer.model._plane_key(viewer.values)[:2],
+                                                                        "task_arithmetic")]})
+    for row in points.itertuples():
+        assert shown["points"][row.method]["accuracy"] == pytest.approx(row.accuracy, abs=1e-12)
+        assert shown["points"][row.method]["loss"] == pytest.approx(row.loss, rel=1e-5)
+    assert f"every point on {LIMIT} images" in viewer.summary.value
+    assert f"({LIMIT} test images per point)" in shown["title"]
+
+
+def test_landscape_control_change_cancels_and_keeps_refined_grids(zoo, clock):
+    from freqmerge_viz.widgets.landscape import LandscapeViewer
+
+    viewer = LandscapeViewer(zoo, grid=3, limit=FIRST, refine_limit=LIMIT, refine_chunk=CHUNK, methods=(),
+                             schedule=clock.schedule)
+    run_steps(clock, viewer, 4)
+    grown = list(viewer.model._grids[(viewer.model._plane_key(viewer.values), 3)]["samples"])
+    assert max(grown) > FIRST
+    viewer.controls["grid"].value = 4                 # a new grid: drawn at once on the first images
+    assert set(viewer.shown()["samples_per_point"]["grid"]) == {FIRST}
+    run_steps(clock, viewer, 500)
+    assert viewer.shown()["refinement"]["state"] == "whole split"
+    assert list(viewer.model._grids[(viewer.model._plane_key(viewer.values), 3)]["samples"]) == grown
+    viewer.set(grid=3)
+    assert viewer.shown()["samples_per_point"]["grid"] == grown

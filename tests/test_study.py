@@ -224,11 +224,11 @@ def test_the_explorers_take_a_study(tiny):
     from freqmerge_viz.widgets.experts import ExpertExplorer
     from freqmerge_viz.widgets.landscape import LandscapeViewer
 
-    cutoff = CutoffExplorer(tiny, eval_per_task=8)
+    cutoff = CutoffExplorer(tiny, eval_per_task=8, refine=False)  # its first estimate, not a refinement in flight
     merged = fmv.merge("fr", tiny.pretrained, tiny.finetuned, **cutoff.method_params())
     expected = tiny.task_accuracies(merged, split="val", limit=8)
     assert cutoff.shown()["accuracy"] == pytest.approx(expected)
-    viewer = LandscapeViewer(tiny, grid=3, limit=8)
+    viewer = LandscapeViewer(tiny, grid=3, limit=8, refine=False)
     assert (viewer.values["task_a"], viewer.values["task_b"]) == ("task0", "task1")
     experts = ExpertExplorer(tiny, methods=("free",), kinds=("topk",), eval_per_task=8, ps=(0.0, 1.0))
     assert set(experts.shown()["expert_accuracy"]["topk"]) == set(tiny.tasks)

@@ -16,7 +16,6 @@ evaluation batches are computed once.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import math
 import os
@@ -39,7 +38,7 @@ from ..scopes import image_tower, selects
 from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
-from .refine import Refiner, Tally
+from .refine import Refiner, Tally, inputs_between
 
 CONTROLLED = ("cutoff", "upper_cutoff", "kind", "band", "scaling")
 """Method parameters that the explorer's controls set."""
@@ -258,7 +257,7 @@ class CutoffModel:
             self._full_evaluators = {t: study_evaluator(source, t, eval_split, max(limit, eval_per_task) if limit
                                                         else None, mode=eval_mode, device=self.device)
                                      for t in source.tasks}
-            evaluator = {t: _first_inputs(full, eval_per_task) for t, full in self._full_evaluators.items()}
+            evaluator = {t: inputs_between(full, 0, eval_per_task) for t, full in self._full_evaluators.items()}
             self.split_sizes = {t: len(full.labels) for t, full in self._full_evaluators.items()}
             self.unit = getattr(source, "unit", "images")
             self.eval_description = f"{eval_split} {self.unit}"
@@ -445,7 +444,7 @@ class CutoffModel:
             task = min((t for t in tally.counts if tally.counts[t] < self.split_sizes[t]),
                        key=lambda t: tally.counts[t])
             done = tally.counts[task]
-            evaluator = _inputs_between(self._full_evaluators[task], done,
+            evaluator = inputs_between(self._full_evaluators[task], done,
                                         min(done + self.refine_chunk, self.split_sizes[task]))
             accuracy = float(evaluator([state_of(task)]).accuracy[0])
             tally.add(task, accuracy, len(evaluator.labels))
@@ -883,17 +882,6 @@ class CutoffExplorer(Explorer):
         fig.suptitle(f"{v['method']}: {v['kind']} {v['band']}-pass, cutoff ρ = {band}, scaling {v['scaling']:.2f}"
                      + (" — no bin of this matrix kept" if view.nothing_kept else ""), fontsize=10)
         return fig
-
-
-def _inputs_between(evaluator, start: int, stop: int):
-    """`evaluator` on inputs ``start:stop`` of its data only."""
-    return dataclasses.replace(evaluator, inputs=evaluator.inputs[start:stop], labels=evaluator.labels[start:stop],
-                               name=f"{evaluator.name}[{start}:{stop}]")
-
-
-def _first_inputs(evaluator, count: int):
-    """`evaluator` on its first `count` inputs (the split's first estimate)."""
-    return _inputs_between(evaluator, 0, count)
 
 
 def _summary(result) -> tuple[float, float]:

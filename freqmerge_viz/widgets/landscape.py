@@ -15,8 +15,8 @@ cached setting about 10 ms; grid time grows with grid² × images. The status li
 
 from __future__ import annotations
 
-import os
 import html
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,10 +26,21 @@ import pandas as pd
 
 from ..study import as_study, is_study
 from ..analysis.landscape import DEFAULT_METHODS, REFERENCES, default_pair, filter_label, merged_states, plane_study
-from ..errors import ParameterError, check_choice
+from ..errors import ParameterError, check_choice, check_positive_int
 from ..methods import list_methods
 from ..plots.landscape import grid_matrix
+from ..stats import binomial_se
+from ..study import study_evaluator
 from .base import DEBOUNCE_S, Explorer, Schedule
+from .refine import Refiner, inputs_between
+
+TARGET_SE = 1.0
+"""Largest ±1 binomial SE of the accuracy at any shown point (percentage points) at which
+refinement stops."""
+REFINE_CHUNK = 32
+"""Images one refinement step adds to one grid row (or to the projected points)."""
+REFINE_DRAW_S = 0.4
+"""Least time (seconds) between two redraws of a refinement in progress."""
 
 METRICS = ("loss", "accuracy")
 GRID_SIZES = (2, 41)
@@ -59,6 +70,7 @@ class LandscapeView:
     points: pd.DataFrame
     metric: str
     title: str
+    refinement: dict
 
 
 class LandscapeModel:
@@ -70,7 +82,8 @@ class LandscapeModel:
 
     def __init__(self, zoo, *, limit: int | None = 64, split: str = "test",
                  grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
-                 busy: Callable[[str], None] | None = None):
+                 busy: Callable[[str], None] | None = None, refine_limit: int | None = None,
+                 refine_chunk: int = REFINE_CHUNK, target_se: float = TARGET_SE):
         if isinstance(zoo, (str, os.PathLike)):
             zoo = as_study(zoo)
         if not is_study(zoo):
@@ -97,6 +110,13 @@ class LandscapeModel:
         self._grids: dict[tuple, pd.DataFrame] = {}
         self._points: dict[tuple, pd.DataFrame] = {}
         self._merged: dict[tuple, dict] = {}
+        if not target_se > 0:
+            raise ParameterError(f"target_se must be > 0 percentage points, got {target_se!r}")
+        self.target_se = float(target_se)
+        self.refine_chunk = check_positive_int("refine_chunk", refine_chunk)
+        self.refine_limit = getattr(zoo, "default_limit", None) if refine_limit is None else \
+            check_positive_int("refine_limit", refine_limit)
+        self._full_evaluators: dict[str, object] = {}
 
     # ------------------------------------------------------------------ computations
     def check(self, values) -> None:
@@ -144,7 +164,9 @@ class LandscapeModel:
         if (plane, size) not in self._grids:
             self.busy(f"{size} × {size} grid")
             start = time.perf_counter()
-            self._grids[(plane, size)] = study.grid((size, self.grid_range) if self.grid_range else size)
+            grid = study.grid((size, self.grid_range) if self.grid_range else size)
+            grid["samples"] = int(grid.attrs["samples"])
+            self._grids[(plane, size)] = grid
             self.timings["grid_ms"] = 1e3 * (time.perf_counter() - start)
         methods = tuple(values["methods"])
         if (plane, methods) not in self._points:
@@ -156,13 +178,84 @@ class LandscapeModel:
                 made = merged_states({m: _recipe(m) for m in missing}, study.pretrained, study.finetuned_a,
                                      study.finetuned_b, study.names, list(study.plane.origin))
                 self._merged.update({(pair, m): s for m, s in made.items()})
-            self._points[(plane, methods)] = study.points({}, {m: self._merged[(pair, m)] for m in methods})
+            points = study.points({}, {m: self._merged[(pair, m)] for m in methods})
+            points["samples"] = int(len(study.evaluator.labels))
+            self._points[(plane, methods)] = points
             self.timings["points_ms"] = 1e3 * (time.perf_counter() - start)
-        grid, points = self._grids[(plane, size)], self._points[(plane, methods)]
+        grid, points = self._grids[(plane, size)].copy(), self._points[(plane, methods)].copy()
+        counts = _counts(grid) + _counts(points)
+        grid.attrs["samples"] = min(counts)
         setting = filter_label(self.filter) if values["filtered"] else "unfiltered"
-        title = (f"{values['metric']} on {plane[2]} ({grid.attrs['samples']} {self.split} images) · plane of "
+        shown = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+        title = (f"{values['metric']} on {plane[2]} ({shown} {self.split} images per point) · plane of "
                  f"τ_{plane[0]} and τ_{plane[1]} · {setting}")
-        return LandscapeView(grid, points, values["metric"], title)
+        return LandscapeView(grid, points, values["metric"], title, self.refinement(values))
+
+    # ------------------------------------------------------------------ refinement
+    def _full_evaluator(self, task: str):
+        """`task`'s evaluator on its whole `split` (or ``refine_limit`` images), sliced per chunk."""
+        if task not in self._full_evaluators:
+            self._full_evaluators[task] = study_evaluator(self.zoo, task, self.split, self.refine_limit)
+        return self._full_evaluators[task]
+
+    def _open(self, values) -> tuple[str, list[pd.DataFrame], int]:
+        """(evaluated task, the setting's grid and points tables, images its split offers)."""
+        plane = self._plane_key(values)
+        tables = [self._grids[(plane, int(values["grid"]))], self._points[(plane, tuple(values["methods"]))]]
+        return plane[2], tables, len(self._full_evaluator(plane[2]).labels)
+
+    def _settled(self, table: pd.DataFrame, size: int) -> bool:
+        counts = _counts(table)
+        if min(counts) >= size:
+            return True
+        if min(counts) != max(counts):
+            return False
+        se = binomial_se(table["accuracy"].to_numpy(float), np.asarray(counts, dtype=np.float64))
+        return float(np.max(100.0 * se)) <= self.target_se
+
+    def refinement(self, values) -> dict:
+        """Where refinement of `values` stands, as the cutoff explorer's: ``state`` (``refining``,
+        ``settled``: every shown accuracy's ±1 SE at most ``target_se_percent`` points, or
+        ``whole split``), the fewest images per point and the most the split offers."""
+        _, tables, size = self._open(values)
+        counts = [c for table in tables for c in _counts(table)]
+        state = ("whole split" if min(counts) >= size else
+                 "settled" if all(self._settled(t, size) for t in tables) else "refining")
+        return {"state": state, "fewest_per_point": min(counts), "split_per_task": size,
+                "target_se_percent": self.target_se}
+
+    def refine_step(self, values) -> bool:
+        """Add the next ``refine_chunk`` images to one grid row (the least refined) or to the
+        projected points; returns whether any number of `values` is still unsettled."""
+        task, tables, size = self._open(values)
+        open_tables = [t for t in tables if not self._settled(t, size)]
+        if not open_tables:
+            return False
+        table = min(open_tables, key=lambda t: min(_counts(t)))
+        counts = np.asarray(_counts(table))
+        done = int(counts.min())
+        rows = np.flatnonzero(counts == done)
+        if "method" not in table:
+            rows = rows[np.isclose(table["beta"].to_numpy()[rows], table["beta"].to_numpy()[rows[0]])]
+        study = self.study(values)
+        evaluator = inputs_between(self._full_evaluator(task), done, min(done + self.refine_chunk, size))
+        n = len(evaluator.labels)
+        if "method" in table:
+            pair = self._plane_key(values)[:2]
+            states = [study.pretrained, study.finetuned_a, study.finetuned_b] + \
+                [self._merged[(pair, m)] for m in values["methods"]]
+            rows = np.arange(len(table))
+        else:
+            states = study.plane.states(table[["alpha", "beta"]].to_numpy(np.float64)[rows])
+        result = evaluator(states)
+        loss, accuracy = np.asarray(result.loss, float), np.asarray(result.accuracy, float)
+        weight = counts[rows] / (counts[rows] + n)
+        for column, fresh_values in (("loss", loss), ("accuracy", accuracy)):
+            column_index = table.columns.get_loc(column)
+            old = table.iloc[rows, column_index].to_numpy(float)
+            table.iloc[rows, column_index] = weight * old + (1 - weight) * fresh_values
+        table.iloc[rows, table.columns.get_loc("samples")] = counts[rows] + n
+        return len(open_tables) > 1 or not self._settled(table, size)
 
 
 class LandscapeViewer(Explorer):
@@ -186,17 +279,30 @@ class LandscapeViewer(Explorer):
                  grid: int = 11, filtered: bool = False, metric: str = "loss",
                  methods: Sequence[str] = tuple(DEFAULT_METHODS), limit: int | None = 64, split: str = "test",
                  grid_range: tuple[float, float] | None = None, filter=True, cache_dir=None,
-                 debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
+                 refine: bool = True, target_se: float = TARGET_SE, refine_limit: int | None = None,
+                 refine_chunk: int = REFINE_CHUNK, debounce: float = DEBOUNCE_S, schedule: Schedule | None = None):
         super().__init__(debounce=debounce, schedule=schedule)
         self.model = LandscapeModel(zoo, limit=limit, split=split, grid_range=grid_range, filter=filter,
-                                    cache_dir=cache_dir, busy=self._busy)
+                                    cache_dir=cache_dir, busy=self._busy, refine_limit=refine_limit,
+                                    refine_chunk=refine_chunk, target_se=target_se)
         self._view: LandscapeView | None = None
+        self._last_refine_draw = 0.0
+        if refine:
+            self.refiner = Refiner(self._refine_step, self._lock, schedule)
         if task_a is None or task_b is None:
             task_a, task_b = default_pair(self.model.zoo)
         self.values = {"task_a": task_a, "task_b": task_b, "eval_task": eval_task, "grid": grid,
                        "filtered": filtered, "metric": metric, "methods": tuple(methods)}
         self.model.check(self.values)
         self._start()
+
+    def _refine_step(self) -> bool:
+        """One refinement step of the shown setting; redraws at most every :data:`REFINE_DRAW_S` s."""
+        more = self.model.refine_step(self.values)
+        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
+            self._draw(self.model.compute(self.values))
+            self._publish(self.values)
+        return more
 
     def study(self, values: Mapping | None = None):
         """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of `values` (default: the current)."""
@@ -297,7 +403,8 @@ class LandscapeViewer(Explorer):
             self.figure.layout.title.text = html.escape(view.title, quote=False)
         self.summary.value = _summary_html(view)
         self._view = view
-        self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
+        self._last_refine_draw = time.perf_counter()
+        self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
 
     def _displayed(self) -> dict:
         contour = self.figure.data[CONTOUR]
@@ -315,7 +422,9 @@ class LandscapeViewer(Explorer):
                 "values": np.asarray(values, dtype=float).tolist(), "points": points,
                 "plane": {k: self._view.grid.attrs[k] for k in ("norm_a", "norm_b", "norm_b_perp", "b_alpha",
                                                                  "cosine", "samples")},
-                "title": self._view.title}
+                "title": self._view.title, "refinement": dict(self._view.refinement),
+                "samples_per_point": {"grid": _counts(self._view.grid), "points": dict(zip(
+                    self._view.points["method"].astype(str), _counts(self._view.points)))}}
 
     def value_at(self, alpha: float, beta: float) -> float:
         """The displayed metric at grid node (α, β) (:class:`ParameterError` if it is not a node)."""
@@ -332,6 +441,11 @@ class LandscapeViewer(Explorer):
 
         view = self._view
         return landscape_figure(view.grid, view.points, metric=view.metric, title=view.title)
+
+
+def _counts(table: pd.DataFrame) -> list[int]:
+    """Images behind each row of a grid or points table."""
+    return [int(c) for c in table["samples"]]
 
 
 def _colour_values(values: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -358,7 +472,19 @@ def _summary_html(view: LandscapeView) -> str:
     rows = " ".join(
         f'<span class="fmv-point" data-method="{html.escape(str(r.method))}" data-alpha="{r.alpha:.6f}" '
         f'data-beta="{r.beta:.6f}" data-value="{getattr(r, view.metric):.6f}">'
-        f'{html.escape(REFERENCE_LABELS.get(r.method, str(r.method)))} {getattr(r, view.metric):.3f}</span>'
+        f'{html.escape(REFERENCE_LABELS.get(r.method, str(r.method)))} {getattr(r, view.metric):.3f}'
+        f'{f" ± {100 * binomial_se(r.accuracy, r.samples):.1f}%" if view.metric == "accuracy" else ""}</span>'
         for r in view.points.itertuples())
+    counts = _counts(view.grid) + _counts(view.points)
+    accuracy = np.concatenate([view.grid["accuracy"].to_numpy(float), view.points["accuracy"].to_numpy(float)])
+    worst = float(np.max(100.0 * binomial_se(accuracy, np.asarray(counts, dtype=np.float64))))
+    refinement = view.refinement
+    text = {"refining": f"refining towards ±{refinement['target_se_percent']:g} point…",
+            "settled": f"settled: every accuracy's SE ≤ {refinement['target_se_percent']:g} point",
+            "whole split": "the whole split"}[refinement["state"]]
+    shown = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+    basis = (f'<span class="fmv-refinement" data-state="{refinement["state"]}" data-fewest="{min(counts)}" '
+             f'data-total="{sum(counts)}">every point on {shown} images; accuracy ±1 binomial SE up to '
+             f'{worst:.1f} points (loss has no SE here) · <b>{text}</b></span>')
     return (f'<div class="fmv-landscape-summary">{html.escape(view.metric)} at the points ({html.escape(view.title)}):'
-            f'<br>{rows}</div>')
+            f'<br>{rows}<br>{basis}</div>')

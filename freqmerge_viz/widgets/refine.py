@@ -126,3 +126,11 @@ class Tally:
     def inputs(self) -> int:
         """Inputs behind the tally, all tasks together (unknown counts as 0)."""
         return sum(c or 0 for c in self.counts.values())
+
+
+def inputs_between(evaluator, start: int, stop: int):
+    """`evaluator` (an :class:`~freqmerge_viz.engine.Evaluator`) on inputs ``start:stop`` of its data only."""
+    import dataclasses
+
+    return dataclasses.replace(evaluator, inputs=evaluator.inputs[start:stop], labels=evaluator.labels[start:stop],
+                               name=f"{evaluator.name}[{start}:{stop}]")
