@@ -45,9 +45,10 @@ SLIDERS = {
     "landscape": ("05_loss_landscape.ipynb", [("grid", "ArrowRight", None, None)]),
 }
 """explorer -> (notebook, [(slider class, key, key pressed once before timing, target p50 in ms)])."""
-REFINING = ("cutoff",)
-"""Explorers that refine their numbers in the background: their sliders are also timed to the
-settled refinement (``refinement``); the others keep their first estimate (``refinement: null``)."""
+REFINING = {"cutoff": 5, "landscape": 1}
+"""Explorers that refine their numbers in the background -> how many presses of each slider are also
+timed to the settled refinement (``refinement``; a landscape grid takes tens of seconds to settle);
+the others keep their first estimate (``refinement: null``)."""
 
 KEY_TIME_JS = """
 root => {
@@ -62,14 +63,14 @@ root => {
 REFINEMENT_JS = """
 root => {
   const gd = root.querySelector('.fmv-plot');
-  const summary = root.querySelector('.fmv-accuracy');
+  const summary = root.querySelector('.fmv-accuracy, .fmv-landscape-summary');
   const basis = root.querySelector('.fmv-refinement');
   if (!gd || !gd.data || !summary || !basis) return null;
   const merged = gd.data.find(t => t.name === 'merged');
   const bars = Array.from((merged && merged.error_y && merged.error_y.array) || []);
   return {revision: Number(gd.dataset.revision || -1), summaryRevision: Number(summary.dataset.revision),
           drawnAt: Number(gd.dataset.drawnAt || 0), state: basis.dataset.state,
-          total: Number(basis.dataset.total), fewest: Number(basis.dataset.fewest),
+          total: Number(basis.dataset.total), fewest: Number(basis.dataset.fewest), se: Number(basis.dataset.se),
           meanBar: bars.reduce((a, b) => a + b, 0) / Math.max(1, bars.length),
           meanSe: Math.sqrt(bars.reduce((a, b) => a + b * b, 0)) / Math.max(1, bars.length)};
 }
@@ -110,10 +111,10 @@ def time_to_settle(page, root, css: str, key: str, n: int) -> dict:
         state = wait_refinement(page, root, "s.state !== 'refining'")
         settled.append(state["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
         images.append([start["total"], state["total"]])
-        ses.append([round(start["meanSe"], 2), round(state["meanSe"], 2)])
+        ses.append([round(start["se"], 2), round(state["se"], 2)])
     return {"n": len(first), "first_estimate_p50_ms": round(statistics.median(first), 1),
             "settled_p50_ms": round(statistics.median(settled), 1), "settled_max_ms": round(max(settled), 1),
-            "images_first_and_settled": images, "mean_se_points_first_and_settled": ses,
+            "images_first_and_settled": images, "se_points_first_and_settled": ses,
             "final_state": state["state"]}
 
 
@@ -200,7 +201,7 @@ def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Pat
                     timing["target_p50_ms"] = target
                     timing["met"] = None if target is None or timing["p50_ms"] is None else timing["p50_ms"] <= target
                     if explorer in REFINING:
-                        timing["refinement"] = time_to_settle(page, root, css, key, max(1, min(n, 5)))
+                        timing["refinement"] = time_to_settle(page, root, css, key, max(1, min(n, REFINING[explorer])))
                     else:
                         timing["refinement"] = None
                     entry["sliders"][css] = timing

@@ -812,7 +812,7 @@ class CutoffExplorer(Explorer):
         text = {"refining": f"refining towards ±{self.target_se:g} point…",
                 "settled": f"settled: SE ≤ {self.target_se:g} point",
                 "whole split": "the whole split"}[state]
-        return (f'<span class="fmv-refinement" data-state="{state}" data-fewest="{fewest}" '
+        return (f'<span class="fmv-refinement" data-state="{state}" data-fewest="{fewest}" data-se="{error:.6f}" '
                 f'data-total="{sum(counts)}">on {_count_range(counts)} {html.escape(self.eval_description)} per task '
                 f'({sum(counts)} in all; references on ≥ {fewest} per task), ±1 binomial SE · <b>{text}</b></span>')
 

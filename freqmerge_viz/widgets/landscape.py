@@ -401,7 +401,7 @@ class LandscapeViewer(Explorer):
                 trace.hovertext = [self._hover(r) for r in table.itertuples()]
                 trace.customdata = table[["loss", "accuracy"]].to_numpy(float)
             self.figure.layout.title.text = html.escape(view.title, quote=False)
-        self.summary.value = _summary_html(view)
+        self.summary.value = _summary_html(view, self.pane.revision + 1)
         self._view = view
         self._last_refine_draw = time.perf_counter()
         self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
@@ -468,7 +468,7 @@ def _colour_values(values: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndar
     return percent, hover, dict(title=dict(text="accuracy (%)"), tickvals=None, ticktext=None)
 
 
-def _summary_html(view: LandscapeView) -> str:
+def _summary_html(view: LandscapeView, revision: int) -> str:
     rows = " ".join(
         f'<span class="fmv-point" data-method="{html.escape(str(r.method))}" data-alpha="{r.alpha:.6f}" '
         f'data-beta="{r.beta:.6f}" data-value="{getattr(r, view.metric):.6f}">'
@@ -484,7 +484,9 @@ def _summary_html(view: LandscapeView) -> str:
             "whole split": "the whole split"}[refinement["state"]]
     shown = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
     basis = (f'<span class="fmv-refinement" data-state="{refinement["state"]}" data-fewest="{min(counts)}" '
+             f'data-se="{worst:.6f}" '
              f'data-total="{sum(counts)}">every point on {shown} images; accuracy ±1 binomial SE up to '
              f'{worst:.1f} points (loss has no SE here) · <b>{text}</b></span>')
-    return (f'<div class="fmv-landscape-summary">{html.escape(view.metric)} at the points ({html.escape(view.title)}):'
+    return (f'<div class="fmv-landscape-summary" data-revision="{revision}">{html.escape(view.metric)} at the points '
+            f'({html.escape(view.title)}):'
             f'<br>{rows}<br>{basis}</div>')
