@@ -300,17 +300,32 @@ def short_name(name: str) -> str:
 TaskVectors = Sequence[Mapping[str, torch.Tensor]]
 
 
+NAME_LEVELS = 3
+"""Folders above a checkpoint that :func:`names_from_sources` looks at for a distinct name."""
+
+
 def names_from_sources(sources: Sequence) -> list[str] | None:
-    """Task names for checkpoint paths whose file names collide (task_vectors' layout: every file
-    ``<task>/finetuned.pt``): each file's folder name, when those are distinct; else ``None``."""
+    """Task names for checkpoint paths whose names collide: the nearest enclosing folder level at
+    which the names are distinct (task_vectors' ``<task>/finetuned.pt`` gives ``<task>``; per-task
+    Hugging Face folders ``<task>/model/`` give ``<task>``), looking at most :data:`NAME_LEVELS`
+    folders up; ``None`` when the names do not collide or no level tells them apart."""
     paths = [Path(s) for s in sources if isinstance(s, (str, os.PathLike))]
     if len(paths) != len(sources) or len(paths) < 2:
         return None
     stems = [short_name(str(p)) for p in paths]
     if len(set(stems)) == len(stems):
         return None
-    folders = [(p.parent if p.is_file() or p.suffix else p).resolve().name for p in paths]
-    return folders if all(folders) and len(set(folders)) == len(folders) else None
+    folders = [(p.parent if p.is_file() or p.suffix else p).resolve() for p in paths]
+    for level in range(NAME_LEVELS):
+        names = [_ancestor(folder, level).name for folder in folders]
+        if all(names) and len(set(names)) == len(names):
+            return names
+    return None
+
+
+def _ancestor(folder: Path, level: int) -> Path:
+    """`folder` itself (level 0) or the folder `level` steps above it (the root past the top)."""
+    return folder if level == 0 else folder.parents[min(level, len(folder.parents)) - 1]
 
 
 def task_names(task_vectors: TaskVectors) -> list[str]:

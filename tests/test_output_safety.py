@@ -477,3 +477,25 @@ def test_colliding_file_names_take_their_folders_names_and_names_override(tmp_pa
                  "--names", "a", "b", "--out", str(tmp_path / "short")]) == 2
     distinct = fmv.routed_merge("emr", paths["pre"], finetuned(paths))
     assert distinct.task_names == ["ft0", "ft1", "ft2"]   # distinct file names stay as they are
+
+
+def test_task_names_from_per_task_folders(tmp_path):
+    from freqmerge_viz.taskvector import names_from_sources
+
+    hf = []
+    for task in ("cars", "dtd"):
+        folder = tmp_path / "hf" / task / "model"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        hf.append(folder)
+    assert names_from_sources(hf) == ["cars", "dtd"]               # FusionBench-like <task>/model/
+    files = []
+    for task in ("cars", "dtd"):
+        (tmp_path / "tv" / task).mkdir(parents=True)
+        files.append(tmp_path / "tv" / task / "finetuned.pt")
+        files[-1].write_bytes(b"")
+    assert names_from_sources(files) == ["cars", "dtd"]            # task_vectors' <task>/finetuned.pt
+    assert names_from_sources([tmp_path / "a.pt", tmp_path / "b.pt"]) is None   # no collision
+    same = [tmp_path / "x" / "same" / "model", tmp_path / "y" / "same" / "model"]
+    assert names_from_sources(same) == ["x", "y"]                  # two levels up
+    assert names_from_sources([tmp_path / "model", tmp_path / "model"]) is None  # nothing tells them apart
