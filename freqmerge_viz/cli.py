@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the token the URL must carry (default: a fresh random one; one given here is "
                             "visible to the machine's other users in the process list)")
     serve.add_argument("--workdir", default=None,
-                       help="folder for the generated notebook and kernel specification (default: a fresh "
-                            "temporary folder, removed afterwards; never inside the study's inputs)")
+                       help="folder for the generated notebook and kernel specification, where the page's "
+                            "exports go (default: a fresh temporary folder, removed afterwards unless it holds "
+                            "exports; never inside the study's inputs)")
 
     verify = sub.add_parser("verify", help="check a merged output against its merge.json (sha256 of every file)",
                             description="Recompute the sha256 of every output file and every input file "

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import FreqMergeError
-from .outputs import check_output, make_folder, source_paths
+from .errors import FreqMergeError, OutputError
+from .outputs import check_output, make_folder, source_paths, write_text_atomically
 
 DEFAULT_PORT = 8866
 """Voila's own default port."""
@@ -165,8 +165,9 @@ def prepare(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, toke
 
     `source`: a study YAML file, a zoo folder, ``"zoo"`` or ``None`` (the demo zoo). `token`
     defaults to a fresh ``secrets.token_urlsafe(32)``. `workdir` defaults to a fresh temporary
-    folder (removed by :func:`serve` afterwards); a given one is created when missing, and is
-    refused (:class:`~freqmerge_viz.errors.OutputError`) inside the study's inputs."""
+    folder (:func:`clean_up` removes it afterwards unless the page exported files into it); a given
+    one is created when missing. Refused (:class:`~freqmerge_viz.errors.OutputError`): a working
+    folder inside the study's inputs, and one holding a ``dashboard.ipynb`` of someone else's."""
     study_ref, study = study_reference(source)
     check_voila()
     check_port(ip, port)
@@ -187,11 +188,41 @@ def prepare(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, toke
         check_output(folder, protected, what="working folder")
         make_folder(folder)
     served = Served(study_ref, str(getattr(study, "name", study_ref)), ip, port, token, folder, temporary)
+    _check_not_foreign(served.notebook)
     kernel_folder = folder / "jupyter" / "kernels" / KERNEL_NAME
-    kernel_folder.mkdir(parents=True, exist_ok=True)
-    (kernel_folder / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1), encoding="utf-8")
-    served.notebook.write_text(json.dumps(notebook_json(study_ref), indent=1) + "\n", encoding="utf-8")
+    make_folder(kernel_folder)
+    write_text_atomically(kernel_folder / "kernel.json", json.dumps(kernel_spec(), indent=1))
+    write_text_atomically(served.notebook, json.dumps(notebook_json(study_ref), indent=1) + "\n")
     return served
+
+
+def _check_not_foreign(notebook: Path) -> None:
+    """:class:`~freqmerge_viz.errors.OutputError` if `notebook` exists and is not a dashboard
+    notebook written by :func:`prepare` (a notebook of the user's own is never overwritten)."""
+    if not notebook.exists():
+        return
+    try:
+        ours = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]["kernelspec"]["name"] == KERNEL_NAME
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise OutputError(notebook, "exists and was not written by freqmerge-viz serve; choose another --workdir")
+
+
+def clean_up(served: Served) -> list[Path]:
+    """Remove what :func:`prepare` wrote into a temporary working folder, and the folder when
+    nothing else is left; return what is left (files exported from the page, kept)."""
+    if not served.temporary:
+        return []
+    with contextlib.suppress(FileNotFoundError):
+        served.notebook.unlink()
+    for generated in ("jupyter", ".ipynb_checkpoints"):
+        shutil.rmtree(served.workdir / generated, ignore_errors=True)
+    left = sorted(served.workdir.iterdir()) if served.workdir.is_dir() else []
+    if not left:
+        with contextlib.suppress(OSError):
+            served.workdir.rmdir()
+    return left
 
 
 def voila_command(served: Served) -> list[str]:
@@ -230,7 +261,10 @@ def stop_voila(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> 
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+                if hasattr(os, "killpg"):
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
             process.wait(timeout=5)
     return process.returncode
 
@@ -243,13 +277,13 @@ def serve(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, token:
     if not is_loopback(ip):
         say(f"warning: listening on {ip}: other machines can reach the dashboard (the token still guards it)")
     say(f"dashboard of {served.study_name} ({served.study_ref}) at:\n  {served.url}")
-    say(f"working folder {served.workdir}; the page builds the cutoff explorer first, then the expert "
-        "explorer and the landscape viewer; Ctrl-C stops the server")
+    say(f"working folder {served.workdir} (what the page exports is written there); the page builds the "
+        "cutoff explorer first, then the expert explorer and the landscape viewer; Ctrl-C stops the server")
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
 
-    handled = (signal.SIGTERM, signal.SIGHUP)
+    handled = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     previous = {s: signal.signal(s, on_signal) for s in handled} if threading_main() else {}
     process = None
     try:
@@ -268,8 +302,9 @@ def serve(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, token:
             stop_voila(process)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if served.temporary:
-            shutil.rmtree(served.workdir, ignore_errors=True)
+        left = clean_up(served)
+        if left:
+            say(f"kept {served.workdir}: it holds what the page exported ({', '.join(p.name for p in left)})")
 
 
 def threading_main() -> bool:

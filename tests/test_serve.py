@@ -120,6 +120,23 @@ def test_the_generated_notebook_calls_the_library_and_runs_this_python(tmp_path,
         shutil.rmtree(zoo.workdir)
 
 
+def test_a_notebook_of_the_user_s_is_never_overwritten_and_exports_are_kept(tmp_path, no_voila_start):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / serving.NOTEBOOK_NAME).write_text('{"cells": []}')
+    with pytest.raises(OutputError, match="was not written by freqmerge-viz serve"):
+        serving.prepare("zoo", port=free_port(), workdir=mine)
+    assert (mine / serving.NOTEBOOK_NAME).read_text() == '{"cells": []}'
+    again = serving.prepare("zoo", port=free_port(), workdir=tmp_path / "ours")
+    assert serving.prepare("zoo", port=free_port(), workdir=tmp_path / "ours").notebook == again.notebook
+    temporary = serving.prepare("zoo", port=free_port())
+    (temporary.workdir / "cutoff_explorer.html").write_text("exported")
+    assert serving.clean_up(temporary) == [temporary.workdir / "cutoff_explorer.html"]
+    assert sorted(p.name for p in temporary.workdir.iterdir()) == ["cutoff_explorer.html"]
+    (temporary.workdir / "cutoff_explorer.html").unlink()
+    assert serving.clean_up(temporary) == [] and not temporary.workdir.exists()
+
+
 def test_the_server_listens_on_loopback_behind_a_fresh_token(tmp_path, no_voila_start):
     port = free_port()
     first = serving.prepare("zoo", port=port, workdir=tmp_path / "a")
@@ -256,7 +273,7 @@ def test_a_real_server_needs_its_token_writes_nothing_into_data_and_stops_on_ctr
         assert "application/vnd.jupyter.widget-view+json" in page
         log = server.log.read_text()
         assert f"127.0.0.1:{server.base.rsplit(':', 1)[1]}/?token={server.token}" in log
-        workdir = Path(re.search(r"working folder (\S+);", log)[1])
+        workdir = Path(re.search(r"working folder (\S+) ", log)[1])
         assert workdir.is_dir() and not workdir.resolve().is_relative_to(DATA.resolve())
         # the kernel builds the three explorers in a thread: wait until it is idle (or 30 s)
         below = descendants(server.process.pid)
