@@ -229,9 +229,14 @@ class MergeMethod:
         """The merged delta of one key from the task vectors: :meth:`merge_key` of their stack.
 
         A method that needs no stack (a weighted sum, read one task at a time) overrides this
-        to hold less than K tensors at once.
+        to hold less than K tensors at once. A key that no task changed (every entry zero: a
+        CLIP checkpoint's text tower when only the image tower was fine-tuned) has a zero delta
+        without the method's work; every registered method gives exactly that (tested).
         """
-        return self.merge_key(stack_key(task_vectors, key, device), key, ctx)
+        stack = stack_key(task_vectors, key, device)
+        if not bool(stack.any()):
+            return stack[0]
+        return self.merge_key(stack, key, ctx)
 
     def doc(self) -> str:
         """Summary plus one line per parameter."""

@@ -101,8 +101,19 @@ class MatrixMerge(MergeMethod):
         return self.vector_delta(read, n_tasks, key, ctx)
 
     def key_delta(self, task_vectors, key, ctx, device):
+        """As :meth:`MergeMethod.key_delta`, reading one task at a time; a key no task changed
+        (every entry zero) gives a zero delta without its SVDs (its entries are read once more
+        to tell, stopping at the first nonzero one)."""
         shape = entry_shape(task_vectors[0], key)
-        return self.delta(task_reader(task_vectors, key, device), len(task_vectors), shape, key, ctx)
+        read = task_reader(task_vectors, key, device)
+        for t in range(len(task_vectors)):
+            entry = read(t)
+            if bool(entry.any()):
+                break
+        else:
+            return entry.zero_()
+        del entry
+        return self.delta(read, len(task_vectors), shape, key, ctx)
 
     def merge_key(self, stack, key, ctx):
         return self.delta(stack_reader(stack), stack.shape[0], tuple(stack.shape[1:]), key, ctx)
