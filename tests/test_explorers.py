@@ -19,7 +19,9 @@ MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<svg", ".html": b"<html"
 
 @pytest.fixture(scope="module")
 def experts(zoo, clock):
-    return ExpertExplorer(zoo, eval_per_task=N_EVAL, schedule=clock.schedule)
+    # refine=False: these tests compare the first estimate with evaluate_routed's RandomRouter draws
+    # (N_EVAL routes per task); a refining explorer draws nested routes, tested in test_expert_refinement.py
+    return ExpertExplorer(zoo, eval_per_task=N_EVAL, schedule=clock.schedule, refine=False)
 
 
 @pytest.fixture(scope="module")

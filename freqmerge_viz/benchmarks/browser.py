@@ -45,9 +45,10 @@ SLIDERS = {
     "landscape": ("05_loss_landscape.ipynb", [("grid", "ArrowRight", None, None)]),
 }
 """explorer -> (notebook, [(slider class, key, key pressed once before timing, target p50 in ms)])."""
-REFINING = {"cutoff": 5, "landscape": 1}
+REFINING = {"cutoff": 5, "expert": 2, "landscape": 1}
 """Explorers that refine their numbers in the background -> how many presses of each slider are also
-timed to the settled refinement (``refinement``; a landscape grid takes tens of seconds to settle);
+timed to the settled refinement (``refinement``; a landscape grid, or an expert density, takes tens of
+seconds to settle);
 the others keep their first estimate (``refinement: null``)."""
 
 KEY_TIME_JS = """
@@ -63,21 +64,23 @@ root => {
 REFINEMENT_JS = """
 root => {
   const gd = root.querySelector('.fmv-plot');
-  const summary = root.querySelector('.fmv-accuracy, .fmv-landscape-summary');
   const basis = root.querySelector('.fmv-refinement');
+  const summary = basis && basis.closest('[data-revision]');
   if (!gd || !gd.data || !summary || !basis) return null;
   const merged = gd.data.find(t => t.name === 'merged');
   const bars = Array.from((merged && merged.error_y && merged.error_y.array) || []);
   return {revision: Number(gd.dataset.revision || -1), summaryRevision: Number(summary.dataset.revision),
           drawnAt: Number(gd.dataset.drawnAt || 0), state: basis.dataset.state,
           total: Number(basis.dataset.total), fewest: Number(basis.dataset.fewest), se: Number(basis.dataset.se),
-          meanBar: bars.reduce((a, b) => a + b, 0) / Math.max(1, bars.length),
-          meanSe: Math.sqrt(bars.reduce((a, b) => a + b * b, 0)) / Math.max(1, bars.length)};
+          meanBar: merged ? bars.reduce((a, b) => a + b, 0) / Math.max(1, bars.length) : null,
+          meanSe: merged ? Math.sqrt(bars.reduce((a, b) => a + b * b, 0)) / Math.max(1, bars.length) : null};
 }
 """
-"""What the cutoff explorer's page shows of its refinement: the state and image counts from the
-summary, the merged bars' mean ±1 SE and the mean's SE (percentage points), with the plot's
-revision and the summary's (equal when both show the same update)."""
+"""What an explorer's page shows of its refinement: the state, image counts and standard error
+(``se``, percentage points) from its ``.fmv-refinement`` element, the bars' mean ±1 SE and the
+mean's SE from the trace named 'merged' (the cutoff explorer; null for an explorer without that
+trace), with the plot's revision and the summary's (the element around ``.fmv-refinement`` that
+carries a ``data-revision``; equal when both show the same update)."""
 
 
 def refinement_state(root) -> dict | None:
