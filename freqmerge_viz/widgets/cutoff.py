@@ -869,12 +869,17 @@ class CutoffExplorer(Explorer):
             ax_acc.scatter(xs, as_percent([values.get(t, np.nan) for t in self.eval_tasks]), marker=marker,
                            s=200 if marker == "_" else 40, color=colour if marker != "o" else "none",
                            edgecolors=colour if marker == "o" else None, label=REFERENCES[name], zorder=3)
+            ax_acc.errorbar(xs, as_percent([values.get(t, np.nan) for t in self.eval_tasks]),
+                            yerr=self._errors_or_nan(values, view.counts[name]), fmt="none", ecolor=colour,
+                            elinewidth=0.8, capsize=2, zorder=3)
         ax_acc.set_xticks(xs, self.eval_tasks, rotation=30, ha="right", fontsize=8)
         ax_acc.set_ylim(0, 105)
         ax_acc.set_ylabel("accuracy (%)")
         mean, error = self.mean_with_error(view.accuracy, view.counts["merged"])
         counts = [c for c in view.counts["merged"].values() if c is not None]
-        basis = f"{_count_range(counts)} {self.eval_description} per task" if counts else "evaluator's data"
+        fewest = view.refinement["fewest_per_task"]
+        basis = (f"{_count_range(counts)} {self.eval_description} per task, references on ≥ {fewest}" if counts
+                 else "evaluator's data")
         ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({basis})", fontsize=9)
         ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values
