@@ -198,6 +198,35 @@ def test_the_dashboard_builds_on_any_study_and_says_what_it_builds():
     assert board.tabs.titles == ("Cutoff (FR-Merging)", "Experts and routing", "Loss landscape")
 
 
+def test_explorers_built_in_another_thread_call_back_on_the_kernel_s_loop():
+    import asyncio
+    import threading
+
+    from freqmerge_viz.widgets.dashboard import loop_schedule
+
+    loop = asyncio.new_event_loop()
+    ran: list[tuple[str, int]] = []
+    try:
+        schedule = loop_schedule(loop)
+        here = schedule(0.0, lambda: ran.append(("here", threading.get_ident())))
+        assert here is not None
+        dropped = []
+
+        def from_a_thread():
+            schedule(0.01, lambda: ran.append(("thread", threading.get_ident())))
+            dropped.append(schedule(0.01, lambda: ran.append(("cancelled", threading.get_ident()))))
+            dropped[0].cancel()
+
+        worker = threading.Thread(target=from_a_thread)
+        worker.start()
+        worker.join()
+        loop.run_until_complete(asyncio.sleep(0.1))
+    finally:
+        loop.close()
+    assert sorted(name for name, _ in ran) == ["here", "thread"]
+    assert {ident for _, ident in ran} == {threading.get_ident()}, "a callback ran outside the loop's thread"
+
+
 def test_a_study_that_cannot_open_is_said_on_the_page(tmp_path):
     from freqmerge_viz.widgets import Dashboard
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ParameterError, counted
+from .base import Schedule
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,38 @@ def _explorer_classes() -> dict[str, Callable]:
     return {"cutoff": CutoffExplorer, "expert": ExpertExplorer, "landscape": LandscapeViewer}
 
 
+class _LoopCall:
+    """`callback` run on `loop` after `delay` seconds, scheduled from any thread; ``cancel()``
+    from any thread (the call then does nothing)."""
+
+    def __init__(self, loop, delay: float, callback: Callable[[], None], in_loop_thread: bool):
+        self._callback = callback
+        self._cancelled = False
+        if in_loop_thread:
+            loop.call_later(delay, self._run)
+        else:
+            loop.call_soon_threadsafe(loop.call_later, delay, self._run)
+
+    def _run(self) -> None:
+        if not self._cancelled:
+            self._callback()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+
+def loop_schedule(loop) -> Schedule:
+    """An explorer's ``schedule`` that runs every callback on `loop` (a kernel's event loop, run
+    by the calling thread), also when asked from another thread: explorers built in the
+    dashboard's build thread then debounce and refine on the kernel's loop, as in a notebook."""
+    loop_thread = threading.get_ident()
+
+    def schedule(delay: float, callback: Callable[[], None]) -> _LoopCall:
+        return _LoopCall(loop, delay, callback, threading.get_ident() == loop_thread)
+
+    return schedule
+
+
 def study_label(source) -> str:
     """How the header names a study reference before it is opened (``"the demo zoo"``, a path)."""
     if source is None or str(source) == "zoo":
@@ -78,10 +111,12 @@ class Dashboard:
     `study` is a study, ``"zoo"`` or ``None`` (the demo zoo), a zoo folder or a study YAML file;
     a reference is opened by :meth:`build`, not here. `options` maps an explorer's name
     (``"cutoff"``, ``"expert"``, ``"landscape"``) to keyword arguments of its constructor.
+    `schedule` is given to every explorer that `options` gives none (see :func:`loop_schedule`).
     The constructor computes nothing: ``widget`` can be displayed before :meth:`build`.
     """
 
-    def __init__(self, study="zoo", *, options: Mapping[str, Mapping[str, Any]] | None = None):
+    def __init__(self, study="zoo", *, options: Mapping[str, Mapping[str, Any]] | None = None,
+                 schedule: Schedule | None = None):
         import ipywidgets as w
 
         names = [part.name for part in PARTS]
@@ -91,6 +126,9 @@ class Dashboard:
         self.source = study
         self.study = None
         self.options = {name: dict((options or {}).get(name, {})) for name in names}
+        if schedule is not None:
+            for given in self.options.values():
+                given.setdefault("schedule", schedule)
         self.explorers: dict[str, Any] = {}
         """Each built explorer by name."""
         self.errors: dict[str, BaseException] = {}
@@ -230,10 +268,17 @@ class Dashboard:
 def show(study="zoo", *, options: Mapping[str, Mapping[str, Any]] | None = None, background: bool = True) -> Dashboard:
     """Display a :class:`Dashboard` of `study` (see :class:`Dashboard`) and build it: in a
     background thread by default (the page shows the status line at once, each tab when it is
-    ready), else before returning. Returns the dashboard."""
+    ready), else before returning. In a kernel the explorers' callbacks run on its event loop
+    (:func:`loop_schedule`). Returns the dashboard."""
+    import asyncio
+
     from IPython.display import display
 
-    board = Dashboard(study, options=options)
+    try:
+        schedule = loop_schedule(asyncio.get_running_loop())
+    except RuntimeError:
+        schedule = None
+    board = Dashboard(study, options=options, schedule=schedule)
     display(board.widget)
     if background:
         board.start()
