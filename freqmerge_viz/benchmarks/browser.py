@@ -8,10 +8,10 @@ has drawn the figure the kernel sent back (debounce, computation in the kernel, 
 drawing included). Every press moves to a value not shown before (no cached result), except
 where a slider has fewer stops. Prints JSON: per slider ``p50_ms``, ``p95_ms``, ``max_ms``, the
 target where the issue set one, and the kernel's own time per update (``kernel_p50_ms``, from
-the explorer's status line). Sliders of an explorer that refines its numbers (the cutoff
-explorer) are then pressed up to 5 more times, each time waiting for the refinement to stop
-(``refinement``): ms from the press to the first estimate and to the settled numbers (mean's SE
-at most 1 point, or the whole split), and the images and SE behind each. With ``--screenshots DIR`` it also writes each explorer before
+the explorer's status line). Sliders of an explorer that refines its numbers (all three:
+:data:`REFINING`) are then pressed a few more times, each time waiting for the refinement to stop
+(``refinement``): ms from the press to the first estimate and to the settled numbers (the SE the
+explorer targets at most 1 point, or the whole split), and the images and SE behind each. With ``--screenshots DIR`` it also writes each explorer before
 and after its first slider's moves, with the notebook column 1500 and 1000 px wide (the
 README's pictures).
 
