@@ -177,12 +177,7 @@ def prepare(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, toke
     protected = protected_inputs(study)
     temporary = workdir is None
     if temporary:
-        folder = Path(tempfile.mkdtemp(prefix="freqmerge-dashboard-"))
-        try:
-            check_output(folder, protected, what="working folder")
-        except FreqMergeError:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        folder = temporary_workdir(protected)
     else:
         folder = Path(os.path.abspath(workdir))
         check_output(folder, protected, what="working folder")
@@ -194,6 +189,21 @@ def prepare(source=None, *, port: int = DEFAULT_PORT, ip: str = DEFAULT_IP, toke
     write_text_atomically(kernel_folder / "kernel.json", json.dumps(kernel_spec(), indent=1))
     write_text_atomically(served.notebook, json.dumps(notebook_json(study_ref), indent=1) + "\n")
     return served
+
+
+def temporary_workdir(protected: list[Path]) -> Path:
+    """A fresh folder ``freqmerge-dashboard-*`` in the system's temporary folder or, when that
+    holds an input (a study file in /tmp), in ``~/.cache/freqmerge-viz``; :class:`ServeError`
+    when both do."""
+    for parent in (Path(tempfile.gettempdir()), Path.home() / ".cache" / "freqmerge-viz"):
+        try:
+            check_output(parent / "freqmerge-dashboard-x", protected, what="working folder")
+        except OutputError:
+            continue
+        make_folder(parent)
+        return Path(tempfile.mkdtemp(prefix="freqmerge-dashboard-", dir=parent))
+    raise ServeError("the temporary folders lie inside the study's input folders; give a working folder "
+                     "elsewhere with --workdir")
 
 
 def _check_not_foreign(notebook: Path) -> None:

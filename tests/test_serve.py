@@ -96,6 +96,18 @@ def test_the_working_folder_never_lies_inside_the_study_inputs(tmp_path, no_voil
     assert not (zoo / "x").exists()
 
 
+def test_a_study_file_in_the_temporary_folder_moves_the_working_folder_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(serving.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    study = tiny_study_file(tmp_path / "tmp")  # /tmp/study.yaml: /tmp holds an input
+    served = serving.prepare(study, port=free_port())
+    assert served.workdir.parent == tmp_path / "home" / ".cache" / "freqmerge-viz"
+    assert serving.clean_up(served) == [] and not served.workdir.exists()
+    with pytest.raises(serving.ServeError, match="--workdir"):
+        serving.temporary_workdir([tmp_path])
+
+
 def test_the_generated_notebook_calls_the_library_and_runs_this_python(tmp_path, no_voila_start):
     (tmp_path / "models").mkdir()
     study = tiny_study_file(tmp_path / "models")
