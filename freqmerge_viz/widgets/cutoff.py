@@ -714,6 +714,9 @@ class CutoffExplorer(Explorer):
             d[VARIANCE_RAW].y, d[VARIANCE_RAW].customdata = change, list(view.variance[1:])
             d[VARIANCE_NORMALIZED].y = change_normalized
             d[VARIANCE_NORMALIZED].customdata = list(view.normalized_variance[1:])
+            finite = [v for v in change + change_normalized if math.isfinite(v)] + [0.0]
+            pad = 0.15 * max(max(finite) - min(finite), 1.0)
+            self.figure.layout.yaxis3.range = [min(finite) - pad, max(finite) + pad]
             d[ACCURACY].y = [float(as_percent(view.accuracy[t])) for t in self.eval_tasks]
             d[ACCURACY].error_y.array = self._errors(view.accuracy, view.counts["merged"])
             for index, name in ((NO_FILTER, "no_filter"), (NO_MERGE, "no_merge"), (FINETUNED, "finetuned")):
