@@ -313,3 +313,55 @@ def test_study_benchmark_reports_floor_fields(tmp_path):
     assert "toolkit" in result["merge"]["floor_reason"]
     evaluation = result["evaluation"]
     assert evaluation["floor_seconds"] > 0 and evaluation["x_floor"] > 0 and evaluation["floor"]
+
+
+def test_singular_benchmark_quick_json_and_agreement():
+    from freqmerge_viz.benchmarks import singular as singular_bench
+
+    result = json.loads(json.dumps(singular_bench.run(quick=True, device="cpu")))
+    assert result["benchmark"] == "singular" and result["threads"] == 1 and result["device"] == "cpu"
+    assert result["tasks"] == 4 and result["pairs"] == 6 and result["matrices"] == 11
+    for name in ("toolkit", "floor"):
+        assert _is_number(result[f"{name}_tower_s"]) and result[f"{name}_tower_s"] > 0
+    for name in ("toolkit", "floor", "toolkit_svd", "floor_svd", "old"):
+        for part in ("layer", "extras"):
+            assert _is_number(result[f"{name}_{part}_s"]) and result[f"{name}_{part}_s"] > 0
+        assert result[f"{name}_tower_estimate_s"] == pytest.approx(
+            2 * result[f"{name}_layer_s"] + result[f"{name}_extras_s"])
+    assert result["toolkit_x_floor"] == pytest.approx(result["toolkit_tower_s"] / result["floor_tower_s"])
+    assert result["old_over_toolkit"] == pytest.approx(result["old_tower_estimate_s"] / result["toolkit_tower_s"])
+    assert result["estimate_s"] > 0 and result["estimate_line"].startswith("estimate: pair singular measures of 11")
+    assert len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
+    # every computation gives the old per-pair loop's numbers (float32 data: the Gram path to 1e-5)
+    differences = result["max_relative_difference"]
+    assert result["reference"] == "old"
+    assert differences["toolkit_svd"] < 1e-12 and differences["floor_svd"] < 1e-12
+    assert differences["toolkit"] < 1e-4 and differences["floor"] < 1e-4
+    assert differences["toolkit_tower_vs_floor"] < 1e-9
+    assert set(result["pair_means"]) == {"t0-t1", "t0-t2", "t0-t3", "t1-t2", "t1-t3", "t2-t3"}
+
+
+def test_singular_floors_equal_the_old_loop_in_float64():
+    from freqmerge_viz.benchmarks import singular as singular_bench
+
+    shapes = {"a": (12, 7), "b": (6, 15), "c": (5, 2, 2, 2)}
+    g = torch.Generator().manual_seed(0)
+    raw = [{key: torch.randn(shape, dtype=torch.float64, generator=g) for key, shape in shapes.items()}
+           for _ in range(3)]
+    vectors = [fmv.TaskVector.from_tensors(v, name=f"t{i}") for i, v in enumerate(raw)]
+    old = singular_bench.old_loop(vectors, list(shapes), torch.device("cpu"))
+    assert singular_bench.max_relative_difference(singular_bench.floor_svd(raw, list(shapes), torch.device("cpu")),
+                                                  old) < 1e-12
+    assert singular_bench.max_relative_difference(singular_bench.floor_gram(raw, list(shapes), torch.device("cpu")),
+                                                  old) < 1e-10
+    assert singular_bench.max_relative_difference(singular_bench.toolkit(vectors, list(shapes), torch.device("cpu")),
+                                                  old) < 1e-10
+
+
+def test_singular_tower_shapes_are_vit_b32s_visual_matrices():
+    from freqmerge_viz.benchmarks import singular as singular_bench
+
+    shapes = singular_bench.tower_shapes()
+    assert len(shapes) == 51 and shapes["visual.conv1.weight"] == (768, 3, 32, 32)
+    assert shapes["visual.positional_embedding"] == (50, 768) and shapes["visual.proj"] == (768, 512)
+    assert {k: v for k, v in shapes.items() if ".resblocks." in k} == filter_bench.clip_b32_shapes(12)

@@ -82,6 +82,25 @@ def test_pair_singular_table_keeps_the_fig2b_columns(shipped_zoo):
     assert ((pairs["overlap"] >= 0) & (pairs["overlap"] <= 1)).all()
 
 
+def test_pair_singular_table_equals_the_old_per_pair_loop(shipped_zoo, capsys):
+    from freqmerge_viz.analysis.evaluation import study_task_vectors
+    from freqmerge_viz.singular import singular_interference
+
+    tasks = shipped_zoo.tasks[:3]
+    pairs = sv.pair_singular_table(shipped_zoo, tasks=tasks, limit=16, include="*.1.*", exclude="*.bias",
+                                   device="cpu", estimate=True)
+    assert "estimate: pair singular measures of" in capsys.readouterr().err
+    vectors = {tv.name: tv for tv in study_task_vectors(shipped_zoo, tasks)}
+    assert pairs.attrs["singular_keys"] == len(singular_interference(list(vectors.values())[:2], include="*.1.*",
+                                                                      exclude="*.bias"))
+    for row in pairs.to_dict(orient="records"):
+        # what pair_singular_table computed before: singular_interference of each pair, its means
+        old = singular_interference([vectors[row["task_a"]], vectors[row["task_b"]]], include="*.1.*",
+                                    exclude="*.bias", device="cpu")
+        for column in sv.SINGULAR_PAIR_COLUMNS:
+            assert row[column] == pytest.approx(float(old[column].mean()), rel=1e-5), column
+
+
 def test_chosen_cutoffs_and_rule_comparison(shipped_zoo):
     tasks = shipped_zoo.tasks[:3]
     cutoffs = adaptive.chosen_cutoffs(shipped_zoo, {"cutoff_rule": "energy"}, tasks=tasks)
