@@ -244,6 +244,72 @@ def floor_task_arithmetic(pretrained: dict, vectors: Sequence[dict], scaling: fl
     return merged
 
 
+def floor_top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Which entries of `values` are its `k` (0 ≤ k ≤ n) largest magnitudes, ties at the k-th
+    largest to the lower flat index (the toolkit's ranking rule), in the least plain torch: one
+    ``kthvalue`` of the magnitudes, one comparison, and a look at the ties only when they
+    overflow the k (never, with continuous random entries)."""
+    magnitude = values.abs().reshape(-1)
+    n = magnitude.numel()
+    if k == 0:
+        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    threshold = magnitude.kthvalue(n - k + 1).values
+    keep = magnitude >= threshold
+    excess = int(keep.sum()) - k
+    if excess > 0:  # drop the ties with the highest flat indices
+        keep[torch.nonzero(magnitude == threshold)[-excess:, 0]] = False
+    return keep.view(values.shape)
+
+
+def floor_ties(pretrained: dict, vectors: Sequence[dict], density: float = 0.2, scaling: float = 1.0) -> dict:
+    """TIES at the registry's defaults (peft convention: per task and key the top
+    ``⌊density·n⌋`` magnitudes, ties to the lower flat index; sign elected by the summed trimmed
+    values, a vote of 0 going to +; the mean over the entries agreeing with it, 0 where none
+    does; times `scaling`) in the least plain torch: per key and task a :func:`floor_top_k_mask`
+    and one trimmed copy, then two passes over the K trimmed tensors (votes, then the agreeing
+    sum and count), summed in task order as the toolkit sums them."""
+    merged = {}
+    for key, base in pretrained.items():
+        k = int(density * base.numel())
+        trimmed = [torch.where(floor_top_k_mask(vector[key], k), vector[key], 0.0) for vector in vectors]
+        votes = trimmed[0].clone()
+        for entry in trimmed[1:]:
+            votes.add_(entry)
+        positive = votes >= 0
+        total = torch.zeros_like(base)
+        count = torch.zeros_like(base)
+        for entry in trimmed:
+            agree = torch.where(positive, entry > 0, entry < 0)
+            total.add_(entry.mul_(agree))
+            count.add_(agree)
+        merged[key] = total.div_(count.clamp_min_(1.0)).mul_(scaling).add_(base)
+    return merged
+
+
+def floor_tsv(pretrained: dict, vectors: Sequence[dict], scaling: float = 1.0) -> dict:
+    """TSV-M at the registry's defaults (every key a matrix, each task keeping ``k = int(r·(1/K))``
+    of its r = min(m, n) singular directions; :mod:`freqmerge_viz.methods.tsv`) in the least
+    plain torch, one matrix at a time: each task's thin SVD cut to its top k, the K bases and
+    singular values concatenated, each basis replaced by its polar factor ``U Vᵀ`` (one thin SVD
+    each), ``θ_pre + scaling · P(Û) diag(ŝ) P(V̂ᵀ)``. (No zero padding to r columns when
+    ``K·k < r``: padded columns would meet zero singular values.)"""
+    merged = {}
+    for key, base in pretrained.items():
+        k = int(min(base.shape) * (1.0 / len(vectors)))
+        if k == 0:
+            merged[key] = base.clone()
+            continue
+        factors = [torch.linalg.svd(vector[key], full_matrices=False) for vector in vectors]
+        u_hat = torch.cat([u[:, :k] for u, _, _ in factors], dim=1)
+        s_hat = torch.cat([s[:k] for _, s, _ in factors])
+        vh_hat = torch.cat([vh[:k] for _, _, vh in factors], dim=0)
+        del factors
+        u, _, vh = torch.linalg.svd(u_hat, full_matrices=False)
+        left = u @ vh
+        u, _, vh = torch.linalg.svd(vh_hat, full_matrices=False)
+        merged[key] = (left.mul_(s_hat) @ (u @ vh)).mul_(scaling).add_(base)
+    return merged
+
 def floor_from_files(pretrained_path, finetuned_paths, method: str, cutoff: float = PAPER_CUTOFF,
                      scaling: float = 0.3) -> dict:
     """FR's paper merge (``method="fr"``) or task arithmetic from safetensors files in the least

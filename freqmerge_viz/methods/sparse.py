@@ -11,6 +11,7 @@ a time, so a key's merge needs about K + 2 tensors of memory.
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -32,37 +33,94 @@ MAJORITY = Param("majority", "total", "total: sign of the summed values; frequen
                                       "signs", choices=("total", "frequency"))
 
 
+SELECT_DIGITS = {4: (12, 12, 8), 8: (16, 16, 16, 16)}
+"""Bits of the integer keys that each histogram pass of :func:`_select_key` resolves (the most
+significant first), for 4-byte (float32) and 8-byte (float64) entries."""
+
+SELECT_FINISH = 2**16
+"""Candidates that :func:`_select_key` ranks directly instead of taking another histogram pass."""
+
+
+def _blocks_of(flat: torch.Tensor) -> list[torch.Tensor]:
+    return [flat[start:start + BLOCK_ENTRIES] for start in range(0, flat.numel(), BLOCK_ENTRIES)]
+
+
+def _select_key(blocks: list[torch.Tensor], k: int, width: int) -> tuple[int, int, int]:
+    """Radix selection of the `k`-th smallest (1-based) of signed integer keys split in `blocks`.
+
+    Returns ``(key, below, equal)``: the k-th smallest key, how many keys are smaller and how
+    many equal it. Each pass histograms (``bincount``, block by block) the next digits of the
+    keys that share the digits resolved so far; once at most :data:`SELECT_FINISH` keys are left,
+    they are gathered and ranked (``kthvalue``). About two to three passes over the data, all
+    temporaries block-sized, instead of one count per bit.
+    """
+    bits = 8 * width
+    shift = bits
+    prefix = None  # the resolved most significant digits: key >> shift for every candidate
+    below = 0
+    remaining = k
+    for digits in SELECT_DIGITS[width]:
+        shift -= digits
+        histogram = torch.zeros(2**digits, dtype=torch.int64, device=blocks[0].device)
+        for block in blocks:
+            if prefix is None:  # top digits of signed keys: offset to be non-negative
+                values = (block >> shift) + 2 ** (digits - 1)
+            else:
+                values = (block[(block >> (shift + digits)) == prefix] >> shift) & (2**digits - 1)
+            histogram += torch.bincount(values.reshape(-1), minlength=2**digits)
+        cumulative = histogram.cumsum(0)
+        digit = int(torch.searchsorted(cumulative, torch.tensor([remaining], device=cumulative.device)))
+        before = int(cumulative[digit - 1]) if digit > 0 else 0
+        below += before
+        remaining -= before
+        count = int(histogram[digit])
+        prefix = digit - 2 ** (digits - 1) if prefix is None else (prefix << digits) | digit
+        if shift > 0 and count <= SELECT_FINISH:
+            break
+    else:
+        return prefix, below, count  # every digit resolved: the candidates all equal the key
+    candidates = torch.cat([block[(block >> shift) == prefix] for block in blocks])
+    key = int(candidates.kthvalue(remaining).values)
+    return key, below + int(torch.count_nonzero(candidates < key)), int(torch.count_nonzero(candidates == key))
+
+
+def _float_of(key: int, dtype: torch.dtype) -> float:
+    """The float whose order-preserving integer key is `key` (see :func:`kth_smallest_`)."""
+    bits = torch.tensor(key, dtype=torch.int32 if dtype == torch.float32 else torch.int64)
+    shift = 8 * bits.element_size() - 1
+    bits ^= (bits >> shift) & ((1 << shift) - 1)
+    return bits.view(dtype).item()
+
+
 def kth_smallest_(values: torch.Tensor, k: int) -> float:
     """The `k`-th smallest entry (1-based) of a 1-D float32 or float64 tensor, exactly.
 
-    Bisection over order-preserving integer keys of the entries' bit patterns (negative
-    floats have their magnitude bits flipped), one count per step: 32 steps for float32,
-    64 for float64, with block-sized boolean temporaries, instead of the three to four copies
-    that ``kthvalue`` or ``topk`` make on the CPU. Overwrites the negative entries of `values`
-    with their keys (non-negative entries are their own keys and stay as they are).
+    Radix selection over order-preserving integer keys of the entries' bit patterns (negative
+    floats have their magnitude bits flipped; :func:`_select_key`): two or three histogram
+    passes with block-sized temporaries, instead of the three to four copies that ``kthvalue``
+    or ``topk`` make on the CPU. Overwrites the negative entries of `values` with their keys
+    (non-negative entries are their own keys and stay as they are).
     """
     bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)
     shift = 8 * bits.element_size() - 1
     flip = (1 << shift) - 1
-    blocks = [bits[start:start + BLOCK_ENTRIES] for start in range(0, bits.numel(), BLOCK_ENTRIES)]
+    blocks = _blocks_of(bits)
     for block in blocks:
         block.bitwise_xor_((block >> shift) & flip)
-    low, high = int(bits.min()), int(bits.max())
-    while low < high:
-        middle = (low + high) // 2
-        if sum(int(torch.count_nonzero(block <= middle)) for block in blocks) >= k:
-            high = middle
-        else:
-            low = middle + 1
-    key = torch.tensor(low, dtype=bits.dtype)
-    key ^= (key >> shift) & flip
-    return key.view(values.dtype).item()
+    return _float_of(_select_key(blocks, k, bits.element_size())[0], values.dtype)
+
+
+def _kth_largest_magnitude(flat: torch.Tensor, k: int) -> tuple[float, int, int]:
+    """``(t, greater, equal)``: the `k`-th largest of the non-negative 1-D `flat` (unchanged), how
+    many entries exceed it and how many equal it. Non-negative floats are their own keys."""
+    bits = flat.view(torch.int32 if flat.dtype == torch.float32 else torch.int64)
+    key, below, equal = _select_key(_blocks_of(bits), flat.numel() - k + 1, bits.element_size())
+    return _float_of(key, flat.dtype), flat.numel() - below - equal, equal
 
 
 def kth_largest(magnitude: torch.Tensor, k: int) -> float:
     """The `k`-th largest entry (1-based) of a tensor of non-negative floats, which stays unchanged."""
-    flat = magnitude.reshape(-1)
-    return kth_smallest_(flat, flat.numel() - k + 1)
+    return _kth_largest_magnitude(magnitude.reshape(-1), k)[0]
 
 
 def top_k_boundary(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
@@ -70,13 +128,17 @@ def top_k_boundary(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
 
     Returns ``(t, last)``: the top-k set is every entry ``> t`` plus the entries ``== t`` at flat
     index ``<= last`` (t is the k-th largest value; ``last`` the flat index of the last tie
-    taken). Found with exact bisection and block-sized counts; `magnitude` stays unchanged.
+    taken, ``n − 1`` when every tie is taken). Found by exact radix selection, which also counts
+    the entries above and at t; only ties that overflow the k are looked for, block by block.
+    `magnitude` stays unchanged.
     """
     flat = magnitude.reshape(-1)
-    threshold = kth_largest(flat, k)
-    blocks = [(start, flat[start:start + BLOCK_ENTRIES]) for start in range(0, flat.numel(), BLOCK_ENTRIES)]
-    room = k - sum(int(torch.count_nonzero(block > threshold)) for _, block in blocks)
-    for start, block in blocks:
+    threshold, greater, equal = _kth_largest_magnitude(flat, k)
+    room = k - greater
+    if room >= equal:
+        return threshold, flat.numel() - 1
+    for start, block in ((start, flat[start:start + BLOCK_ENTRIES]) for start in range(0, flat.numel(),
+                                                                                        BLOCK_ENTRIES)):
         ties = block == threshold
         count = int(torch.count_nonzero(ties))
         if room <= count:
@@ -128,8 +190,11 @@ def keep_top_magnitude_(stack: torch.Tensor, density: float, count: str = "floor
     """Zero, in place, all but exactly :func:`kept_entries` largest-magnitude entries of each ``stack[i]``.
 
     Among entries tying the k-th largest magnitude the lowest flat indices are kept (mergekit's
-    stable descending sort does the same; peft's ``topk`` breaks such ties its own way).
-    Extra memory: one task's magnitudes plus block-sized booleans.
+    stable descending sort does the same; peft's ``topk`` breaks such ties its own way). With
+    the boundary ``(t, last)`` of :func:`top_k_boundary`, the trim is two in-place
+    ``hardshrink``s: ``|x| >= t`` up to flat index ``last``, ``|x| > t`` after it (a task with a
+    NaN takes the blockwise masks of :func:`keep_top_k_`, which drop NaN entries). Extra memory:
+    one task's magnitudes plus block-sized temporaries.
     """
     flat = stack.view(stack.shape[0], -1)
     n = flat.shape[1]
@@ -141,8 +206,20 @@ def keep_top_magnitude_(stack: torch.Tensor, density: float, count: str = "floor
     magnitude = torch.empty_like(flat[0])
     for task in range(flat.shape[0]):
         torch.abs(flat[task], out=magnitude)
-        keep_top_k_(flat[task], magnitude, k)
+        if math.isnan(float(magnitude.sum())):  # NaN entries: the blockwise masks drop them
+            keep_top_k_(flat[task], magnitude, k)
+            continue
+        threshold, last = top_k_boundary(magnitude, k)
+        # |x| >= t (|x| > the float below t) up to flat index `last`, |x| > t after it: hardshrink, no mask
+        head, tail = flat[task, :last + 1], flat[task, last + 1:]
+        torch.hardshrink(head, _float_below(threshold, flat.dtype), out=head)
+        torch.hardshrink(tail, threshold, out=tail)
     return stack
+
+
+def _float_below(value: float, dtype: torch.dtype) -> float:
+    """The largest float of `dtype` smaller than `value`."""
+    return torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)).item()
 
 
 def drop_largest_and_smallest_(stack: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -188,14 +265,8 @@ def sign_factors(ctx: MergeContext, n_tasks: int) -> list[float]:
     return [float((w > 0) - (w < 0)) for w in weights]
 
 
-def elected_positive(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
-    """Where the elected sign is +1 (boolean ``[*shape]``); ties (a vote of 0) go to +1.
-
-    ``majority="total"`` votes with the values (weighted for ``convention="mergekit"``),
-    ``"frequency"`` counts signs, each task one vote: peft counts the signs of the deltas,
-    mergekit those of the weighted deltas (``count`` consensus: sign(w_t)·sign(δ_t), never
-    |w_t|).
-    """
+def _votes(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+    """The sign election's ballot total per entry of ``stack[K, ...]`` (see :func:`elected_positive`)."""
     votes = torch.zeros(stack.shape[1:], dtype=stack.dtype, device=stack.device)
     weights = ctx.params.get("weights") or [1.0] * stack.shape[0]
     weighted = ctx.params.get("convention") == "mergekit"
@@ -205,40 +276,86 @@ def elected_positive(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
             votes.add_(stack[task], alpha=weights[task] if weighted else 1.0)
         else:
             votes.add_(stack[task].sign(), alpha=signs[task])
-    return votes >= 0
+    return votes
+
+
+def elected_positive(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
+    """Where the elected sign is +1 (boolean ``[*shape]``); ties (a vote of 0) go to +1.
+
+    ``majority="total"`` votes with the values (weighted for ``convention="mergekit"``),
+    ``"frequency"`` counts signs, each task one vote: peft counts the signs of the deltas,
+    mergekit those of the weighted deltas (``count`` consensus: sign(w_t)·sign(δ_t), never
+    |w_t|).
+    """
+    return _votes(stack, ctx) >= 0
+
+
+def _has_nan(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` holds a NaN (or both infinities), from one float sum."""
+    return math.isnan(float(tensor.sum()))
+
+
+def _keep_agreeing_block_(block: torch.Tensor, ctx: MergeContext, signs: list[float]) -> None:
+    """:func:`keep_agreeing_` on one ``[K, b]`` block with boolean masks (any values, NaN included)."""
+    positive = elected_positive(block, ctx)
+    for task in range(block.shape[0]):
+        if signs[task] == 0:
+            block[task].zero_()
+            continue
+        agrees_when_positive = block[task] > 0 if signs[task] > 0 else block[task] < 0
+        agrees_when_negative = block[task] < 0 if signs[task] > 0 else block[task] > 0
+        block[task].masked_fill_(~torch.where(positive, agrees_when_positive, agrees_when_negative), 0)
 
 
 def keep_agreeing_(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
     """TIES step 2, in place: zero the entries whose sign differs from the elected one (for
     mergekit the sign of the weighted entry, so a negative weight flips it and a zero weight
-    drops the task)."""
+    drops the task).
+
+    Without NaN in a block (and in its votes), with e = ±1 the elected sign and c = e·sign(w_t)
+    (1 for peft), an entry agrees iff ``c·x > 0`` and is kept as ``max(c·x, 0)·c``: three float
+    operations per task, exact (c = ±1), instead of boolean masks; blocks with a NaN take the
+    masks (:func:`_keep_agreeing_block_`). Kept and dropped entries are the same either way (a
+    dropped entry may come out as −0.0 instead of 0.0).
+    """
     signs = sign_factors(ctx, stack.shape[0])
     for block in entry_blocks(stack):
-        positive = elected_positive(block, ctx)
+        votes = None if _has_nan(block) else _votes(block, ctx)
+        if votes is None or _has_nan(votes):
+            _keep_agreeing_block_(block, ctx, signs)
+            continue
+        elected = votes.sign_().add_(0.5).sign_()  # +1 where votes >= 0 (also -0.0), else -1
+        factor = torch.empty_like(elected)
         for task in range(block.shape[0]):
             if signs[task] == 0:
                 block[task].zero_()
                 continue
-            agrees_when_positive = block[task] > 0 if signs[task] > 0 else block[task] < 0
-            agrees_when_negative = block[task] < 0 if signs[task] > 0 else block[task] > 0
-            block[task].masked_fill_(~torch.where(positive, agrees_when_positive, agrees_when_negative), 0)
+            torch.mul(elected, signs[task], out=factor)
+            block[task].mul_(factor).clamp_min_(0).mul_(factor)
     return stack
 
 
 def disjoint_mean(stack: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
     """TIES step 3: weighted sum of the agreeing (non-zero) entries divided by their count
-    (peft) or by the sum of their weights (mergekit); entries no task keeps are 0."""
+    (peft) or by the sum of their weights (mergekit); entries no task keeps are 0. The count
+    adds ``sign(|x|)`` (1 for a non-zero entry) per task, in float; a block with a NaN counts
+    with ``x != 0``."""
     weights = ctx.params.get("weights") or [1.0] * stack.shape[0]
     by_weight = ctx.params["convention"] == "mergekit"
     merged = torch.empty(stack.shape[1:], dtype=stack.dtype, device=stack.device)
     start = 0
+    scratch = None
     for block in entry_blocks(stack):
         total = merged.view(-1)[start:start + block.shape[1]].zero_()
         start += block.shape[1]
         divisor = torch.zeros_like(total)
+        exact = _has_nan(block)
+        if not exact and (scratch is None or scratch.shape != total.shape):
+            scratch = torch.empty_like(total)
         for task in range(block.shape[0]):
             total.add_(block[task], alpha=weights[task])
-            divisor.add_(block[task] != 0, alpha=weights[task] if by_weight else 1.0)
+            nonzero = block[task] != 0 if exact else torch.abs(block[task], out=scratch).sign_()
+            divisor.add_(nonzero, alpha=weights[task] if by_weight else 1.0)
         if by_weight:
             divisor.masked_fill_(divisor == 0, 1.0)
         else:
