@@ -51,6 +51,9 @@ timed to the settled refinement (``refinement``; a landscape grid, or an expert 
 seconds to settle);
 the others keep their first estimate (``refinement: null``)."""
 
+SETTLE_TIMEOUT_MS = 900_000
+"""Longest wait for one setting's refinement to settle (a fine landscape grid takes minutes)."""
+
 KEY_TIME_JS = """
 root => {
   const handles = root.querySelectorAll('.noUi-handle');
@@ -111,7 +114,7 @@ def time_to_settle(page, root, css: str, key: str, n: int) -> dict:
         pressed = state["revision"]
         start = wait_refinement(page, root, f"s.revision > {pressed}")
         first.append(start["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
-        state = wait_refinement(page, root, "s.state !== 'refining'")
+        state = wait_refinement(page, root, "s.state !== 'refining'", timeout_ms=SETTLE_TIMEOUT_MS)
         settled.append(state["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
         images.append([start["total"], state["total"]])
         ses.append([round(start["se"], 2), round(state["se"], 2)])
@@ -200,13 +203,13 @@ def run(n: int = 20, explorers: Sequence[str] = tuple(SLIDERS), screenshots: Pat
                                                 width)
                         page.set_viewport_size({"width": 1500, "height": 1000})
                         root.scroll_into_view_if_needed()
+                    refinement = None
+                    if explorer in REFINING:  # first, while a landscape grid is still small
+                        refinement = time_to_settle(page, root, css, key, max(1, min(n, REFINING[explorer])))
                     timing = time_slider(page, root, css, key, n, prepare)
                     timing["target_p50_ms"] = target
                     timing["met"] = None if target is None or timing["p50_ms"] is None else timing["p50_ms"] <= target
-                    if explorer in REFINING:
-                        timing["refinement"] = time_to_settle(page, root, css, key, max(1, min(n, REFINING[explorer])))
-                    else:
-                        timing["refinement"] = None
+                    timing["refinement"] = refinement
                     entry["sliders"][css] = timing
                     if screenshots is not None and index == 0:
                         for width in (1500, 1000):
