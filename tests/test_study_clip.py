@@ -533,3 +533,34 @@ def test_benchmark_quick(tmp_path):
     assert saved["merge"]["max_abs_difference"] <= 1e-6
     assert saved["evaluation"]["toolkit_images_per_second"] > 0
     assert saved["evaluation"]["accuracy_difference"] == 0
+
+
+def test_vit_b_32_task_vectors_files_analyse_the_image_tower_and_name_tasks_by_folder(vit_study_file, capsys):
+    """#24 on the layout task_vectors releases: ViT-B-32 ImageEncoder pickles (class absent at
+    load, text tower included), every fine-tuned file named finetuned.pt in its task's folder."""
+    from freqmerge_viz.cli import main
+    from freqmerge_viz.widgets import CutoffExplorer
+
+    spec = _spec(vit_study_file)
+    pretrained = str(spec["pretrained"])
+    finetuned = [str(path) for path in spec["finetuned"].values()]
+    assert all(Path(path).name == "finetuned.pt" for path in finetuned)
+    folders = [Path(path).parent.name for path in finetuned]
+    keys = list(load_state(pretrained, pickled_modules=True))
+    assert any(k.startswith("model.transformer.") for k in keys), "the text tower is in the checkpoint"
+
+    assert main(["interference", "--pretrained", pretrained, "--finetuned", *finetuned, "--pickled-modules"]) == 0
+    captured = capsys.readouterr()
+    assert "holds both CLIP towers; analysing the image tower only (model.visual.*" in captured.err
+    assert json.loads(captured.out)["rows"]
+
+    states = {name: load_state(path, pickled_modules=True) for name, path in zip(folders, finetuned)}
+    explorer = CutoffExplorer((load_state(pretrained, pickled_modules=True), states,
+                               lambda state: {name: (1, 2) for name in folders}), refine=False)
+    assert all(key.startswith("model.visual.") for key in explorer.matrix_keys)
+    assert explorer.shown()["key"] == "model.visual.transformer.resblocks.0.attn.in_proj_weight"
+    assert "Image tower only (model.visual.*)" in explorer.summary.value
+
+    from freqmerge_viz.taskvector import names_from_sources
+
+    assert names_from_sources(finetuned) == folders  # what merge and routed merges name the tasks by
