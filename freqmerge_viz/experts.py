@@ -465,6 +465,20 @@ def svd_storage(shapes: Iterable[Sequence[int]], rank: int) -> int:
     return total
 
 
+def svd_storage_by_ranks(shapes: Iterable[Sequence[int]], ranks: Sequence[int]) -> list[int]:
+    """:func:`svd_storage` at every rank of `ranks` at once (one array expression over ranks × matrices)."""
+    import numpy as np
+
+    shapes = [tuple(shape) for shape in shapes]
+    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1, 1)
+    if ranks.size and ranks.min() < 1:
+        raise ParameterError(f"ranks must be integers >= 1, got {int(ranks.min())}")
+    matrices = np.array([(s[0], math.prod(s[1:])) for s in shapes if len(s) >= 2], dtype=np.int64).reshape(-1, 2)
+    m, n = matrices[:, 0][None, :], matrices[:, 1][None, :]
+    flat = sum(math.prod(s) for s in shapes if len(s) < 2)
+    return (np.where(np.minimum(m, n) <= ranks, m * n, ranks * (m + n)).sum(axis=1) + flat).tolist()
+
+
 def svd_experts(task_vectors: TaskVectors, rank: int, include: Patterns = None,
                 exclude: Patterns = None, device: torch.device | str | None = None) -> list[LowRankExpert]:
     """One rank-`rank` truncated-SVD expert per task vector (Twin-Merging style; paper Fig. 5b).

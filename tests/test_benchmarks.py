@@ -339,6 +339,21 @@ def test_singular_benchmark_quick_json_and_agreement():
     assert differences["toolkit"] < 1e-4 and differences["floor"] < 1e-4
     assert differences["toolkit_tower_vs_floor"] < 1e-9
     assert set(result["pair_means"]) == {"t0-t1", "t0-t2", "t0-t3", "t1-t2", "t1-t3", "t2-t3"}
+    storage = result["svd_expert_storage"]
+    assert storage["equal"] and storage["ranks"] == 32 and storage["matrices"] == result["matrices"]
+    assert storage["seconds"] > 0 and storage["floor_seconds"] > 0
+
+
+def test_svd_storage_at_every_rank_equals_the_per_rank_count():
+    import numpy as np
+
+    from freqmerge_viz.benchmarks.singular import floor_svd_storage, tower_shapes
+    from freqmerge_viz.experts import svd_storage, svd_storage_by_ranks
+
+    shapes = list(tower_shapes(layers=1).values()) + [(768,), ()]
+    ranks = list(range(1, 800, 7))
+    assert svd_storage_by_ranks(shapes, ranks) == [svd_storage(shapes, r) for r in ranks]
+    assert floor_svd_storage(shapes, np.asarray(ranks)).tolist() == [svd_storage(shapes, r) for r in ranks]
 
 
 def test_singular_floors_equal_the_old_loop_in_float64():

@@ -466,6 +466,7 @@ def test_colliding_file_names_take_their_folders_names_and_names_override(tmp_pa
     files = _task_vectors_layout(tmp_path / "tv", paths["pre"])
     routed = fmv.routed_merge("emr", paths["pre"], files)
     assert routed.task_names == ["cars", "dtd", "eurosat"]
+    assert fmv.routed_merge("free", paths["pre"], files, density=0.1).task_names == ["cars", "dtd", "eurosat"]
     assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
                  "--out", str(tmp_path / "routed")]) == 0
     assert sorted(p.name for p in (tmp_path / "routed").iterdir() if p.is_dir()) == ["cars", "dtd", "eurosat"]
@@ -473,6 +474,12 @@ def test_colliding_file_names_take_their_folders_names_and_names_override(tmp_pa
     assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
                  "--names", "a", "b", "c", "--out", str(tmp_path / "named")]) == 0
     assert sorted(p.name for p in (tmp_path / "named").iterdir() if p.is_dir()) == ["a", "b", "c"]
+    assert main(["merge", "--method", "free", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
+                 "--param", "density=0.1", "--out", str(tmp_path / "free")]) == 0
+    assert sorted(p.name for p in (tmp_path / "free").iterdir() if p.is_dir()) == ["cars", "dtd", "eurosat"]
+    assert main(["merge", "--method", "free", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
+                 "--param", "density=0.1", "--names", "a", "b", "c", "--out", str(tmp_path / "free_named")]) == 0
+    assert sorted(p.name for p in (tmp_path / "free_named").iterdir() if p.is_dir()) == ["a", "b", "c"]
     assert main(["merge", "--method", "emr", "--pretrained", str(paths["pre"]), "--finetuned", *map(str, files),
                  "--names", "a", "b", "--out", str(tmp_path / "short")]) == 2
     distinct = fmv.routed_merge("emr", paths["pre"], finetuned(paths))

@@ -29,7 +29,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import ParameterError, check_choice
-from ..experts import check_density, extract_experts, storage_table, svd_experts, svd_storage
+from ..experts import check_density, extract_experts, storage_table, svd_experts, svd_storage_by_ranks
 from ..progress import track
 from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
                          study_task_vectors, study_tasks)
@@ -53,7 +53,8 @@ def svd_storage_by_rank(task_vector) -> dict[int, int]:
     """
     shapes = [tuple(task_vector.shape_of(key)) for key in task_vector]
     sides = [min(s[0], math.prod(s[1:])) for s in shapes if len(s) >= 2]
-    return {r: svd_storage(shapes, r) for r in range(1, max(sides, default=1) + 1)}
+    ranks = range(1, max(sides, default=1) + 1)
+    return dict(zip(ranks, svd_storage_by_ranks(shapes, ranks)))
 
 
 def rank_within(storage_by_rank: dict[int, int], budget: int) -> int:

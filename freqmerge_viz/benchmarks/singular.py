@@ -51,6 +51,7 @@ import os
 import time
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..backend import resolve_device
@@ -279,9 +280,42 @@ def _run(quick, layers, tasks, repeats, device, seed, skip_old) -> dict:
     result["reference"] = reference.removesuffix("_subset")
     result["max_relative_difference"] = differences
     result["pair_means"] = {f"t{a}-t{b}": v for (a, b), v in results["toolkit"].items()}
+    result["svd_expert_storage"] = svd_storage_timing(list(shapes.values()), repeats)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["targets_met"] = {"tower_within_5_min": result["toolkit_tower_s"] <= 300}
+    result["targets_met"] = {"tower_within_5_min": result["toolkit_tower_s"] <= 300,
+                             "svd_storage_within_1_min": result["svd_expert_storage"]["seconds"] <= 60}
     return result
+
+
+def floor_svd_storage(shapes: Sequence[tuple[int, ...]], ranks: np.ndarray) -> np.ndarray:
+    """The numbers a rank-r SVD expert stores, for every r in `ranks` at once (numpy): per matrix
+    ``m·n`` where ``min(m, n) <= r``, else ``r·(m + n)``, plus every entry of the 0-d and 1-D keys."""
+    matrices = np.array([(s[0], math.prod(s[1:])) for s in shapes if len(s) >= 2], dtype=np.int64).reshape(-1, 2)
+    flat = sum(math.prod(s) for s in shapes if len(s) < 2)
+    m, n = matrices[:, 0][None, :], matrices[:, 1][None, :]
+    r = ranks[:, None]
+    return np.where(np.minimum(m, n) <= r, m * n, r * (m + n)).sum(axis=1) + flat
+
+
+def svd_storage_timing(shapes: Sequence[tuple[int, ...]], repeats: int = 1) -> dict:
+    """Time of the SVD expert's storage at every rank up to the largest matrix side (what the
+    expert-sparsity curves size their SVD experts by: :func:`~freqmerge_viz.experts.svd_storage_by_ranks`,
+    from shapes, no SVD), best of `repeats`, against :func:`floor_svd_storage` (a plain numpy
+    expression of the same counts)."""
+    from ..experts import svd_storage_by_ranks
+
+    sides = [min(s[0], math.prod(s[1:])) for s in shapes if len(s) >= 2]
+    ranks = np.arange(1, max(sides, default=1) + 1)
+    toolkit_s, floor_s = float("inf"), float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        counts = svd_storage_by_ranks(shapes, ranks)
+        toolkit_s = min(toolkit_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        floor = floor_svd_storage(shapes, ranks)
+        floor_s = min(floor_s, time.perf_counter() - start)
+    return {"ranks": int(len(ranks)), "matrices": len(sides), "seconds": toolkit_s, "floor_seconds": floor_s,
+            "x_floor": toolkit_s / floor_s if floor_s > 0 else None, "equal": bool(np.array_equal(counts, floor))}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
