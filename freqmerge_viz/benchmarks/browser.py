@@ -108,7 +108,7 @@ def time_to_settle(page, root, css: str, key: str, n: int) -> dict:
     handle = harness.slider_handle(root, f".fmv-{css}")
     handle.focus()
     first, settled, images, ses = [], [], [], []
-    state = refinement_state(root)
+    state = wait_refinement(page, root, "s.state !== 'refining'", timeout_ms=SETTLE_TIMEOUT_MS)
     for _ in range(n):
         handle.press(key)
         pressed = state["revision"]
@@ -141,14 +141,17 @@ def time_slider(page, root, css: str, key: str, n: int, prepare: str | None) -> 
     handle = harness.slider_handle(root, f".fmv-{css}")
     handle.focus()
     state = harness.explorer_state(root)
+    setting = css.replace("-", "_")
     if prepare:
         handle.press(prepare)
-        state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000)
+        state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000,
+                                   settings={setting: harness.control_value(root, f".fmv-{css}")})
     latencies, kernel = [], []
     for _ in range(n):
         handle.press(key)
-        try:
-            state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000)
+        try:  # the draw computed for the value the slider now shows, not a background refinement's redraw
+            state = harness.wait_drawn(page, root, after_revision=state["revision"], timeout_ms=120_000,
+                                       settings={setting: harness.control_value(root, f".fmv-{css}")})
         except Exception:  # noqa: BLE001 -- the end of the slider: nothing changes any more
             break
         latencies.append(state["drawnAt"] - page.evaluate("() => window.__fmvKeyAt"))
