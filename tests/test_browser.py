@@ -58,11 +58,8 @@ def page(lab, tmp_path, request):
 
 
 def assert_page_matches(state: dict, what: str) -> None:
-    assert state is not None, f"{what}: the plot did not render"
-    assert state["revision"] == state["readoutRevision"], f"{what}: plot and readout disagree on the revision"
-    problems = harness.trace_mismatches(state)
+    problems = harness.page_mismatches(state)
     assert not problems, f"{what}:\n" + "\n".join(problems)
-    assert state["drawnTraces"] == len(state["readout"]), f"{what}: plotly drew {state['drawnTraces']} traces"
 
 
 def start(page, lab, notebook: str, explorer: str):
@@ -73,21 +70,10 @@ def start(page, lab, notebook: str, explorer: str):
     root = page.locator(harness.EXPLORERS[explorer]).first
     root.scroll_into_view_if_needed()
     harness.wait_drawn(page, root)
-    state = quiet(page, root)
+    state = harness.consistent_state(page, root)
     assert_page_matches(state, f"{notebook} after run all")
     assert root.locator(".fmv-status-error").count() == 0
     return root, state
-
-
-def quiet(page, root) -> dict:
-    """One snapshot of the explorer in which the plot shows the readout's revision. While an
-    explorer refines in the background, plot and readout are updated by two messages, so a
-    snapshot taken between them is retaken."""
-    for _ in range(50):
-        state = harness.wait_drawn(page, root)
-        if state is not None and state["revision"] == state["readoutRevision"]:
-            return state
-    raise AssertionError("the plot never caught up with the readout")
 
 
 def change(page, root, state, action, what: str, control: str) -> dict:
@@ -96,7 +82,7 @@ def change(page, root, state, action, what: str, control: str) -> dict:
     action()
     css = f".fmv-{control.replace('_', '-')}"
     harness.wait_drawn(page, root, after_revision=state["revision"], settings={control: harness.control_value(root, css)})
-    new = quiet(page, root)
+    new = harness.consistent_state(page, root)
     assert root.locator(".fmv-status-error").count() == 0, root.locator(".fmv-status").inner_text()
     assert_page_matches(new, what)
     return new
@@ -111,7 +97,7 @@ def reload_and_check(page, lab, notebook: str, explorer: str, last: dict) -> Non
     root = page.locator(harness.EXPLORERS[explorer]).first
     root.wait_for(timeout=60_000)
     root.scroll_into_view_if_needed()
-    state = quiet(page, root)
+    state = harness.consistent_state(page, root)
     assert state["revision"] >= last["revision"], "after a reload the plot shows an older revision"
     if state["revision"] == last["revision"]:  # else a background refinement has redrawn since
         assert state["readout"] == last["readout"]
@@ -166,7 +152,7 @@ def test_cutoff_explorer_refines_and_a_new_setting_stops_the_old(lab, page):
         a_grown = bench_browser.wait_refinement(page, root, f"s.total > {first_total}")
         if a_grown["state"] == "refining":
             break
-        state = quiet(page, root)
+        state = harness.consistent_state(page, root)
     else:
         pytest.fail("the refinement always finished before its first partial redraw")
     assert a_grown["meanSe"] < a_first["meanSe"], "error bars shrink as images are added"

@@ -83,23 +83,9 @@ def opened(server, tmp_path_factory):
 
 
 def assert_page_matches(state: dict, what: str) -> None:
-    assert state is not None, f"{what}: the plot did not render"
-    assert state["revision"] == state["readoutRevision"], f"{what}: plot and readout disagree on the revision"
-    problems = harness.trace_mismatches(state)
+    problems = harness.page_mismatches(state)
     assert not problems, f"{what}:\n" + "\n".join(problems)
-    assert state["drawnTraces"] == len(state["readout"]), f"{what}: plotly drew {state['drawnTraces']} traces"
     assert state["width"] > 300, f"{what}: the plot is {state['width']} px wide"
-
-
-def consistent(page, root) -> dict:
-    """The explorer's state with the plot showing the readout's last revision. An explorer that
-    refines in the background publishes new revisions while we look: a readout that arrives
-    between the wait and the read is waited for too."""
-    for _ in range(20):
-        state = harness.wait_drawn(page, root, timeout_ms=BUILD_MS)
-        if state["revision"] == state["readoutRevision"]:
-            break
-    return state
 
 
 def open_tab(page, name: str):
@@ -108,7 +94,7 @@ def open_tab(page, name: str):
     root = page.locator(harness.EXPLORERS[name]).first
     root.wait_for(timeout=BUILD_MS)
     harness.wait_drawn(page, root, timeout_ms=BUILD_MS)
-    state = consistent(page, root)
+    state = harness.consistent_state(page, root, timeout_ms=BUILD_MS, attempts=20)
     assert root.locator(".fmv-status-error").count() == 0, root.locator(".fmv-status").first.inner_text()
     assert_page_matches(state, f"{name} tab opened")
     return root, state
@@ -121,7 +107,7 @@ def change(page, root, state: dict, action, what: str, control: str, value=None)
     if value is None:
         value = harness.control_value(root, f".fmv-{control.replace('_', '-')}")
     harness.wait_drawn(page, root, after_revision=state["revision"], settings={control: value})
-    new = consistent(page, root)
+    new = harness.consistent_state(page, root, timeout_ms=BUILD_MS, attempts=20)
     assert root.locator(".fmv-status-error").count() == 0, root.locator(".fmv-status").first.inner_text()
     assert_page_matches(new, what)
     return new
@@ -163,7 +149,7 @@ def test_cutoff_tab_every_control(opened):
     # its background refinement (the fast estimate's images grown to a 1-point SE) finishes in the dashboard too
     assert root.locator(".fmv-refinement").count() == 1
     bench_browser.wait_refinement(page, root, "s.state !== 'refining'", timeout_ms=BUILD_MS)
-    state = consistent(page, root)
+    state = harness.consistent_state(page, root, timeout_ms=BUILD_MS, attempts=20)
     state = change(page, root, state, keys(root, "cutoff", "PageUp", 2), "cutoff slider moved", "cutoff")
     state = change(page, root, state, pick(root, "band", "band"), "band-pass chosen", "band")
     state = change(page, root, state, keys(root, "upper_cutoff", "PageDown"), "upper cutoff moved", "upper_cutoff")

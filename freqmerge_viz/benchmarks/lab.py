@@ -317,6 +317,31 @@ def trace_mismatches(state: dict, tolerance: float = 1e-9) -> list[str]:
     return problems
 
 
+def page_mismatches(state: dict | None) -> list[str]:
+    """Every way a snapshot (:func:`explorer_state`) shows something other than what was computed:
+    no plot, plot and readout at different revisions, traces that differ, traces not drawn."""
+    if state is None:
+        return ["the plot did not render"]
+    problems = []
+    if state["revision"] != state["readoutRevision"]:
+        problems.append("plot and readout disagree on the revision")
+    problems += trace_mismatches(state)
+    if state["drawnTraces"] != len(state["readout"]):
+        problems.append(f"plotly drew {state['drawnTraces']} traces, {len(state['readout'])} computed")
+    return problems
+
+
+def consistent_state(page, root, timeout_ms: int = 60_000, attempts: int = 50) -> dict:
+    """One snapshot in which the plot shows the readout's revision. While an explorer refines in
+    the background, plot and readout are updated by two messages, so a snapshot taken between
+    them is retaken."""
+    for _ in range(attempts):
+        state = wait_drawn(page, root, timeout_ms=timeout_ms)
+        if state is not None and state["revision"] == state["readoutRevision"]:
+            return state
+    raise AssertionError("the plot never caught up with the readout")
+
+
 def slider_handle(root, css: str):
     """The noUiSlider handle of the ipywidgets slider with class `css` under `root`."""
     return root.locator(f"{css} .noUi-handle").first

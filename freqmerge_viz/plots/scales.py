@@ -99,3 +99,8 @@ def sample_note(tasks: int, images, split: str = "test", bars: str = "bars") -> 
     shown = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     where = f"mean over {tasks} tasks × {shown} {split} images" if tasks > 1 else f"{shown} {split} images"
     return f"{where}; {bars} ±1 SE (binomial)"
+
+
+def plus_minus(error: float) -> str:
+    """`` ± 1.2`` for a known standard error (percentage points), `` ± ?`` for an unknown one."""
+    return f" ± {error:.1f}" if np.isfinite(error) else " ± ?"

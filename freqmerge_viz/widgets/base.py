@@ -28,6 +28,8 @@ from .pane import figure_spec, plot_pane_class, readout_html, trace_readout
 
 DEBOUNCE_S = 0.1
 """Default quiet time (seconds) after the last control event before an update runs."""
+REFINE_DRAW_S = 0.4
+"""Least time (seconds) between two redraws of a refinement in progress."""
 
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
 EXPORT_SUFFIXES = STATIC_SUFFIXES + (".html", ".csv")
@@ -181,6 +183,7 @@ class Explorer:
         self.export_button.on_click(lambda _: self._export_clicked())
         self.pane = plot_pane_class()()
         self.pane.add_class("fmv-pane")
+        self._last_refine_draw = 0.0
         self.readout = w.HTML(value="", layout=w.Layout(display="none"))
         self.readout.add_class("fmv-readout-holder")
 
@@ -309,6 +312,17 @@ class Explorer:
         spec = figure_spec(self.figure)
         self.pane.show(spec)
         self.readout.value = readout_html(self.pane.revision, trace_readout(spec), values)
+        self._last_refine_draw = time.perf_counter()
+
+    def _refine_step(self) -> bool:
+        """One step of the model's ``refine_step`` for the shown setting (what a :class:`Refiner`
+        runs); redraws from the model's caches at most every :data:`REFINE_DRAW_S` seconds, and when
+        the setting is done."""
+        more = self.model.refine_step(self.values)
+        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
+            self._draw(self.model.compute(self.values))
+            self._publish(self.values)
+        return more
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

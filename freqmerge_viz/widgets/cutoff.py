@@ -33,12 +33,12 @@ from ..errors import ParameterError, check_choice, check_positive_int
 from ..io import load_state
 from ..methods import ResolvedMethod, get_method, list_methods
 from ..metrics import amplitude_variance
-from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, spectrum_image
+from ..plots.scales import ZERO_COLOR, SpectrumImage, as_percent, binomial_se, mean_se, plus_minus, spectrum_image
 from ..scopes import image_tower, selects
 from ..spectral import amplitude_spectrum, as_matrix
 from ..taskvector import TaskVector
 from .base import DEBOUNCE_S, Explorer, Schedule
-from .refine import Refiner, Tally, inputs_between
+from .refine import Refiner, Tally, count_range, inputs_between
 
 CONTROLLED = ("cutoff", "upper_cutoff", "kind", "band", "scaling")
 """Method parameters that the explorer's controls set."""
@@ -55,8 +55,6 @@ TARGET_SE = 1.0
 REFINE_CHUNK = 32
 """Inputs of one task that one refinement step adds (on the demo zoo about 10 ms: the longest a
 control event waits behind a step)."""
-REFINE_DRAW_S = 0.4
-"""Least time (seconds) between two redraws of a refinement in progress."""
 
 SPECTRUM, GAIN, VARIANCE_RAW, VARIANCE_NORMALIZED, ACCURACY, NO_FILTER, NO_MERGE, FINETUNED = range(8)
 """Trace indices in :attr:`CutoffExplorer.figure`."""
@@ -571,19 +569,9 @@ class CutoffExplorer(Explorer):
                                  refine_limit=refine_limit, refine_chunk=refine_chunk, target_se=target_se)
         self.values = self.model.default_values(method, key=key, task=task, cutoff=cutoff, scaling=scaling)
         self._view: CutoffView | None = None
-        self._last_refine_draw = 0.0
         if refine and self.model.refinable:
             self.refiner = Refiner(self._refine_step, self._lock, schedule)
         self._start(method)
-
-    def _refine_step(self) -> bool:
-        """One refinement step of the shown setting; redraws at most every :data:`REFINE_DRAW_S`
-        seconds, and when the setting is done."""
-        more = self.model.refine_step(self.values)
-        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
-            self._draw(self.model.compute(self.values))
-            self._publish(self.values)
-        return more
 
     def method_params(self, values: Mapping[str, Any] | None = None) -> dict:
         """The parameters handed to :func:`~freqmerge_viz.merge` for `values` (default: the current)."""
@@ -737,8 +725,7 @@ class CutoffExplorer(Explorer):
         self.controls["upper_cutoff"].disabled = view.band != "band"
         self.summary.value = self._summary_html(view)
         self._view = view
-        self._last_refine_draw = time.perf_counter()
-        self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
+        self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
 
     def _errors_or_nan(self, values: Mapping[str, float], counts: Mapping[str, int | None]) -> list[float]:
         """Per-task ±1 SE (percent) of a reference; NaN for a task it does not cover."""
@@ -780,13 +767,13 @@ class CutoffExplorer(Explorer):
                 continue
             ref_mean, ref_error = self.mean_with_error(values, view.counts[name])
             references.append(f'<span class="fmv-reference" data-name="{name}" data-value="{ref_mean / 100:.6f}">'
-                              f'{html.escape(REFERENCES[name])} {ref_mean:.1f}{_plus_minus(ref_error)}%</span>')
+                              f'{html.escape(REFERENCES[name])} {ref_mean:.1f}{plus_minus(ref_error)}%</span>')
             delta, spread = mean - ref_mean, math.hypot(error, ref_error)
             verdict = ("noise unknown" if not math.isfinite(spread) else
                        "not resolved: within 2 SE" if not abs(delta) > 2 * spread else "resolved: beyond 2 SE")
             differences.append(f'<span class="fmv-difference" data-name="{name}" data-value="{delta:.4f}" '
                                f'data-resolved="{str(verdict.startswith("resolved")).lower()}">'
-                               f'{SHORT_REFERENCES[name]} {delta:+.1f}{_plus_minus(spread)} points ({verdict})</span>')
+                               f'{SHORT_REFERENCES[name]} {delta:+.1f}{plus_minus(spread)} points ({verdict})</span>')
         per_task = " ".join(f'<span class="fmv-task-accuracy" data-task="{html.escape(t)}" '
                             f'data-value="{view.accuracy[t]:.6f}">{html.escape(t)} {100 * view.accuracy[t]:.1f}%'
                             f'</span>' for t in tasks)
@@ -795,7 +782,7 @@ class CutoffExplorer(Explorer):
         unfiltered = self.model.unfiltered_note(self.values)
         return (f'<div class="fmv-accuracy" data-revision="{self.pane.revision + 1}"><b>mean merged accuracy '
                 f'<span class="fmv-mean-accuracy" data-value="{np.mean([view.accuracy[t] for t in tasks]):.6f}">'
-                f'{mean:.1f}{_plus_minus(error)}%</span></b> {self._basis_html(view, error)}'
+                f'{mean:.1f}{plus_minus(error)}%</span></b> {self._basis_html(view, error)}'
                 f'<br>merged − reference: {" · ".join(differences)}'
                 f'<br>references: {" · ".join(references)}<br>{per_task} · kept '
                 f'{_share(view.kept_fraction)} of the bins of {html.escape(view.key)}{nothing}'
@@ -816,7 +803,7 @@ class CutoffExplorer(Explorer):
                 "settled": f"settled: SE ≤ {self.target_se:g} point",
                 "whole split": "the whole split"}[state]
         return (f'<span class="fmv-refinement" data-state="{state}" data-fewest="{fewest}" data-se="{error:.6f}" '
-                f'data-total="{sum(counts)}">on {_count_range(counts)} {html.escape(self.eval_description)} per task '
+                f'data-total="{sum(counts)}">on {count_range(counts)} {html.escape(self.eval_description)} per task '
                 f'({sum(counts)} in all; references on ≥ {fewest} per task), ±1 binomial SE · <b>{text}</b></span>')
 
     def static_figure(self):
@@ -881,9 +868,9 @@ class CutoffExplorer(Explorer):
         mean, error = self.mean_with_error(view.accuracy, view.counts["merged"])
         counts = [c for c in view.counts["merged"].values() if c is not None]
         fewest = view.refinement["fewest_per_task"]
-        basis = (f"{_count_range(counts)} {self.eval_description} per task, references on ≥ {fewest}" if counts
+        basis = (f"{count_range(counts)} {self.eval_description} per task, references on ≥ {fewest}" if counts
                  else "evaluator's data")
-        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{_plus_minus(error)}% ({basis})", fontsize=9)
+        ax_acc.set_title(f"(d) merged accuracy, mean {mean:.1f}{plus_minus(error)}% ({basis})", fontsize=9)
         ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         v = self.values
         band = f"[{v['cutoff']:.3f}, {v['upper_cutoff']:.3f})" if v["band"] == "band" else f"{v['cutoff']:.3f}"
@@ -897,11 +884,3 @@ def _summary(result) -> tuple[float, float]:
     return float(result.per_matrix["variance"].mean()), float(result.mean)
 
 
-def _count_range(counts) -> str:
-    """``272`` when every count is 272, else ``197–288``."""
-    return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
-
-
-def _plus_minus(error: float) -> str:
-    """`` ± 1.2`` for a known standard error (percent points), `` ± ?`` for an unknown one."""
-    return f" ± {error:.1f}" if math.isfinite(error) else " ± ?"

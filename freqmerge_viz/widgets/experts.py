@@ -50,7 +50,6 @@ walked back 14 ms, both without evaluating anything.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import math
 import os
@@ -73,9 +72,9 @@ from ..analysis.router_robustness import (ROUTER_ACCURACIES, ROUTED_ROWS, correc
                                           state_outcomes)
 from ..backend import torch_threads
 from ..methods import merge
-from ..plots.scales import as_percent, binomial_se, mean_se
+from ..plots.scales import as_percent, binomial_se, mean_se, plus_minus
 from .base import DEBOUNCE_S, Explorer, Schedule
-from .refine import Refiner, Tally
+from .refine import Refiner, Tally, count_range, inputs_between
 
 DENSITY_STEPS = tuple(sorted({float(f"{10 ** (k / 10 - 3):.2g}") for k in range(27)} | {0.5}))
 """The density slider's stops: 10 per decade from 0.001 to 0.5 (fractions of entries kept)."""
@@ -97,8 +96,6 @@ REFINE_CHUNK = 32
 """Inputs one refinement step adds to one number on one task (for a routed merge: one task
 state's outcomes on one task's next inputs); on the demo zoo about 15 ms, the longest a control
 event waits behind a step."""
-REFINE_DRAW_S = 0.4
-"""Least time (seconds) between two redraws of a refinement in progress."""
 BUILT_DENSITIES = 2
 """Densities whose experts and FREE merge are kept to refine with (the rest are rebuilt when a
 density is refined again; their numbers are kept for every density)."""
@@ -530,7 +527,7 @@ class ExpertModel:
                 state = (self._expert_state(density, name, task) if kind == "expert"
                          else self._reference_state(name, task))
                 done = held.counts[task]
-                evaluator = _inputs_between(self._evaluators[task], done,
+                evaluator = inputs_between(self._evaluators[task], done,
                                             min(done + self.refine_chunk, self.split_sizes[task]))
                 held.add(task, float(evaluator([state]).accuracy[0]), len(evaluator.labels))
             self.cache_stats["refinement_steps"] += 1
@@ -579,11 +576,6 @@ class ExpertModel:
         return [float(as_percent(mean_se([m] * len(counts), counts))) for m in view.routed_curve[method]]
 
 
-def _inputs_between(evaluator, start: int, stop: int):
-    """`evaluator` on inputs ``start:stop`` of its data only."""
-    return dataclasses.replace(evaluator, inputs=evaluator.inputs[start:stop], labels=evaluator.labels[start:stop],
-                               name=f"{evaluator.name}[{start}:{stop}]")
-
 
 
 class ExpertExplorer(Explorer):
@@ -619,20 +611,10 @@ class ExpertExplorer(Explorer):
                                  ps=ps, threads=threads, refine=refine, target_se=target_se,
                                  refine_limit=refine_limit, refine_chunk=refine_chunk)
         self._view: ExpertView | None = None
-        self._last_refine_draw = 0.0
         self.values = {"density": density, "router_accuracy": router_accuracy}
         if refine:
             self.refiner = Refiner(self._refine_step, self._lock, schedule)
         self._start()
-
-    def _refine_step(self) -> bool:
-        """One refinement step of the shown setting; redraws at most every :data:`REFINE_DRAW_S`
-        seconds, and when the setting is done."""
-        more = self.model.refine_step(self.values)
-        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
-            self._draw(self.model.compute(self.values))
-            self._publish(self.values)
-        return more
 
     def routed(self, method: str, density: float | None = None):
         """The routed merge `method` as the explorer builds it (FREE's experts at the shown density)."""
@@ -754,7 +736,7 @@ class ExpertExplorer(Explorer):
     def _basis(self, view: ExpertView) -> str:
         """``16 val images per task`` (or a range), what the view's numbers rest on."""
         counts = _all_counts(view)
-        return f"{_count_range(counts)} {self.eval_split} {self.unit} per task"
+        return f"{count_range(counts)} {self.eval_split} {self.unit} per task"
 
     def _title(self, view: ExpertView) -> str:
         return (f"expert density d = {view.density:g} · router accuracy p = {view.router_accuracy:.2f} "
@@ -795,8 +777,7 @@ class ExpertExplorer(Explorer):
             self.figure.layout.title.text = html.escape(self._title(view), quote=False)
         self.summary.value = self._summary_html(view, self.pane.revision + 1)
         self._view = view
-        self._last_refine_draw = time.perf_counter()
-        self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
+        self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
 
     # ------------------------------------------------------------------ numbers shown
     def _means(self, view: ExpertView) -> dict[str, dict[str, tuple[float, float]]]:
@@ -862,7 +843,7 @@ class ExpertExplorer(Explorer):
             mean, error = means["routed" if css == "fmv-routed-accuracy" else "expert"][key]
             return (f'<span class="{css}" data-{attribute}="{html.escape(key)}" '
                     f'data-value="{np.mean([accuracy[t] for t in self.tasks]):.6f}" data-se="{error:.4f}" '
-                    f'data-n="{html.escape(count)}">{html.escape(label)} {mean:.1f}{_plus_minus(error)}% '
+                    f'data-n="{html.escape(count)}">{html.escape(label)} {mean:.1f}{plus_minus(error)}% '
                     f'<small>(n {html.escape(count)})</small></span>')
 
         def verdicts(key: str, label: str) -> str:
@@ -872,21 +853,21 @@ class ExpertExplorer(Explorer):
                            "resolved" if diff["resolved"] else "not resolved")
                 parts.append(f'<span class="fmv-difference" data-of="{html.escape(key)}" data-name="{reference}" '
                              f'data-value="{diff["points"]:.4f}" data-resolved="{str(diff["resolved"]).lower()}">'
-                             f'{SHORT_REFERENCES[reference]} {diff["points"]:+.1f}{_plus_minus(diff["se_points"])} '
+                             f'{SHORT_REFERENCES[reference]} {diff["points"]:+.1f}{plus_minus(diff["se_points"])} '
                              f'({verdict})</span>')
             return f'{html.escape(label)}: {", ".join(parts)}'
 
         routed = " · ".join(mean_span("fmv-routed-accuracy", "method", m, m, a, str(view.routed_counts[m]))
                             for m, a in view.routed_accuracy.items())
         experts = " · ".join(mean_span("fmv-expert-accuracy", "kind", k, KIND_LABELS[k], a,
-                                       _count_range(view.expert_counts[k].values()))
+                                       count_range(view.expert_counts[k].values()))
                              for k, a in view.expert_accuracy.items())
         storage = " ".join(
             f'<span class="fmv-storage" data-label="{html.escape(k)}" data-value="{v:.6f}">{html.escape(k)} '
             f'{v:.2f}%</span>' for k, v in view.storage_percent.items())
         refs = " · ".join(
             f'<span class="fmv-reference" data-name="{name}" data-value="{mean / 100:.6f}">{html.escape(labels[name])} '
-            f'{mean:.1f}{_plus_minus(error)}% <small>(n {_count_range(view.reference_counts[name].values())})'
+            f'{mean:.1f}{plus_minus(error)}% <small>(n {count_range(view.reference_counts[name].values())})'
             f'</small></span>' for name, (mean, error) in means["reference"].items())
         compared = "<br>".join([verdicts(m, m) for m in view.routed_accuracy] +
                                [verdicts(k, KIND_LABELS[k]) for k in view.expert_accuracy])
@@ -939,7 +920,7 @@ class ExpertExplorer(Explorer):
         ax_e.set_xticks(x, self.tasks, fontsize=8)
         ax_e.set_ylim(0, 105)
         ax_e.set_ylabel("accuracy (%)")
-        basis = _count_range([c for counts in view.expert_counts.values() for c in counts.values()] or [0])
+        basis = count_range([c for counts in view.expert_counts.values() for c in counts.values()] or [0])
         ax_e.set_title(f"(a) expert only at d = {view.density:g} ({basis} {self.eval_split} {self.unit} per task, "
                        f"±1 SE)", fontsize=9)
         ax_e.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -995,12 +976,3 @@ def _largest_se(means) -> float:
     return max((error for group in means.values() for _, error in group.values()), default=float("nan"))
 
 
-def _count_range(counts) -> str:
-    """``272`` when every count is 272, else ``240–336``."""
-    counts = list(counts)
-    return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
-
-
-def _plus_minus(error: float) -> str:
-    """`` ± 1.2`` for a known standard error (percent points), `` ± ?`` for an unknown one."""
-    return f" ± {error:.1f}" if math.isfinite(error) else " ± ?"

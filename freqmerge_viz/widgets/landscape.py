@@ -32,15 +32,13 @@ from ..plots.landscape import grid_matrix
 from ..stats import binomial_se
 from ..study import study_evaluator
 from .base import DEBOUNCE_S, Explorer, Schedule
-from .refine import Refiner, inputs_between
+from .refine import Refiner, count_range, inputs_between
 
 TARGET_SE = 1.0
 """Largest ±1 binomial SE of the accuracy at any shown point (percentage points) at which
 refinement stops."""
 REFINE_CHUNK = 32
 """Images one refinement step adds to one grid row (or to the projected points)."""
-REFINE_DRAW_S = 0.4
-"""Least time (seconds) between two redraws of a refinement in progress."""
 
 METRICS = ("loss", "accuracy")
 GRID_SIZES = (2, 41)
@@ -186,7 +184,7 @@ class LandscapeModel:
         counts = _counts(grid) + _counts(points)
         grid.attrs["samples"] = min(counts)
         setting = filter_label(self.filter) if values["filtered"] else "unfiltered"
-        shown = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+        shown = count_range(counts)
         title = (f"{values['metric']} on {plane[2]} ({shown} {self.split} images per point) · plane of "
                  f"τ_{plane[0]} and τ_{plane[1]} · {setting}")
         return LandscapeView(grid, points, values["metric"], title, self.refinement(values))
@@ -286,7 +284,6 @@ class LandscapeViewer(Explorer):
                                     cache_dir=cache_dir, busy=self._busy, refine_limit=refine_limit,
                                     refine_chunk=refine_chunk, target_se=target_se)
         self._view: LandscapeView | None = None
-        self._last_refine_draw = 0.0
         if refine:
             self.refiner = Refiner(self._refine_step, self._lock, schedule)
         if task_a is None or task_b is None:
@@ -295,14 +292,6 @@ class LandscapeViewer(Explorer):
                        "filtered": filtered, "metric": metric, "methods": tuple(methods)}
         self.model.check(self.values)
         self._start()
-
-    def _refine_step(self) -> bool:
-        """One refinement step of the shown setting; redraws at most every :data:`REFINE_DRAW_S` s."""
-        more = self.model.refine_step(self.values)
-        if not more or time.perf_counter() - self._last_refine_draw >= REFINE_DRAW_S:
-            self._draw(self.model.compute(self.values))
-            self._publish(self.values)
-        return more
 
     def study(self, values: Mapping | None = None):
         """The :class:`~freqmerge_viz.analysis.landscape.PlaneStudy` of `values` (default: the current)."""
@@ -403,8 +392,7 @@ class LandscapeViewer(Explorer):
             self.figure.layout.title.text = html.escape(view.title, quote=False)
         self.summary.value = _summary_html(view, self.pane.revision + 1)
         self._view = view
-        self._last_refine_draw = time.perf_counter()
-        self.last_timings["draw_ms"] = 1e3 * (self._last_refine_draw - start)
+        self.last_timings["draw_ms"] = 1e3 * (time.perf_counter() - start)
 
     def _displayed(self) -> dict:
         contour = self.figure.data[CONTOUR]
@@ -482,7 +470,7 @@ def _summary_html(view: LandscapeView, revision: int) -> str:
     text = {"refining": f"refining towards ±{refinement['target_se_percent']:g} point…",
             "settled": f"settled: every accuracy's SE ≤ {refinement['target_se_percent']:g} point",
             "whole split": "the whole split"}[refinement["state"]]
-    shown = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+    shown = count_range(counts)
     basis = (f'<span class="fmv-refinement" data-state="{refinement["state"]}" data-fewest="{min(counts)}" '
              f'data-se="{worst:.6f}" '
              f'data-total="{sum(counts)}">every point on {shown} images; accuracy ±1 binomial SE up to '

@@ -96,6 +96,12 @@ class Refiner:
         return bool(more)
 
 
+def count_range(counts) -> str:
+    """Inputs behind several numbers: ``272`` when every count is 272, else ``240–336``."""
+    counts = list(counts)
+    return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+
+
 _LIVE: "weakref.WeakSet[Refiner]" = weakref.WeakSet()
 
 
