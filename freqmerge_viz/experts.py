@@ -34,7 +34,6 @@ from .keys import Patterns
 from .dropout import dare_mask
 from .metrics import fr_coefficients
 from .taskvector import TaskVectors, common_keys, stack_key, task_names
-from .spectral import as_matrix
 
 RESCALES = ("paper", "official", None)
 SELECTIONS = ("topk", "bernoulli")
@@ -486,33 +485,62 @@ def svd_experts(task_vectors: TaskVectors, rank: int, include: Patterns = None,
     Each matrix key (2-D; ``ndim >= 3`` as ``(shape[0], prod(shape[1:]))``) is stored as its best
     rank-r approximation ``U_r S_r · V_rᴴ`` (exact SVD, compute dtype). 0-d and 1-D keys, and
     matrices with ``min(m, n) <= rank`` (where factors would not be smaller), are stored dense.
-    No rescaling: ``scale = 1``.
+    No rescaling: ``scale = 1``. :class:`SVDFactors` gives the same experts at many ranks.
     """
-    rank = check_positive_int("rank", rank)
-    keys = common_keys(task_vectors, include, exclude)
-    names = task_names(task_vectors)
-    n_tasks = len(task_vectors)
-    target = resolve_device(device)
-    left: list[dict] = [{} for _ in range(n_tasks)]
-    right: list[dict] = [{} for _ in range(n_tasks)]
-    dense: list[dict] = [{} for _ in range(n_tasks)]
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key in keys:
-        stack = stack_key(task_vectors, key, target)
-        shapes[key] = tuple(stack.shape[1:])
-        matrix = as_matrix(stack[0], "skip")
-        if matrix is None or min(matrix.shape) <= rank:
+    return SVDFactors(task_vectors, include, exclude, device).experts(rank)
+
+
+class SVDFactors:
+    """The task vectors' SVDs, computed once and cut to any rank: ``experts(rank)`` equals
+    :func:`svd_experts` at that rank, entry for entry.
+
+    Each matrix key's factors are kept up to twice the highest rank asked for so far: a higher
+    rank computes that key's SVD again, so a rank growing step by step (a density slider moved
+    up) recomputes it a logarithmic number of times, and the factors hold at most about twice
+    as many numbers as the largest expert given out. Dense parts are read from the task vectors
+    when an expert is made.
+    """
+
+    def __init__(self, task_vectors: TaskVectors, include: Patterns = None, exclude: Patterns = None,
+                 device: torch.device | str | None = None):
+        self.task_vectors = task_vectors
+        self.keys = common_keys(task_vectors, include, exclude)
+        self.names = task_names(task_vectors)
+        self.device = resolve_device(device)
+        self.shapes = {key: tuple(task_vectors[0].shape_of(key)) if hasattr(task_vectors[0], "shape_of")
+                       else tuple(task_vectors[0][key].shape) for key in self.keys}
+        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _factors_of(self, key: str, matrix_shape: tuple[int, int], rank: int):
+        held = self._factors.get(key)
+        if held is None or held[1].shape[1] < rank:
+            stack = stack_key(self.task_vectors, key, self.device)
+            u, s, vh = torch.linalg.svd(stack.reshape(len(self.names), *matrix_shape), full_matrices=False)
+            kept = 2 * rank
+            held = (u[:, :, :kept].contiguous(), s[:, :kept].contiguous(), vh[:, :kept].contiguous())
+            self._factors[key] = held
+        return held
+
+    def experts(self, rank: int) -> list[LowRankExpert]:
+        """One rank-`rank` expert per task vector (see :func:`svd_experts`)."""
+        rank = check_positive_int("rank", rank)
+        n_tasks = len(self.names)
+        left: list[dict] = [{} for _ in range(n_tasks)]
+        right: list[dict] = [{} for _ in range(n_tasks)]
+        dense: list[dict] = [{} for _ in range(n_tasks)]
+        for key, shape in self.shapes.items():
+            matrix_shape = (shape[0], math.prod(shape[1:])) if len(shape) >= 2 else None
+            if matrix_shape is None or min(matrix_shape) <= rank:
+                stack = stack_key(self.task_vectors, key, self.device)
+                for i in range(n_tasks):
+                    dense[i][key] = stack[i].clone()
+                continue
+            u, s, vh = self._factors_of(key, matrix_shape, rank)
             for i in range(n_tasks):
-                dense[i][key] = stack[i].clone()
-            continue
-        matrices = stack.reshape(n_tasks, *matrix.shape)
-        u, s, vh = torch.linalg.svd(matrices, full_matrices=False)
-        for i in range(n_tasks):
-            left[i][key] = (u[i, :, :rank] * s[i, :rank]).contiguous()
-            right[i][key] = vh[i, :rank].contiguous()
-        del stack, matrices, u, s, vh
-    return [LowRankExpert(names[i], rank, left[i], right[i], dense[i], dict(shapes))
-            for i in range(n_tasks)]
+                left[i][key] = (u[i, :, :rank] * s[i, :rank]).contiguous()
+                right[i][key] = vh[i, :rank].contiguous()
+        return [LowRankExpert(self.names[i], rank, left[i], right[i], dense[i], dict(self.shapes))
+                for i in range(n_tasks)]
 
 
 # --------------------------------------------------------------------------- reporting

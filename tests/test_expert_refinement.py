@@ -178,8 +178,9 @@ def test_a_router_accuracy_change_after_refinement_uses_the_refined_outcomes(zoo
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a p change must not evaluate anything")
 
-    for name in ("correctness", "state_outcomes", "evaluate_per_task", "build_experts"):
+    for name in ("correctness", "state_outcomes", "evaluate_per_task"):
         monkeypatch.setattr(experts_module, name, no_evaluation)
+    monkeypatch.setattr(experts_module.ExpertKinds, "build", no_evaluation)
     steps = explorer.model.cache_stats["refinement_steps"]
     start = time.perf_counter()
     explorer.set(router_accuracy=0.3)

@@ -14,7 +14,7 @@ from freqmerge_viz import TaskVector
 from freqmerge_viz.errors import EmptyInputError, MissingKeysError, ParameterError, ShapeMismatchError
 from freqmerge_viz.experts import (Expert, extract_experts, kept_count, magnitude_prune,
                                    official_rescale, paper_rescale, storage_table, svd_experts,
-                                   top_magnitude_mask)
+                                   SVDFactors, top_magnitude_mask)
 
 
 def t(values, dtype=torch.float32) -> torch.Tensor:
@@ -273,6 +273,32 @@ def test_svd_expert_of_a_conv_kernel_uses_the_out_by_rest_matrix():
     assert expert.left["k"].shape == (4, 2) and expert.right["k"].shape == (2, 18)
     assert expert.dense("k").shape == kernel.shape
     assert expert.add_to("k", torch.zeros(4, 2, 3, 3)).shape == kernel.shape
+
+
+def test_svd_factors_cut_to_any_rank_equal_the_svd_at_that_rank():
+    g = torch.Generator().manual_seed(6)
+    tasks = [{"m": torch.randn(9, 7, generator=g), "k": torch.randn(6, 2, 2, 2, generator=g),
+              "bias": torch.randn(7, generator=g)} for _ in range(3)]
+    factors = SVDFactors(tasks)
+    for rank in (2, 5, 1, 6, 3, 7):
+        cut = factors.experts(rank)
+        for i, expert in enumerate(cut):
+            assert expert.rank == rank and set(expert.shapes) == {"m", "k", "bias"}
+            assert torch.equal(expert.dense_parts["bias"], tasks[i]["bias"])
+            for key, matrix in (("m", tasks[i]["m"]), ("k", tasks[i]["k"].reshape(6, 8))):
+                if min(matrix.shape) <= rank:
+                    assert torch.equal(expert.dense_parts[key], tasks[i][key]) and key not in expert.left
+                    continue
+                u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+                torch.testing.assert_close(expert.left[key] @ expert.right[key], (u[:, :rank] * s[:rank]) @ vh[:rank])
+        for got, want in zip(cut, svd_experts(tasks, rank)):
+            assert got.parameters_kept() == want.parameters_kept()
+            assert all(torch.equal(got.left[k], want.left[k]) and torch.equal(got.right[k], want.right[k])
+                       for k in want.left)
+            assert all(torch.equal(got.dense(k), want.dense(k)) for k in want.shapes)
+    assert factors._factors["m"][1].shape[1] == 7 and factors._factors["k"][1].shape[1] == 6
+    with pytest.raises(ParameterError, match="rank"):
+        factors.experts(0)
 
 
 # --------------------------------------------------------------------------- add / replace

@@ -63,6 +63,28 @@ def test_expert_controls(experts):
     assert "application/vnd.jupyter.widget-view+json" in experts._repr_mimebundle_()
 
 
+def test_the_explorers_routed_merges_equal_merges_built_from_the_finetuned_models(experts, zoo):
+    # the explorer builds them from the task vectors in memory, and FREE at a new density from its
+    # first backbone (with_density): the states must be those of a fresh build (with the explorer's
+    # torch threads, which order float sums), entry for entry
+    import torch
+
+    from freqmerge_viz.analysis.evaluation import finetuned_subset
+    from freqmerge_viz.backend import torch_threads
+    from freqmerge_viz.methods import routed_merge
+
+    finetuned = finetuned_subset(zoo, experts.model.tasks)
+    for method, density in (("emr", None), ("twin", None), ("free", 0.01), ("free", 0.004)):
+        params = dict(experts.model.routed_params[method], **({"density": density} if density else {}))
+        with torch_threads(experts.model.threads):
+            shown, fresh = (experts.routed(method, density=density),
+                            routed_merge(method, zoo.pretrained, finetuned, **params))
+        assert shown.storage_bytes_per_task() == fresh.storage_bytes_per_task(), method
+        for task in range(len(finetuned)):
+            got, want = shown.task_state(task), fresh.task_state(task)
+            assert all(torch.equal(got[k], want[k]) for k in want), (method, density, task)
+
+
 def test_oracle_router_shows_independent_routed_accuracy(experts, zoo, routed_at_1_percent):
     experts.set(density=0.01, router_accuracy=1.0)
     shown = experts.shown()

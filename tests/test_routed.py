@@ -90,6 +90,24 @@ def test_free_storage_is_the_experts(vit_like):
         assert row.percent_of_model == pytest.approx(100 * row.storage_bytes / model_bytes)
 
 
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_free_with_density_equals_a_fresh_merge_at_that_density(vit_like, preset):
+    pre, fts = vit_like
+    first = fmv.free_merging(pre, fts, preset=preset, density=0.3, backbone={"cutoff": 0.2})
+    for density in (0.05, 0.3, 1.0):
+        moved = first.with_density(density)
+        fresh = fmv.free_merging(pre, fts, preset=preset, density=density, backbone={"cutoff": 0.2})
+        assert moved.settings == fresh.settings
+        assert moved.backbone is first.backbone and all(moved.shared[k] is first.shared[k] for k in first.shared)
+        assert moved.storage_bytes_per_task() == fresh.storage_bytes_per_task()
+        for t in range(len(fts)):
+            got, want = moved.task_state(t), fresh.task_state(t)
+            assert all(torch.equal(got[k], want[k]) for k in pre)
+    assert first.settings["density"] == 0.3
+    with pytest.raises(ParameterError, match="density"):
+        first.with_density(1.5)
+
+
 # --------------------------------------------------------------------------- EMR-Merging
 def test_emr_election_by_hand():
     stack = torch.tensor([[3.0, -1.0, 0.5, 2.0, 1.0], [-2.0, -4.0, 1.0, 1.0, -1.0]])

@@ -29,7 +29,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import ParameterError, check_choice
-from ..experts import check_density, extract_experts, storage_table, svd_experts, svd_storage_by_ranks
+from ..experts import SVDFactors, check_density, extract_experts, storage_table, svd_storage_by_ranks
 from ..progress import track
 from .evaluation import (backbone_numel, evaluate_per_task, image_counts, individual_accuracies, materialize,
                          study_task_vectors, study_tasks)
@@ -63,23 +63,61 @@ def rank_within(storage_by_rank: dict[int, int], budget: int) -> int:
     return max(fitting, key=lambda r: (storage_by_rank[r], -r)) if fitting else 1
 
 
+class ExpertKinds:
+    """Experts of any kinds at any density from one set of task vectors, with what no density
+    changes done once: the SVD storage by rank and the SVDs themselves
+    (:class:`~freqmerge_viz.experts.SVDFactors`). `seed` seeds the Bernoulli masks;
+    `svd_storage` (:func:`svd_storage_by_rank` of the first task vector) saves recomputing it.
+    """
+
+    def __init__(self, task_vectors, seed: int = 0, svd_storage: dict[int, int] | None = None):
+        self.task_vectors = task_vectors
+        self.seed = seed
+        self._svd_storage = svd_storage
+        self._svd_factors: SVDFactors | None = None
+
+    @property
+    def svd_storage(self) -> dict[int, int]:
+        if self._svd_storage is None:
+            self._svd_storage = svd_storage_by_rank(self.task_vectors[0])
+        return self._svd_storage
+
+    def build(self, kinds: Sequence[str], density: float) -> dict[str, list]:
+        """``{kind: experts}`` (a list, one per task) at `density` (fraction of entries kept).
+        Asked together, ``topk`` is ``topk_rescaled``'s selection with μ = 1 (one selection for both)."""
+        for kind in kinds:
+            check_choice("kind", kind, KINDS)
+        density = check_density(density)
+        built = {}
+        for kind in sorted(kinds, key=lambda k: k != "topk_rescaled"):
+            if kind == "topk" and "topk_rescaled" in built:
+                built[kind] = [replace(e, scale=1.0, settings={**e.settings, "rescale": None})
+                               for e in built["topk_rescaled"]]
+            else:
+                built[kind] = self._build(kind, density)
+        return {kind: built[kind] for kind in kinds}
+
+    def _build(self, kind: str, density: float) -> list:
+        vectors = self.task_vectors
+        if kind == "svd":
+            if self._svd_factors is None:
+                self._svd_factors = SVDFactors(vectors, device="cpu")
+            return self._svd_factors.experts(rank_within(self.svd_storage, topk_budget(vectors[0], density)))
+        if kind.startswith("bernoulli"):
+            experts = extract_experts(vectors, density, rescale=None, selection="bernoulli", seed=self.seed,
+                                      device="cpu")
+            return [replace(e, scale=1.0 / density) for e in experts] if kind == "bernoulli_rescaled" else experts
+        return extract_experts(vectors, density, rescale="paper" if kind == "topk_rescaled" else None, device="cpu")
+
+
 def build_experts(task_vectors, kind: str, density: float, seed: int = 0,
                   svd_storage: dict[int, int] | None = None):
-    """The experts of one curve point: a list (one per task) of sparse or low-rank experts.
+    """The experts of one curve point: a list (one per task) of sparse or low-rank experts
+    (:class:`ExpertKinds` keeps what several points share).
 
     `svd_storage` (:func:`svd_storage_by_rank` of the first task vector) saves recomputing it.
     """
-    check_choice("kind", kind, KINDS)
-    density = check_density(density)
-    if kind == "svd":
-        storage = svd_storage or svd_storage_by_rank(task_vectors[0])
-        return svd_experts(task_vectors, rank_within(storage, topk_budget(task_vectors[0], density)), device="cpu")
-    if kind.startswith("bernoulli"):
-        experts = extract_experts(task_vectors, density, rescale=None, selection="bernoulli", seed=seed,
-                                  device="cpu")
-        return [replace(e, scale=1.0 / density) for e in experts] if kind == "bernoulli_rescaled" else experts
-    return extract_experts(task_vectors, density, rescale="paper" if kind == "topk_rescaled" else None,
-                           device="cpu")
+    return ExpertKinds(task_vectors, seed, svd_storage).build([kind], density)[kind]
 
 
 def expert_state(pretrained, expert) -> dict:
@@ -108,10 +146,10 @@ def expert_curves(study, *, kinds: Sequence[str] = KINDS, densities: Sequence[fl
     numel = backbone_numel(study)
     pre = materialize(study.pretrained)
     points, states = [], {t: [pre] for t in tasks}
-    svd_storage = svd_storage_by_rank(vectors[0]) if "svd" in kinds else None
+    source = ExpertKinds(vectors, seed)
     grid = [(kind, density) for kind in kinds for density in densities]
     for kind, density in track(grid, "expert sparsity: points", progress, unit="point"):
-        experts = build_experts(vectors, kind, density, seed, svd_storage)
+        experts = source.build([kind], density)[kind]
         table = storage_table(experts, numel)
         budget = topk_budget(vectors[0], density) if kind == "svd" else None
         for i, (task, expert) in enumerate(zip(tasks, experts)):

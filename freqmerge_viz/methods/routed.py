@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import pandas as pd
@@ -180,10 +181,25 @@ class FreeMerging(RoutedMerge):
     method = "free"
 
     def __init__(self, pretrained, shared, names, settings, experts: Sequence[Expert], backbone: LazyState,
-                 router=None, cache_size=8):
+                 router=None, cache_size=8, *, sources: _ExpertSources | None = None):
         super().__init__(pretrained, shared, names, settings, router, cache_size)
         self.experts = list(experts)
         self.backbone = backbone
+        self._sources = sources
+
+    def with_density(self, density: float) -> FreeMerging:
+        """This merge with its experts extracted again at `density` (fraction of entries kept):
+        the same backbone, shared delta, router and other settings, so only the experts' work is
+        done. Equal to :func:`free_merging` with ``density=density`` and the same parameters."""
+        if self._sources is None:
+            raise ParameterError("free: this merge was built without its task vectors; build it with "
+                                 "free_merging(...) to change its density")
+        settings = dict(self.settings, density=get_method("free").resolve({**self._sources.params,
+                                                                            "density": density})["density"])
+        experts = _free_experts(self._sources, settings)
+        settings["expert_scales"] = [expert.scale for expert in experts]
+        return FreeMerging(self.pretrained, self.shared, self.task_names, settings, experts, self.backbone,
+                           self.router, self.cache_size, sources=self._sources)
 
     def task_delta(self, task, key, shared):
         expert = self.experts[task]
@@ -225,13 +241,32 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
         reference = [tv.map(lambda key, x, step=step: step(x.unsqueeze(0).clone(), key)[0], with_key=True)
                      for tv in vectors]
     lambdas = backbone.statistics.get("lambda") if settings["rescale"] == "paper" else None
-    experts = extract_experts(vectors, settings["density"], per_row=settings["per_row"],
-                              rescale=None if settings["rescale"] == "none" else settings["rescale"],
-                              coefficients=lambdas, scale_reference=reference, ties=settings["ties"],
-                              device=target)
+    sources = _ExpertSources(vectors, reference, lambdas, target, dict(params))
+    experts = _free_experts(sources, settings)
     settings["backbone"] = dict(backbone.params)
     settings["expert_scales"] = [expert.scale for expert in experts]
-    return FreeMerging(pre, shared, task_names(vectors), settings, experts, backbone, router, cache_size)
+    return FreeMerging(pre, shared, task_names(vectors), settings, experts, backbone, router, cache_size,
+                       sources=sources)
+
+
+@dataclass(frozen=True)
+class _ExpertSources:
+    """What FREE's experts are extracted from, kept so :meth:`FreeMerging.with_density` need not
+    merge the backbone again: the task vectors, the μ reference (FR-filtered task vectors, or
+    ``None``), the backbone's λ_i (paper rescale) and the parameters the merge was asked for."""
+
+    vectors: list
+    reference: list | None
+    lambdas: Sequence[float] | None
+    device: torch.device
+    params: dict
+
+
+def _free_experts(sources: _ExpertSources, settings: Mapping[str, Any]) -> list[Expert]:
+    return extract_experts(sources.vectors, settings["density"], per_row=settings["per_row"],
+                           rescale=None if settings["rescale"] == "none" else settings["rescale"],
+                           coefficients=sources.lambdas, scale_reference=sources.reference, ties=settings["ties"],
+                           device=sources.device)
 
 
 # --------------------------------------------------------------------------- EMR-Merging

@@ -5,7 +5,7 @@ router accuracy ``p`` (share of inputs a :class:`~freqmerge_viz.routing.RandomRo
 their own task), and three panels updated in place:
 
 (a) expert-only accuracy ``θ_pre + e_t`` on task ``t`` at ``d``, for the experts of
-    :func:`~freqmerge_viz.analysis.experts_curves.build_experts` (top-k, top-k with Eq. 4's μ,
+    :class:`~freqmerge_viz.analysis.experts_curves.ExpertKinds` (top-k, top-k with Eq. 4's μ,
     Bernoulli, SVD at the top-k expert's storage), with the fine-tuned and pretrained models;
 (b) mean accuracy of FREE (its experts at ``d``), EMR and Twin routed by ``RandomRouter(K, p, seed)``
     over the p grid, the current p marked: :func:`~freqmerge_viz.analysis.router_robustness.robustness_table`
@@ -13,9 +13,10 @@ their own task), and three panels updated in place:
 (c) extra storage per task at ``d`` (each expert's bytes, % of one float32 model).
 
 What the sliders do not change is computed once: task vectors, evaluation images, SVD
-storage by rank, EMR's and Twin's per-input outcomes. Outcomes, expert accuracies and
-storage are kept per density, so a p change is only a re-draw of routes (a gather) and a
-density walked back is not recomputed.
+storage by rank and the SVDs themselves (cut to each density's rank), FREE's FR backbone (only
+its experts are extracted per density), EMR's and Twin's per-input outcomes. Outcomes, expert
+accuracies and storage are kept per density, so a p change is only a re-draw of routes (a
+gather) and a density walked back is not recomputed.
 
 Progressive accuracy (issue #23): a density is answered at once on the first ``eval_per_task``
 images of each task (the fast estimate), then a :class:`~freqmerge_viz.widgets.refine.Refiner`
@@ -65,9 +66,9 @@ from ..study import as_study, is_study, study_evaluator
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..experts import check_density, storage_table
 from ..methods import list_routed_methods, routed_merge
-from ..analysis.evaluation import (backbone_numel, evaluate_per_task, finetuned_subset, individual_accuracies,
-                                   materialize, study_task_vectors, study_tasks)
-from ..analysis.experts_curves import KINDS, build_experts, expert_state, svd_storage_by_rank
+from ..analysis.evaluation import (analysed_keys, backbone_numel, evaluate_per_task, finetuned_subset,
+                                   individual_accuracies, materialize, study_task_vectors, study_tasks)
+from ..analysis.experts_curves import KINDS, ExpertKinds, expert_state
 from ..analysis.router_robustness import (ROUTER_ACCURACIES, ROUTED_ROWS, correctness, robustness_table,
                                           state_outcomes)
 from ..backend import torch_threads
@@ -226,7 +227,11 @@ class ExpertModel:
             self._pretrained = materialize(zoo.pretrained)
             self._numel = backbone_numel(zoo)
             self._model_bytes = 4 * self._numel
-            self._svd_storage = svd_storage_by_rank(self._vectors[0]) if "svd" in self.kinds else None
+            self._experts = ExpertKinds(self._vectors, seed)
+            self._merge_inputs = self._vectors if analysed_keys(zoo) is None else finetuned_subset(zoo, self.tasks)
+            """What the routed merges take: the task vectors in memory where they hold every key of the
+            models, else the fine-tuned models (as the method comparison builds them)."""
+            self._free = None
             self.routed_params = self._routed_params(routed_params)
             self.ta_scaling = self._ta_scaling(zoo)
             self._ta_state = materialize(merge("task_arithmetic", zoo.pretrained, finetuned_subset(zoo, self.tasks),
@@ -330,11 +335,19 @@ class ExpertModel:
         return params
 
     def routed(self, method: str, density: float | None = None):
-        """The routed merge `method` as the explorer builds it (FREE with experts at `density`)."""
+        """The routed merge `method` as the explorer builds it (FREE with experts at `density`),
+        from the task vectors held in memory; FREE's backbone is merged once and only its
+        experts are extracted again per density (:meth:`~freqmerge_viz.methods.routed.FreeMerging.with_density`)."""
+        density = self.default_density if density is None else density
+        if method == "free" and self._free is not None:
+            return self._free.with_density(density)
         params = dict(self.routed_params[method])
         if method == "free":
-            params["density"] = self.default_density if density is None else density
-        return routed_merge(method, self.zoo.pretrained, finetuned_subset(self.zoo, self.tasks), **params)
+            params["density"] = density
+        built = routed_merge(method, self.zoo.pretrained, self._merge_inputs, **params)
+        if method == "free":
+            self._free = built
+        return built
 
     def _first_outcomes(self, routed) -> torch.Tensor:
         return correctness(self.zoo, routed, self.tasks, split=self.eval_split, limit=self.eval_per_task)
@@ -350,8 +363,7 @@ class ExpertModel:
             return self._by_density[density]
         start = time.perf_counter()
         states, parameters, storage, built = {t: [] for t in self.tasks}, {}, {}, {}
-        for kind in self.kinds:
-            experts = build_experts(self._vectors, kind, density, self.seed, self._svd_storage)
+        for kind, experts in self._experts.build(self.kinds, density).items():
             built[kind] = experts
             table = storage_table(experts, self._numel)
             parameters[KIND_LABELS[kind]] = float(table["parameters_kept"].mean())
@@ -400,7 +412,7 @@ class ExpertModel:
         if self._state_slot[0] != key:
             built = self._built_at(density)
             if kind not in built:
-                built[kind] = build_experts(self._vectors, kind, density, self.seed, self._svd_storage)
+                built[kind] = self._experts.build([kind], density)[kind]
                 self.cache_stats["rebuilt_experts"] += 1
             self._state_slot = (key, expert_state(self._pretrained, built[kind][self.tasks.index(task)]))
         return self._state_slot[1]
