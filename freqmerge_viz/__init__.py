@@ -14,7 +14,7 @@ _EXPORTS = {
     "backend": ["default_device"],
     "errors": ["CheckpointError", "EmptyInputError", "FreqMergeError", "MissingKeysError", "NonFiniteError",
                "OutputError", "ParameterError", "ScopeWarning", "ShapeMismatchError"],
-    "experts": ["Expert", "LowRankExpert", "extract_experts", "storage_table", "svd_experts"],
+    "experts": ["Expert", "LowRankExpert", "SVDFactors", "extract_experts", "storage_table", "svd_experts"],
     "io": ["LazyState", "load_state", "parse_size", "save_state"],
     "keys": ["select_keys"],
     "scopes": ["detect_architecture"],
