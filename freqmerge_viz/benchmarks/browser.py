@@ -45,6 +45,13 @@ SLIDERS = {
     "landscape": ("05_loss_landscape.ipynb", [("grid", "ArrowRight", None, None)]),
 }
 """explorer -> (notebook, [(slider class, key, key pressed once before timing, target p50 in ms)])."""
+
+
+def latency_target(explorer: str, slider: str) -> float | None:
+    """The p50 latency target (ms) of `slider` (its class without ``fmv-``) of `explorer`, or ``None``."""
+    return next(target for css, _, _, target in SLIDERS[explorer][1] if css == slider)
+
+
 REFINING = {"cutoff": 5, "expert": 2, "landscape": 1}
 """Explorers that refine their numbers in the background -> how many presses of each slider are also
 timed to the settled refinement (``refinement``; a landscape grid, or an expert density, takes tens of
