@@ -12,7 +12,7 @@ from ..tables import disentanglement_pivot
 from .core import new_figure
 
 _KIND_STYLE = {"pretrained": ("θ_pre", "#7f7f7f", ":"), "own": ("θ_pre + α τ_t", "#2ca02c", "-"),
-               "others": ("θ_pre + α Σ_{s≠t} τ_s", "#d62728", "-"), "all": ("θ_pre + α Σ_s τ_s (TA)", "#1f77b4", "--")}
+               "others": ("θ_pre + α Σ_(s≠t) τ_s", "#d62728", "-"), "all": ("θ_pre + α Σ_s τ_s (TA)", "#1f77b4", "--")}
 
 
 def _panels(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
