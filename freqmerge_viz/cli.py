@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "lets other machines reach it, with a warning)")
     serve.add_argument("--token", default=None,
                        help="the token the URL must carry (default: a fresh random one; one given here is "
-                            "visible to the machine's other users in the process list)")
+                            "visible to the machine's other users in the process list; write --token=VALUE "
+                            "when it starts with '-')")
     serve.add_argument("--workdir", default=None,
                        help="folder for the generated notebook and kernel specification, where the page's "
                             "exports go (default: a fresh temporary folder, removed afterwards unless it holds "

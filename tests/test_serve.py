@@ -169,6 +169,23 @@ def test_the_server_listens_on_loopback_behind_a_fresh_token(tmp_path, no_voila_
     assert serving.voila_environment(first)["JUPYTER_PATH"].split(os.pathsep)[0] == str(tmp_path / "a" / "jupyter")
 
 
+def test_a_token_that_starts_with_a_dash_reaches_the_server(tmp_path, monkeypatch):
+    # secrets.token_urlsafe starts with "-" once in 64 draws: the browser tests' harness passes
+    # --token=VALUE, since "--token -x" is an option to argparse, not a value
+    started = []
+
+    def record(served, **kwargs):
+        started.append(served.token)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving, "start_voila", record)
+    try:
+        main(["serve", "--token=-a_b-c", "--port", str(free_port()), "--workdir", str(tmp_path / "w")])
+    except KeyboardInterrupt:
+        pass
+    assert started == ["-a_b-c"]
+
+
 def test_another_address_is_served_with_a_warning(tmp_path, monkeypatch):
     class Finished:
         returncode = 0

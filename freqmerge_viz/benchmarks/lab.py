@@ -394,7 +394,7 @@ def dashboard_server(workdir: Path, repo: Path, study: str = "zoo", timeout_s: f
     log_path = workdir / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "freqmerge_viz.cli", "serve", "--study", study,
-                                 "--port", str(port), "--token", token],
+                                 "--port", str(port), f"--token={token}"],
                                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
