@@ -194,8 +194,7 @@ class FreeMerging(RoutedMerge):
         if self._sources is None:
             raise ParameterError("free: this merge was built without its task vectors; build it with "
                                  "free_merging(...) to change its density")
-        settings = dict(self.settings, density=get_method("free").resolve({**self._sources.params,
-                                                                            "density": density})["density"])
+        settings = dict(self.settings, density=get_method("free").resolve({"density": density})["density"])
         experts = _free_experts(self._sources, settings)
         settings["expert_scales"] = [expert.scale for expert in experts]
         return FreeMerging(self.pretrained, self.shared, self.task_names, settings, experts, self.backbone,
@@ -241,7 +240,7 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
         reference = [tv.map(lambda key, x, step=step: step(x.unsqueeze(0).clone(), key)[0], with_key=True)
                      for tv in vectors]
     lambdas = backbone.statistics.get("lambda") if settings["rescale"] == "paper" else None
-    sources = _ExpertSources(vectors, reference, lambdas, target, dict(params))
+    sources = _ExpertSources(vectors, reference, lambdas, target)
     experts = _free_experts(sources, settings)
     settings["backbone"] = dict(backbone.params)
     settings["expert_scales"] = [expert.scale for expert in experts]
@@ -253,13 +252,12 @@ def free_merging(pretrained, finetuned_or_task_vectors, *, router: Router | None
 class _ExpertSources:
     """What FREE's experts are extracted from, kept so :meth:`FreeMerging.with_density` need not
     merge the backbone again: the task vectors, the μ reference (FR-filtered task vectors, or
-    ``None``), the backbone's λ_i (paper rescale) and the parameters the merge was asked for."""
+    ``None``), the backbone's λ_i (paper rescale) and the device they are extracted on."""
 
     vectors: list
     reference: list | None
     lambdas: Sequence[float] | None
     device: torch.device
-    params: dict
 
 
 def _free_experts(sources: _ExpertSources, settings: Mapping[str, Any]) -> list[Expert]:
